@@ -1,0 +1,58 @@
+"""agentmem: conversation memory for LLM agents, behind the OpenAI Agents SDK's Session protocol.
+
+Backends load on first use, so an optional dependency that is not installed (``redis``,
+``asyncpg``) only matters when its backend is asked for.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from agentmem._deps import MissingDependencyError
+from agentmem.session import Session, SessionABC, SessionClosedError
+
+if TYPE_CHECKING:
+    from agentmem.migrate import SchemaError
+    from agentmem.providers.cached import CachedSession
+    from agentmem.providers.redis import RedisSession, RedisSessionManager
+    from agentmem.providers.sqlalchemy import SQLAlchemySession
+    from agentmem.providers.sqlite import SQLiteSession
+
+__all__ = [
+    "CachedSession",
+    "MissingDependencyError",
+    "RedisSession",
+    "RedisSessionManager",
+    "SQLAlchemySession",
+    "SQLiteSession",
+    "SchemaError",
+    "Session",
+    "SessionABC",
+    "SessionClosedError",
+    "__version__",
+]
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SQLAlchemySession": "agentmem.providers.sqlalchemy",
+    "SQLiteSession": "agentmem.providers.sqlite",
+    "RedisSession": "agentmem.providers.redis",
+    "RedisSessionManager": "agentmem.providers.redis",
+    "CachedSession": "agentmem.providers.cached",
+    "SchemaError": "agentmem.migrate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentmem' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,179 @@
+"""Shared fixtures: real servers, per-run isolation, and the backend factories of the contract suite.
+
+Server-backed tests use the real PostgreSQL and Redis named by ``AGENTMEM_TEST_POSTGRES_URL`` and
+``AGENTMEM_TEST_REDIS_URL``. Under ``CI`` an unreachable server fails the run; locally those tests
+skip with a loud reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmem import Session
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+POSTGRES_URL = os.environ.get(
+    "AGENTMEM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("AGENTMEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = bool(os.environ.get("CI"))
+RUN_ID = uuid.uuid4().hex[:10]
+
+SessionFactory = Callable[..., Awaitable[Session]]
+
+
+def unique_id(prefix: str = "s") -> str:
+    """A session id no other test (or test run) uses."""
+    return f"{prefix}-{RUN_ID}-{uuid.uuid4().hex[:12]}"
+
+
+def server_unavailable(what: str, error: BaseException) -> None:
+    """Fail under CI, skip loudly elsewhere."""
+    message = f"{what} is not reachable ({type(error).__name__}: {error})"
+    if IN_CI:
+        pytest.fail(f"{message}; server-backed tests must run in CI", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}")
+
+
+@pytest.fixture(scope="session")
+def sdk_items() -> list[dict[str, Any]]:
+    """Items the OpenAI Agents SDK Runner really stores (shared/fixtures/sdk_items.json)."""
+    import json
+
+    with open(FIXTURES / "sdk_items.json", encoding="utf-8") as f:
+        items: list[dict[str, Any]] = json.load(f)
+    return items
+
+
+# --- PostgreSQL: one database per test run -----------------------------------------------------
+
+
+def _with_database(url: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Any:
+    """Create a database for this run, yield its asyncpg URL (``postgresql+asyncpg://``), drop it."""
+    import asyncpg
+
+    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"agentmem_test_{RUN_ID}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        server_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
+    url = _with_database(admin_url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_database: str) -> str:
+    """The per-run database, migrated to head once."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import migrate
+
+    async def setup() -> None:
+        engine = create_async_engine(postgres_database)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(setup())
+    return postgres_database
+
+
+@pytest.fixture
+async def postgres_engine(postgres_url: str) -> AsyncIterator[Any]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+# --- backend factories for the contract suite --------------------------------------------------
+# Each yields ``make(session_id=None, **kwargs) -> Session``: a new session object on that backend
+# (a fresh unique id unless one is given), closed after the test. Items are removed after the test.
+
+
+async def _closing_factory(build: Callable[..., Session]) -> AsyncIterator[SessionFactory]:
+    made: list[Session] = []
+
+    async def make(session_id: str | None = None, **kwargs: Any) -> Session:
+        session = build(session_id or unique_id(), **kwargs)
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        if not getattr(session, "closed", False):
+            await session.clear_session()
+        await session.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def sqlite_memory_session() -> AsyncIterator[SessionFactory]:
+    from agentmem import SQLiteSession
+
+    async for make in _closing_factory(SQLiteSession):
+        yield make
+
+
+@pytest.fixture
+async def sqlite_file_session(tmp_path: Path) -> AsyncIterator[SessionFactory]:
+    from agentmem import SQLiteSession
+
+    path = tmp_path / "conversations.db"
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLiteSession(session_id, path, **kwargs)
+
+    async for make in _closing_factory(build):
+        yield make
+
+
+@pytest.fixture
+async def postgres_session(postgres_engine: Any) -> AsyncIterator[SessionFactory]:
+    from agentmem import SQLAlchemySession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLAlchemySession(postgres_engine, session_id, **kwargs)
+
+    async for make in _closing_factory(build):
+        yield make
+
+
+# Backends of the contract suite: one fixture name and one marker each.
+BACKENDS = [
+    pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
+    pytest.param("sqlite_file_session", marks=pytest.mark.sqlite, id="sqlite-file"),
+    pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_session(request: pytest.FixtureRequest) -> SessionFactory:
+    """A factory of sessions on each backend in turn (see ``BACKENDS``)."""
+    factory: SessionFactory = request.getfixturevalue(request.param)
+    return factory
