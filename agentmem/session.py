@@ -156,7 +156,11 @@ class SessionABC(ABC):
         """The effective limit: the argument, else ``session_settings.limit``; validated."""
         if limit is None:
             settings = self.session_settings
-            limit = settings.get("limit") if isinstance(settings, dict) else getattr(settings, "limit", None)
+            limit = (
+                settings.get("limit")
+                if isinstance(settings, dict)
+                else getattr(settings, "limit", None)
+            )
         return validate_limit(limit)
 
     def __repr__(self) -> str:
@@ -191,7 +195,8 @@ def validate_session_id(session_id: object) -> str:
         raise ValueError("session_id must not be empty")
     if len(session_id) > MAX_SESSION_ID_LENGTH:
         raise ValueError(
-            f"session_id is {len(session_id)} characters long; the maximum is {MAX_SESSION_ID_LENGTH}"
+            f"session_id is {len(session_id)} characters long; "
+            f"the maximum is {MAX_SESSION_ID_LENGTH}"
         )
     if "\x00" in session_id:
         raise ValueError("session_id must not contain NUL characters")
@@ -264,7 +269,7 @@ def encode_item(item: object, index: int = 0) -> EncodedItem:
     # orjson writes NaN and Infinity as null; JSON has no such numbers, so refuse them instead.
     if b"null" in data and _find_non_finite(item):
         raise ValueError(f"item {index} holds NaN or Infinity, which JSON cannot represent")
-    return EncodedItem((data.decode(), _indexed_field(item, "role"), _indexed_field(item, "type")))
+    return EncodedItem(data.decode(), _indexed_field(item, "role"), _indexed_field(item, "type"))
 
 
 def encode_items(items: Iterable[object]) -> list[EncodedItem]:

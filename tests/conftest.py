@@ -27,6 +27,7 @@ IN_CI = bool(os.environ.get("CI"))
 RUN_ID = uuid.uuid4().hex[:10]
 
 SessionFactory = Callable[..., Awaitable[Session]]
+NEW_ID: Any = object()  # the factories' default: a fresh unique session id
 
 
 def unique_id(prefix: str = "s") -> str:
@@ -113,15 +114,15 @@ async def postgres_engine(postgres_url: str) -> AsyncIterator[Any]:
 
 
 # --- backend factories for the contract suite --------------------------------------------------
-# Each yields ``make(session_id=None, **kwargs) -> Session``: a new session object on that backend
+# Each yields ``make(session_id=NEW_ID, **kwargs) -> Session``: a new session object on that backend
 # (a fresh unique id unless one is given), closed after the test. Items are removed after the test.
 
 
 async def _closing_factory(build: Callable[..., Session]) -> AsyncIterator[SessionFactory]:
     made: list[Session] = []
 
-    async def make(session_id: str | None = None, **kwargs: Any) -> Session:
-        session = build(session_id or unique_id(), **kwargs)
+    async def make(session_id: Any = NEW_ID, **kwargs: Any) -> Session:
+        session = build(unique_id() if session_id is NEW_ID else session_id, **kwargs)
         made.append(session)
         return session
 

@@ -1,0 +1,173 @@
+"""The SQL of agentmem's hot paths, one operation per call, on the declarative tables.
+
+Each history operation is one statement on PostgreSQL (one round trip through asyncpg) and one
+short transaction on SQLite (one call into the thread that owns the sqlite3 connection). The
+statements are rendered once per table prefix from the :mod:`agentmem.models` tables.
+
+Writes to one session are serialized by the ``sessions`` row: ``add_items`` upserts it first,
+which takes its row lock (PostgreSQL) or the database write lock (SQLite ``BEGIN IMMEDIATE``),
+so message ids, which define the order, are assigned in commit order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+
+from agentmem.models import Tables, tables_for_prefix
+from agentmem.session import EncodedItem
+
+# Millisecond UTC timestamps, in the text form SQLAlchemy's SQLite DateTime reads back.
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def _names(tables: Tables, dialect: Dialect) -> tuple[str, str]:
+    quote = dialect.identifier_preparer.format_table
+    return quote(tables.sessions), quote(tables.messages)
+
+
+@dataclass(frozen=True)
+class PostgresStatements:
+    """One statement per operation, with ``$n`` parameters for asyncpg."""
+
+    add: str
+    select_all: str
+    select_newest: str
+    pop: str
+    clear: str
+
+
+@cache
+def postgres_statements(table_prefix: str) -> PostgresStatements:
+    s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
+    return PostgresStatements(
+        # $1 session id; $2, $3, $4 arrays of JSON text, role, type. The CTE's upsert locks the
+        # session row before any id is drawn from the sequence.
+        add=(
+            f"WITH s AS (INSERT INTO {s} (session_id, created_at, updated_at) "
+            f"VALUES ($1, now(), now()) ON CONFLICT (session_id) DO UPDATE "
+            f"SET updated_at = excluded.updated_at RETURNING session_id) "
+            f"INSERT INTO {m} (session_id, message_data, role, item_type) "
+            f"SELECT s.session_id, i.message_data, i.role, i.item_type FROM s CROSS JOIN "
+            f"unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+            f"AS i(message_data, role, item_type, n) ORDER BY i.n"
+        ),
+        select_all=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
+        select_newest=(
+            f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
+        ),
+        # FOR UPDATE: a concurrent pop that lost the newest row moves on to the next one, so
+        # every item is returned exactly once.
+        pop=(
+            f"WITH d AS (DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
+            f"ORDER BY id DESC LIMIT 1 FOR UPDATE) RETURNING message_data), "
+            f"t AS (UPDATE {s} SET updated_at = now() WHERE session_id = $1 "
+            f"AND EXISTS (SELECT 1 FROM d)) SELECT message_data FROM d"
+        ),
+        clear=f"DELETE FROM {s} WHERE session_id = $1",  # messages go by ON DELETE CASCADE
+    )
+
+
+@dataclass(frozen=True)
+class SQLiteStatements:
+    """The statements of the SQLite operations, with ``?`` parameters."""
+
+    touch: str
+    insert: str
+    select_all: str
+    select_newest: str
+    pop: str
+    clear_messages: str
+    clear_session: str
+
+
+@cache
+def sqlite_statements(table_prefix: str) -> SQLiteStatements:
+    s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
+    return SQLiteStatements(
+        touch=(
+            f"INSERT INTO {s} (session_id, created_at, updated_at) "
+            f"VALUES (?, {_SQLITE_NOW}, {_SQLITE_NOW}) "
+            f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at"
+        ),
+        insert=(
+            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
+            f"VALUES (?, ?, ?, ?, {_SQLITE_NOW})"
+        ),
+        select_all=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
+        select_newest=(
+            f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+        ),
+        pop=(
+            f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
+            f"ORDER BY id DESC LIMIT 1) RETURNING message_data"
+        ),
+        # Explicit, so that it does not depend on PRAGMA foreign_keys being on.
+        clear_messages=f"DELETE FROM {m} WHERE session_id = ?",
+        clear_session=f"DELETE FROM {s} WHERE session_id = ?",
+    )
+
+
+# --- SQLite operations: each runs whole in the thread that owns ``conn`` -----------------------
+
+
+class _WriteTransaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error (the write lock is taken
+    first, so the transaction never has to be retried halfway)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        if self.conn.in_transaction:  # left open by a caller of a shared connection
+            self.conn.rollback()
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
+
+
+def sqlite_get(
+    conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str, limit: int | None
+) -> list[str]:
+    if limit is None:
+        return [row[0] for row in conn.execute(sql.select_all, (session_id,))]
+    rows = conn.execute(sql.select_newest, (session_id, limit)).fetchall()
+    rows.reverse()
+    return [row[0] for row in rows]
+
+
+def sqlite_add(
+    conn: sqlite3.Connection,
+    sql: SQLiteStatements,
+    session_id: str,
+    items: Sequence[EncodedItem],
+) -> None:
+    with _WriteTransaction(conn):
+        conn.execute(sql.touch, (session_id,))
+        conn.executemany(sql.insert, [(session_id, *item) for item in items])
+
+
+def sqlite_pop(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> str | None:
+    with _WriteTransaction(conn):
+        row = conn.execute(sql.pop, (session_id,)).fetchone()
+        if row is not None:
+            conn.execute(sql.touch, (session_id,))
+    return None if row is None else str(row[0])
+
+
+def sqlite_clear(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> None:
+    with _WriteTransaction(conn):
+        conn.execute(sql.clear_messages, (session_id,))
+        conn.execute(sql.clear_session, (session_id,))

@@ -1,0 +1,389 @@
+"""``SQLAlchemySession``: agentmem's history on any SQLAlchemy ``AsyncEngine`` for PostgreSQL
+(asyncpg) or SQLite (aiosqlite).
+
+Connections come from the engine's pool, one checkout per operation. Each operation is one
+statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite (see
+:mod:`agentmem.providers._sql`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from agentmem import migrate
+from agentmem.models import validate_table_prefix
+from agentmem.providers import _sql
+from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
+
+__all__ = ["Operations", "SQLAlchemySession", "SQLSessionBase"]
+
+T = TypeVar("T")
+
+_SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
+
+
+class _SchemaCache:
+    """Remembers which (engine, table prefix) pairs are known to be at head."""
+
+    def __init__(self) -> None:
+        self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+    async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
+        ready = self._ready.setdefault(engine.sync_engine, set())
+        if table_prefix in ready:
+            return
+        if create:
+            await migrate.upgrade(engine, table_prefix=table_prefix)
+        else:
+            await migrate.check(engine, table_prefix=table_prefix)
+        ready.add(table_prefix)
+
+    def forget(self, engine: AsyncEngine) -> None:
+        self._ready.pop(engine.sync_engine, None)
+
+
+_schemas = _SchemaCache()
+
+
+class _SharedEngines:
+    """Engines built from URLs: one per (URL, options, event loop), shared by every session made
+    from that URL in that loop, disposed when the last of those sessions closes.
+
+    Pooled async connections belong to the loop that opened them, so a session used from a new
+    loop (a second ``asyncio.run``) gets that loop's engine.
+    """
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[asyncio.AbstractEventLoop, str, str], list[Any]] = {}
+
+    def acquire(self, url: str, options: dict[str, Any]) -> tuple[Any, AsyncEngine]:
+        loop = asyncio.get_running_loop()
+        key = (loop, url, repr(sorted(options.items())))
+        entry = self._engines.get(key)
+        if entry is None:
+            kwargs = dict(options)
+            if url.startswith("sqlite"):
+                # Every operation ends its own transaction: skip the pool's rollback on return.
+                kwargs.setdefault("pool_reset_on_return", None)
+            entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
+            self._evict_closed_loops()
+        entry[1] += 1
+        return key, entry[0]
+
+    async def release(self, key: Any) -> None:
+        entry = self._engines.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del self._engines[key]
+        engine: AsyncEngine = entry[0]
+        _schemas.forget(engine)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if key[0] is running:
+            await engine.dispose()
+        else:  # its loop is gone: drop the pool without touching its connections
+            await asyncio.to_thread(engine.sync_engine.dispose, close=False)
+
+    def _evict_closed_loops(self) -> None:
+        for key in [key for key in self._engines if key[0].is_closed()]:
+            engine: AsyncEngine = self._engines.pop(key)[0]
+            _schemas.forget(engine)
+            engine.sync_engine.dispose(close=False)
+
+
+_shared_engines = _SharedEngines()
+
+
+class SQLSessionBase(SessionABC):
+    """The history operations of the SQL sessions, delegated to ``self._ops``."""
+
+    _ops: Operations
+
+    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
+        self._check_open()
+        resolved = self._resolve_limit(limit)
+        if resolved == 0:
+            return []
+        rows = await self._ops.get(resolved)
+        return [decode_item(row) for row in rows]
+
+    async def add_items(self, items: list[SessionItem]) -> None:
+        self._check_open()
+        encoded = encode_items(items)
+        if encoded:
+            await self._ops.add(encoded)
+
+    async def pop_item(self) -> SessionItem | None:
+        self._check_open()
+        row = await self._ops.pop()
+        return None if row is None else decode_item(row)
+
+    async def clear_session(self) -> None:
+        self._check_open()
+        await self._ops.clear()
+
+
+class Operations(ABC):
+    """The four operations of one session on one kind of connection, on stored JSON text."""
+
+    @abstractmethod
+    async def get(self, limit: int | None) -> list[str]: ...
+
+    @abstractmethod
+    async def add(self, items: list[EncodedItem]) -> None: ...
+
+    @abstractmethod
+    async def pop(self) -> str | None: ...
+
+    @abstractmethod
+    async def clear(self) -> None: ...
+
+
+class SQLAlchemySession(SQLSessionBase):
+    """Conversation history in the ``sessions``/``messages`` tables of a SQLAlchemy database.
+
+    Example:
+        >>> engine = create_async_engine("postgresql+asyncpg://app@db/app")
+        >>> session = SQLAlchemySession(engine, "user_123")
+        >>> await Runner.run(agent, "Hello", session=session)
+
+    The session borrows the engine: ``close()`` leaves it open. Sessions made with
+    :meth:`from_url` share one engine per URL and event loop and dispose it with the last of them.
+
+    Args:
+        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
+        session_id: The conversation's id (1-255 characters).
+        create_tables: Bring the database to agentmem's current schema on first use (runs the
+            Alembic migrations). When false (the default) a database without the schema, or
+            behind it, raises :class:`agentmem.SchemaError` naming the command that fixes it.
+        table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions`` and
+            ``am_messages``), for databases that already have a ``sessions`` table.
+        session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
+            the default of ``get_items()``.
+
+    Raises:
+        ValueError: the engine's driver is not supported, or an argument is invalid.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        session_id: str,
+        *,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        session_settings: Any = None,
+    ) -> None:
+        super().__init__(session_id, session_settings)
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(
+                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
+            )
+        self._table_prefix = validate_table_prefix(table_prefix)
+        self._create_tables = create_tables
+        self._engine: AsyncEngine | None = engine
+        self._url: str | None = None
+        self._engine_options: dict[str, Any] = {}
+        self._engine_keys: list[Any] = []
+        self._bind_store(engine.dialect.name, engine.dialect.driver)
+
+    @classmethod
+    def from_url(
+        cls,
+        session_id: str,
+        *,
+        url: str,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        engine_kwargs: dict[str, Any] | None = None,
+        session_settings: Any = None,
+    ) -> SQLAlchemySession:
+        """A session on its own engine built from ``url`` (shared with other sessions of that URL).
+
+        ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
+        ``engine_kwargs`` go to ``create_async_engine``. ``close()`` releases the engine.
+        """
+        if not isinstance(url, str) or not url:
+            raise ValueError("url must be a database URL such as postgresql://user@host/db")
+        self = cls.__new__(cls)
+        SessionABC.__init__(self, session_id, session_settings)
+        self._table_prefix = validate_table_prefix(table_prefix)
+        self._create_tables = create_tables
+        self._engine = None
+        self._url = migrate.async_url(url)
+        self._engine_options = dict(engine_kwargs or {})
+        self._engine_keys = []
+        probe = create_async_engine(self._url)
+        try:
+            self._bind_store(probe.dialect.name, probe.dialect.driver)
+        finally:
+            probe.sync_engine.dispose(close=False)
+        return self
+
+    def _bind_store(self, dialect: str, driver: str) -> None:
+        kind = f"{dialect}+{driver}"
+        if kind == "postgresql+asyncpg":
+            self._pg = _sql.postgres_statements(self._table_prefix)
+            self._ops = _AsyncpgOperations(self)
+        elif kind == "sqlite+aiosqlite":
+            self._lite = _sql.sqlite_statements(self._table_prefix)
+            self._ops = _AiosqliteOperations(self)
+        else:
+            raise ValueError(f"SQLAlchemySession supports {_SUPPORTED}, not {kind}")
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of this session's table names."""
+        return self._table_prefix
+
+    async def engine(self) -> AsyncEngine:
+        """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
+        self._check_open()
+        if self._engine is not None:
+            engine = self._engine
+        else:
+            assert self._url is not None
+            key, engine = _shared_engines.acquire(self._url, self._engine_options)
+            if key in self._engine_keys:
+                await _shared_engines.release(key)  # already counted for this session
+            else:
+                self._engine_keys.append(key)
+        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
+        return engine
+
+    async def _close(self) -> None:
+        keys, self._engine_keys = self._engine_keys, []
+        for key in keys:
+            await _shared_engines.release(key)
+
+
+class _EngineOperations(Operations):
+    def __init__(self, session: SQLAlchemySession) -> None:
+        self.session = session
+        self.session_id = session.session_id
+
+
+async def _with_driver(
+    session: SQLAlchemySession, use: Callable[[Any], Awaitable[T]], *, retry: bool
+) -> T:
+    """Run ``use(driver_connection)`` on a pooled connection.
+
+    A connection that fails is invalidated (the pool replaces it). ``retry`` repeats an
+    idempotent operation once on a new connection after such a failure.
+    """
+    for attempt in (1, 2):
+        engine = await session.engine()
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            try:
+                return await use(raw.driver_connection)
+            except Exception as exc:
+                if not _is_disconnect(exc):
+                    raise _translate(engine, session.table_prefix, exc) from exc
+                await connection.invalidate()
+                if not retry or attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return (
+        isinstance(exc, ConnectionError | OSError)
+        or name
+        in {
+            "ConnectionDoesNotExistError",
+            "InterfaceError",
+            "AdminShutdownError",
+            "CannotConnectNowError",
+        }
+        or "connection was closed" in str(exc)
+    )
+
+
+def _translate(engine: AsyncEngine, table_prefix: str, exc: Exception) -> Exception:
+    """Turn "no such table" into a SchemaError that names the fix."""
+    text = str(exc)
+    if type(exc).__name__ == "UndefinedTableError" or "no such table" in text:
+        _schemas.forget(engine)
+        problem = migrate.describe_schema_state(None, table_prefix)
+        return migrate.SchemaError(f"{problem} ({text})")
+    return exc
+
+
+class _AsyncpgOperations(_EngineOperations):
+    async def get(self, limit: int | None) -> list[str]:
+        sql = self.session._pg
+        if limit is None:
+            rows = await _with_driver(
+                self.session, lambda c: c.fetch(sql.select_all, self.session_id), retry=True
+            )
+            return [row[0] for row in rows]
+        rows = await _with_driver(
+            self.session,
+            lambda c: c.fetch(sql.select_newest, self.session_id, limit),
+            retry=True,
+        )
+        return [row[0] for row in reversed(rows)]
+
+    async def add(self, items: list[EncodedItem]) -> None:
+        data, roles, types = zip(*items, strict=True)
+        sql = self.session._pg.add
+        await _with_driver(
+            self.session,
+            lambda c: c.execute(sql, self.session_id, data, roles, types),
+            retry=False,
+        )
+
+    async def pop(self) -> str | None:
+        sql = self.session._pg.pop
+        value: str | None = await _with_driver(
+            self.session, lambda c: c.fetchval(sql, self.session_id), retry=False
+        )
+        return value
+
+    async def clear(self) -> None:
+        sql = self.session._pg.clear
+        await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=True)
+
+
+class _AiosqliteOperations(_EngineOperations):
+    """Runs each whole operation in the aiosqlite connection's worker thread: one thread hop."""
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, retry: bool) -> T:
+        async def use(driver: Any) -> T:
+            # aiosqlite runs queued callables in its connection thread; _conn is its sqlite3
+            # connection. Both are aiosqlite internals, pinned by the tests.
+            result: T = await driver._execute(lambda: fn(driver._conn, *args))
+            return result
+
+        return await _with_driver(self.session, use, retry=retry)
+
+    async def get(self, limit: int | None) -> list[str]:
+        return await self._in_thread(
+            _sql.sqlite_get, self.session._lite, self.session_id, limit, retry=True
+        )
+
+    async def add(self, items: list[EncodedItem]) -> None:
+        await self._in_thread(
+            _sql.sqlite_add, self.session._lite, self.session_id, items, retry=False
+        )
+
+    async def pop(self) -> str | None:
+        return await self._in_thread(
+            _sql.sqlite_pop, self.session._lite, self.session_id, retry=False
+        )
+
+    async def clear(self) -> None:
+        await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=True)

@@ -1,0 +1,205 @@
+"""``SQLiteSession``: the embedded default. No server, nothing to configure.
+
+It runs the SQL provider's statements (:mod:`agentmem.providers._sql`) on the stdlib ``sqlite3``
+module: each operation is one call into a worker thread, holding one connection per database
+file per process (WAL, a 30 s busy timeout, ``BEGIN IMMEDIATE`` writes), so it works from any
+event loop, one after another. A file is brought to the current schema by agentmem's Alembic
+migrations on first use; an in-memory database is a copy of a database migrated the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from functools import partial
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentmem import migrate
+from agentmem.models import validate_table_prefix
+from agentmem.providers import _sql
+from agentmem.providers.sqlalchemy import Operations, SQLSessionBase
+from agentmem.session import EncodedItem
+
+__all__ = ["SQLiteSession"]
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def _connect(target: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+    )
+    if target != MEMORY:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class _Templates:
+    """One migrated in-memory database per table prefix, copied into each new in-memory one:
+    the migrations run once per process, not once per session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_prefix: dict[str, sqlite3.Connection] = {}
+
+    def copy_into(self, conn: sqlite3.Connection, table_prefix: str) -> None:
+        with self._lock:
+            template = self._by_prefix.get(table_prefix)
+            if template is None:
+                template = _connect(MEMORY)
+                migrate.sqlite_upgrade(template, table_prefix)
+                self._by_prefix[table_prefix] = template
+            template.backup(conn)
+
+
+_templates = _Templates()
+
+
+class _Database:
+    """One sqlite3 connection, used by one thread at a time, opened and migrated on first use."""
+
+    def __init__(self, target: str, table_prefix: str) -> None:
+        self.target = target
+        self.table_prefix = table_prefix
+        self.lock = threading.Lock()
+        self.refs = 0
+        self._conn: sqlite3.Connection | None = None
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.lock:
+            if self._conn is None:
+                self._conn = self._open()
+            return fn(self._conn, *args)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = _connect(self.target)
+        try:
+            if self.target == MEMORY:
+                _templates.copy_into(conn, self.table_prefix)
+            elif migrate.current_revision_sqlite(conn, self.table_prefix) != migrate.head():
+                migrate.sqlite_upgrade(conn, self.table_prefix)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _Files:
+    """The databases open in this process: one per (resolved file, table prefix), shared by
+    every session on that file and closed with the last of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, str], _Database] = {}
+
+    def acquire(self, path: str, table_prefix: str) -> _Database:
+        if path == MEMORY:
+            database = _Database(MEMORY, table_prefix)
+            database.refs = 1
+            return database
+        with self._lock:
+            key = (path, table_prefix)
+            if key not in self._open:
+                self._open[key] = _Database(path, table_prefix)
+            self._open[key].refs += 1
+            return self._open[key]
+
+    def release(self, database: _Database) -> bool:
+        """Drop one reference; true when it was the last (the caller closes the database)."""
+        with self._lock:
+            database.refs -= 1
+            if database.refs > 0:
+                return False
+            self._open.pop((database.target, database.table_prefix), None)
+            return True
+
+
+_files = _Files()
+
+
+class _ThreadOperations(Operations):
+    def __init__(self, database: _Database, session_id: str) -> None:
+        self.database = database
+        self.session_id = session_id
+        self.sql = _sql.sqlite_statements(database.table_prefix)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        call = partial(self.database.run, fn, self.sql, self.session_id, *args)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def get(self, limit: int | None) -> list[str]:
+        return await self._run(_sql.sqlite_get, limit)
+
+    async def add(self, items: list[EncodedItem]) -> None:
+        await self._run(_sql.sqlite_add, items)
+
+    async def pop(self) -> str | None:
+        return await self._run(_sql.sqlite_pop)
+
+    async def clear(self) -> None:
+        await self._run(_sql.sqlite_clear)
+
+
+class SQLiteSession(SQLSessionBase):
+    """Conversation history in SQLite: in memory (the default) or in a file.
+
+    Example:
+        >>> session = SQLiteSession("conversation_123")                  # in memory
+        >>> session = SQLiteSession("user_123", "conversations.db")     # in a file
+        >>> await Runner.run(agent, "Hello", session=session)
+
+    An in-memory database is private to its session object. A file holds any number of
+    sessions, is shared by every process that opens it, and is created and brought to the
+    current schema (agentmem's Alembic migrations) on first use.
+
+    Args:
+        session_id: The conversation's id (1-255 characters).
+        db_path: ``":memory:"`` (default) or the path of the database file.
+        table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions``...).
+        session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
+            the default of ``get_items()``.
+
+    Raises:
+        FileNotFoundError: the directory of ``db_path`` does not exist.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        db_path: str | PathLike[str] = MEMORY,
+        *,
+        table_prefix: str = "",
+        session_settings: Any = None,
+    ) -> None:
+        super().__init__(session_id, session_settings)
+        validate_table_prefix(table_prefix)
+        if not isinstance(db_path, str | PathLike):
+            raise TypeError(f"db_path must be a str or a path, got {type(db_path).__name__}")
+        target = str(db_path)
+        if target != MEMORY:
+            path = Path(target).expanduser().resolve()
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"directory {path.parent} does not exist (for {db_path})")
+            target = str(path)
+        self.db_path = target
+        self._database = _files.acquire(target, table_prefix)
+        self._ops = _ThreadOperations(self._database, self.session_id)
+
+    async def _close(self) -> None:
+        if _files.release(self._database):
+            await asyncio.get_running_loop().run_in_executor(None, self._database.close)
