@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers, per-run isolation, and the backend factories of the contract suite.
+"""Shared fixtures: real servers, per-run isolation, the backend factories of the contract suite.
 
 Server-backed tests use the real PostgreSQL and Redis named by ``AGENTMEM_TEST_POSTGRES_URL`` and
 ``AGENTMEM_TEST_REDIS_URL``. Under ``CI`` an unreachable server fails the run; locally those tests
@@ -64,7 +64,7 @@ def _with_database(url: str, database: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_database() -> Any:
-    """Create a database for this run, yield its asyncpg URL (``postgresql+asyncpg://``), drop it."""
+    """Create a database for this run, yield its ``postgresql+asyncpg://`` URL, drop it after."""
     import asyncpg
 
     admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
@@ -79,7 +79,7 @@ def postgres_database() -> Any:
 
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         server_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
     url = _with_database(admin_url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
     yield url
