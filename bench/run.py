@@ -1,0 +1,340 @@
+"""Run the benchmark and print latencies, throughput and the ratios against the targets.
+
+    python -m bench.run [--quick] [--only W1,W3] [--targets sqlite,postgres,redis] [--json out.json]
+
+Every workload runs in rounds; each round visits the targets in a new random order, so a machine
+that drifts (another process, thermal limits) hurts all targets alike. The PostgreSQL targets get
+a database of their own, created for the run and dropped at the end; the Redis targets share db 0
+under keys that carry the run's tag, deleted at the end.
+
+Exit status: 1 when a target lost, reordered or misreturned an item, or raised; timing never
+fails the run (``--quick`` is the smoke run CI executes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import random
+import secrets
+import sqlite3
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any
+
+import orjson
+
+from bench.targets import COMPARISONS, Env, Target, all_targets
+from bench.workloads import FULL, QUICK, WORKLOADS, ItemCache, Recorder, Sizes, Workload
+
+POSTGRES_URL = os.environ.get(
+    "AGENTMEM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("AGENTMEM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+FAMILIES = ("sqlite", "postgres", "redis")
+
+SDK_RATIO_TARGET = 0.5  # agentmem at least 2x faster than the SDK's session (p50)
+FLOOR_RATIO_TARGET = 1.3  # agentmem within 1.3x of the raw-driver floor (p50)
+SCALING_TARGET = 1.2  # W8: newest 20 at 100,000 items within 1.2x of at 1,000
+
+
+@dataclass(frozen=True)
+class OpStats:
+    n: int
+    p50_us: float
+    p99_us: float
+    ops_per_s: float
+
+
+def _percentile(ordered: list[int], q: float) -> float:
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1_000
+
+
+def summarize(rec: Recorder) -> dict[str, OpStats]:
+    """Percentiles per operation; ops/s divides the wall time between operations by their
+    share of the measured latency (for one operation it is simply ops / wall time)."""
+    total_ns = sum(sum(lat) for lat in rec.latencies.values()) or 1
+    stats = {}
+    for op, lat in rec.latencies.items():
+        if not lat:
+            continue
+        ordered = sorted(lat)
+        wall_s = rec.wall_ns * sum(lat) / total_ns / 1e9
+        stats[op] = OpStats(
+            len(lat), _percentile(ordered, 0.5), _percentile(ordered, 0.99), len(lat) / wall_s
+        )
+    return stats
+
+
+@asynccontextmanager
+async def environment(tag: str, families: set[str]) -> AsyncIterator[Env]:
+    """A scratch directory, the run's PostgreSQL database and Redis key space; removed after."""
+    import asyncpg
+    import redis.asyncio as redis
+
+    with tempfile.TemporaryDirectory(prefix=f"{tag}-") as workdir:
+        postgres_url = POSTGRES_URL
+        admin = None
+        if "postgres" in families:
+            admin = await asyncpg.connect(POSTGRES_URL)
+            await admin.execute(f'CREATE DATABASE "{tag}"')
+            postgres_url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{tag}"
+        try:
+            yield Env(tag, Path(workdir), postgres_url, REDIS_URL)
+        finally:
+            if admin is not None:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
+                await admin.close()
+            if "redis" in families:
+                client = redis.Redis.from_url(REDIS_URL)
+                async for key in client.scan_iter(match=f"*{tag}*", count=1_000):
+                    await client.unlink(key)
+                await client.aclose()
+
+
+async def start_targets(targets: list[Target], env: Env) -> list[Target]:
+    """Start every target; one whose implementation cannot be imported is skipped, with a note."""
+    started = []
+    for target in targets:
+        try:
+            await target.start(env)
+        except ImportError as exc:
+            print(f"note: {target.name} skipped, not available: {exc}")
+            continue
+        started.append(target)
+    return started
+
+
+@dataclass
+class WorkloadResult:
+    stats: dict[str, dict[str, OpStats]]  # target -> op -> stats
+    problems: dict[str, list[str]]  # target -> what went wrong
+
+
+async def run_workload(
+    workload: Workload, targets: list[Target], sizes: Sizes, tag: str
+) -> WorkloadResult:
+    items = ItemCache()
+    runs = {t: workload.run(t, sizes, f"{tag}-{workload.key}", items) for t in targets}
+    recorders = {t: Recorder() for t in targets}
+    errors: dict[Target, str] = {}
+
+    async def guarded(target: Target, step: Any) -> None:
+        if target in errors:
+            return
+        try:
+            await step
+        except Exception as exc:
+            errors[target] = f"raised {type(exc).__name__}: {exc}"
+
+    for target, run in runs.items():
+        await guarded(target, run.setup())
+    for index in range(sizes.rounds):
+        for target in random.sample(targets, len(targets)):
+            start = perf_counter_ns()
+            await guarded(target, runs[target].run_round(index, recorders[target]))
+            recorders[target].wall_ns += perf_counter_ns() - start
+    for target, run in runs.items():
+        await guarded(target, run.verify())
+        await guarded(target, run.teardown())
+
+    problems = {}
+    for target, run in runs.items():
+        found = run.problems + ([errors[target]] if target in errors else [])
+        if found:
+            problems[target.name] = found
+    return WorkloadResult({t.name: summarize(recorders[t]) for t in targets}, problems)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+KIND_ORDER = {"agentmem": 0, "sdk": 1, "floor": 2}
+
+
+def print_workload(workload: Workload, result: WorkloadResult, targets: list[Target]) -> None:
+    print(f"\n{workload.key}  {workload.title}")
+    print(f"  {'target':<28}{'operation':<16}{'n':>7}{'p50 µs':>11}{'p99 µs':>11}{'ops/s':>10}")
+    for target in sorted(targets, key=lambda t: (t.backend, KIND_ORDER[t.kind])):
+        for op, s in result.stats.get(target.name, {}).items():
+            print(
+                f"  {target.name:<28}{op:<16}{s.n:>7}{s.p50_us:>11.1f}{s.p99_us:>11.1f}"
+                f"{s.ops_per_s:>10,.0f}"
+            )
+    for name, found in result.problems.items():
+        print(f"  PROBLEM {name}: {len(found)} wrong: " + "; ".join(found[:3]))
+
+
+@dataclass(frozen=True)
+class Ratio:
+    workload: str
+    op: str
+    backend: str
+    agentmem_p50_us: float
+    sdk_p50_us: float | None
+    floor_p50_us: float | None
+
+    @property
+    def vs_sdk(self) -> float | None:
+        return None if self.sdk_p50_us is None else self.agentmem_p50_us / self.sdk_p50_us
+
+    @property
+    def vs_floor(self) -> float | None:
+        return None if self.floor_p50_us is None else self.agentmem_p50_us / self.floor_p50_us
+
+
+def ratios(results: dict[str, WorkloadResult]) -> list[Ratio]:
+    rows = []
+    for key, result in results.items():
+        for backend, (sdk, floor) in COMPARISONS.items():
+            ours = result.stats.get(f"agentmem/{backend}")
+            if not ours:
+                continue
+            for op, s in ours.items():
+                sdk_s = result.stats.get(sdk, {}).get(op)
+                floor_s = result.stats.get(floor, {}).get(op)
+                rows.append(
+                    Ratio(
+                        key,
+                        op,
+                        backend,
+                        s.p50_us,
+                        sdk_s and sdk_s.p50_us,
+                        floor_s and floor_s.p50_us,
+                    )
+                )
+    return rows
+
+
+def _verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return f"{'-':>7} {'':<4}"
+    return f"{value:>7.2f} {'PASS' if value <= limit else 'MISS':<4}"
+
+
+def _us(value: float | None) -> str:
+    return f"{'-':>10}" if value is None else f"{value:>10.1f}"
+
+
+def print_ratios(rows: list[Ratio]) -> None:
+    print(
+        f"\nRatios of p50 latency: agentmem/SDK must be <= {SDK_RATIO_TARGET}, "
+        f"agentmem/floor <= {FLOOR_RATIO_TARGET}"
+    )
+    print(
+        f"  {'wl':<4}{'operation':<16}{'backend':<19}{'agentmem':>10}{'SDK':>10}"
+        f"{'am/SDK':>8}      {'floor':>10}{'am/floor':>9}"
+    )
+    for r in rows:
+        print(
+            f"  {r.workload:<4}{r.op:<16}{r.backend:<19}{_us(r.agentmem_p50_us)}"
+            f"{_us(r.sdk_p50_us)}{_verdict(r.vs_sdk, SDK_RATIO_TARGET)} "
+            f"{_us(r.floor_p50_us)} {_verdict(r.vs_floor, FLOOR_RATIO_TARGET)}"
+        )
+
+
+def scaling(result: WorkloadResult, sizes: Sizes) -> dict[str, float]:
+    small, large = f"get 20 @{sizes.w8_small:,}", f"get 20 @{sizes.w8_large:,}"
+    return {
+        name: ops[large].p50_us / ops[small].p50_us
+        for name, ops in result.stats.items()
+        if small in ops and large in ops
+    }
+
+
+def print_scaling(by_target: dict[str, float], sizes: Sizes, judge: bool) -> None:
+    print(
+        f"\nW8 scaling: p50 of newest 20 at {sizes.w8_large:,} items / at {sizes.w8_small:,}"
+        + (f" (agentmem must be <= {SCALING_TARGET})" if judge else "")
+    )
+    for name, value in sorted(by_target.items()):
+        verdict = ""
+        if judge and name.startswith("agentmem/"):
+            verdict = "PASS" if value <= SCALING_TARGET else "MISS"
+        print(f"  {name:<28}{value:>7.2f} {verdict}")
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: small counts, no targets")
+    parser.add_argument("--only", help="comma-separated workloads, e.g. W1,W3")
+    parser.add_argument(
+        "--targets", default=",".join(FAMILIES), help="comma-separated: sqlite,postgres,redis"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    known = {w.key for w in WORKLOADS}
+    args.only = {w.strip().upper() for w in args.only.split(",")} if args.only else known
+    args.targets = {f.strip() for f in args.targets.split(",")}
+    if not args.only <= known or not args.targets <= set(FAMILIES):
+        parser.error(f"workloads are {sorted(known)}; target families are {list(FAMILIES)}")
+    return args
+
+
+async def bench(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else FULL
+    tag = f"agentmem_bench_{secrets.token_hex(4)}"
+    workloads = [w for w in WORKLOADS if w.key in args.only]
+    print(
+        f"agentmem bench{' --quick' if args.quick else ''}: {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, run {tag}"
+    )
+    results: dict[str, WorkloadResult] = {}
+    async with environment(tag, args.targets) as env:
+        targets = [t for t in all_targets() if t.family in args.targets]
+        targets = await start_targets(targets, env)
+        try:
+            for workload in workloads:
+                results[workload.key] = await run_workload(workload, targets, sizes, tag)
+                print_workload(workload, results[workload.key], targets)
+        finally:
+            for target in targets:
+                await target.stop()
+
+    rows = [] if args.quick else ratios(results)
+    if rows:
+        print_ratios(rows)
+    w8 = scaling(results["W8"], sizes) if "W8" in results else {}
+    if w8:
+        print_scaling(w8, sizes, judge=not args.quick)
+    problems = {key: r.problems for key, r in results.items() if r.problems}
+    if args.json:
+        document = {
+            "run": tag,
+            "quick": args.quick,
+            "sizes": asdict(sizes),
+            "targets": [t.name for t in targets],
+            "stats": {
+                key: {
+                    name: {op: asdict(s) for op, s in ops.items()} for name, ops in r.stats.items()
+                }
+                for key, r in results.items()
+            },
+            "ratios": [asdict(r) | {"vs_sdk": r.vs_sdk, "vs_floor": r.vs_floor} for r in rows],
+            "w8_scaling": w8,
+            "problems": problems,
+        }
+        args.json.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    if problems:
+        print("\nFAILED: items lost, reordered or misreturned, or errors (see PROBLEM lines)")
+        return 1
+    print("\nOK: every read returned exactly what was written, on every target")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(bench(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The benchmark's targets: agentmem's sessions, the OpenAI Agents SDK's, raw-driver floors.
+
+Every target hands out session objects with the four history operations through ``make()``; the
+workloads call nothing else. A target owns its database (a file, a PostgreSQL table set, a Redis
+key space) for the whole run and releases it in ``stop()``.
+
+The floors do the four operations as thinly as each driver allows: one thread hop and one
+transaction per operation on SQLite, one statement (one round trip) per operation on PostgreSQL,
+one command per operation on Redis, JSON through orjson.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+_T = TypeVar("_T")
+
+# The same pool sizes for every target of a server, so that no target queues more than another.
+POSTGRES_POOL_SIZE = 10
+REDIS_POOL_SIZE = 50
+
+
+class BenchSession(Protocol):
+    async def get_items(self, limit: int | None = None) -> list[Any]: ...
+
+    async def add_items(self, items: list[Any]) -> None: ...
+
+    async def pop_item(self) -> Any | None: ...
+
+    async def clear_session(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Env:
+    """What the run shares with its targets: a scratch directory and the servers' URLs."""
+
+    tag: str  # unique per run: names the PostgreSQL database, is part of every Redis key
+    workdir: Path
+    postgres_url: str  # postgresql://... of the run's own database
+    redis_url: str
+
+
+class Target(ABC):
+    """One implementation on one database."""
+
+    kind: str  # "agentmem", "sdk" or "floor"
+    backend: str  # "sqlite-memory", "sqlite-file", "sqlalchemy-sqlite", "postgres", "redis", ...
+    family: str  # the server the target needs, for --targets: "sqlite", "postgres", "redis"
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.backend}"
+
+    @abstractmethod
+    async def start(self, env: Env) -> None:
+        """Open the database and create the schema. ImportError means "not available"."""
+
+    @abstractmethod
+    async def make(self, session_id: str) -> BenchSession: ...
+
+    @abstractmethod
+    async def release(self, session: BenchSession) -> None:
+        """Close what ``make`` opened for ``session``."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+
+# --- agentmem --------------------------------------------------------------------------------
+
+
+class AgentmemSQLite(Target):
+    kind, family = "agentmem", "sqlite"
+
+    def __init__(self, on_file: bool) -> None:
+        self.backend = "sqlite-file" if on_file else "sqlite-memory"
+        self._on_file = on_file
+
+    async def start(self, env: Env) -> None:
+        from agentmem import SQLiteSession
+
+        self._cls = SQLiteSession
+        self._path = str(env.workdir / "agentmem.db") if self._on_file else ":memory:"
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cls(session_id, db_path=self._path)
+
+    async def release(self, session: BenchSession) -> None:
+        await session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        pass
+
+
+class AgentmemSQLAlchemy(Target):
+    kind = "agentmem"
+
+    def __init__(self, on_postgres: bool) -> None:
+        self.backend = "postgres" if on_postgres else "sqlalchemy-sqlite"
+        self.family = "postgres" if on_postgres else "sqlite"
+        self._on_postgres = on_postgres
+
+    async def start(self, env: Env) -> None:
+        from agentmem import SQLAlchemySession
+        from agentmem.migrate import upgrade
+
+        self._cls = SQLAlchemySession
+        self._engine = _engine(env, self._on_postgres, "agentmem-sqlalchemy.db")
+        await upgrade(self._engine)
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cls(self._engine, session_id)
+
+    async def release(self, session: BenchSession) -> None:
+        await session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await self._engine.dispose()
+
+
+class AgentmemRedis(Target):
+    kind, backend, family = "agentmem", "redis", "redis"
+
+    async def start(self, env: Env) -> None:
+        from agentmem import RedisSession
+
+        self._cls = RedisSession
+        self._client = _redis_client(env)
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cls(session_id, client=self._client)
+
+    async def release(self, session: BenchSession) -> None:
+        await session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+
+# --- OpenAI Agents SDK -------------------------------------------------------------------------
+
+
+class SdkSQLite(Target):
+    kind, family = "sdk", "sqlite"
+
+    def __init__(self, on_file: bool) -> None:
+        self.backend = "sqlite-file" if on_file else "sqlite-memory"
+        self._on_file = on_file
+
+    async def start(self, env: Env) -> None:
+        from agents.memory import SQLiteSession
+
+        self._cls = SQLiteSession
+        self._path = str(env.workdir / "sdk.db") if self._on_file else ":memory:"
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cls(session_id, db_path=self._path)
+
+    async def release(self, session: BenchSession) -> None:
+        session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        pass
+
+
+class SdkSQLAlchemy(Target):
+    kind = "sdk"
+
+    def __init__(self, on_postgres: bool) -> None:
+        self.backend = "postgres" if on_postgres else "sqlalchemy-sqlite"
+        self.family = "postgres" if on_postgres else "sqlite"
+        self._on_postgres = on_postgres
+
+    async def start(self, env: Env) -> None:
+        from agents.extensions.memory.sqlalchemy_session import SQLAlchemySession
+
+        self._cls = SQLAlchemySession
+        self._engine = _engine(env, self._on_postgres, "sdk-sqlalchemy.db")
+        # Tables are created once here, as a deployment would; sessions then skip the check.
+        await SQLAlchemySession("setup", engine=self._engine, create_tables=True).get_items()
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cls(session_id, engine=self._engine)
+
+    async def release(self, session: BenchSession) -> None:
+        pass  # the SDK's SQLAlchemySession holds nothing of its own
+
+    async def stop(self) -> None:
+        await self._engine.dispose()
+
+
+class SdkRedis(Target):
+    kind, backend, family = "sdk", "redis", "redis"
+
+    async def start(self, env: Env) -> None:
+        from agents.extensions.memory.redis_session import RedisSession
+
+        self._cls = RedisSession
+        self._client = _redis_client(env)
+        self._prefix = f"{env.tag}:sdk"
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cls(session_id, redis_client=self._client, key_prefix=self._prefix)
+
+    async def release(self, session: BenchSession) -> None:
+        await session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+
+# --- raw-driver floors -------------------------------------------------------------------------
+
+
+class _FloorSession:
+    """A session id bound to a floor store: the store does the work."""
+
+    __slots__ = ("_id", "_store")
+
+    def __init__(self, store: _FloorStore, session_id: str) -> None:
+        self._store = store
+        self._id = session_id
+
+    async def get_items(self, limit: int | None = None) -> list[Any]:
+        return await self._store.get(self._id, limit)
+
+    async def add_items(self, items: list[Any]) -> None:
+        await self._store.add(self._id, items)
+
+    async def pop_item(self) -> Any | None:
+        return await self._store.pop(self._id)
+
+    async def clear_session(self) -> None:
+        await self._store.clear(self._id)
+
+
+class _FloorStore(Target):
+    kind = "floor"
+
+    async def make(self, session_id: str) -> BenchSession:
+        return _FloorSession(self, session_id)
+
+    async def release(self, session: BenchSession) -> None:
+        pass
+
+    @abstractmethod
+    async def get(self, session_id: str, limit: int | None) -> list[Any]: ...
+
+    @abstractmethod
+    async def add(self, session_id: str, items: list[Any]) -> None: ...
+
+    @abstractmethod
+    async def pop(self, session_id: str) -> Any | None: ...
+
+    @abstractmethod
+    async def clear(self, session_id: str) -> None: ...
+
+
+_SQLITE_SCHEMA = (
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, "
+    "message_data TEXT NOT NULL)",
+    "CREATE INDEX messages_session ON messages (session_id, id)",
+)
+
+
+class SQLiteFloor(_FloorStore):
+    """sqlite3 on one connection owned by one thread: one hop and one transaction per operation
+    (what aiosqlite does, without its hop per statement)."""
+
+    family = "sqlite"
+
+    def __init__(self, on_file: bool) -> None:
+        self.backend = "sqlite-file" if on_file else "sqlite-memory"
+        self._on_file = on_file
+
+    async def start(self, env: Env) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1)
+        path = str(env.workdir / "floor.db") if self._on_file else ":memory:"
+        self._conn = await self._run(
+            lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        )
+        await self._run(self._create_schema)
+
+    def _create_schema(self) -> None:
+        if self._on_file:  # the durability agentmem's SQLiteSession has
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        for statement in _SQLITE_SCHEMA:
+            self._conn.execute(statement)
+
+    def _run(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        if limit is None:
+            rows = await self._run(
+                lambda: self._conn.execute(
+                    "SELECT message_data FROM messages WHERE session_id = ? ORDER BY id",
+                    (session_id,),
+                ).fetchall()
+            )
+            return [orjson.loads(row[0]) for row in rows]
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT message_data FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                (session_id, limit),
+            ).fetchall()
+        )
+        return [orjson.loads(row[0]) for row in reversed(rows)]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        rows = [(session_id, orjson.dumps(item).decode()) for item in items]
+
+        def insert() -> None:
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO messages (session_id, message_data) VALUES (?, ?)", rows
+                )
+            except BaseException:
+                self._conn.rollback()
+                raise
+            self._conn.commit()
+
+        await self._run(insert)
+
+    async def pop(self, session_id: str) -> Any | None:
+        row = await self._run(
+            lambda: self._conn.execute(
+                "DELETE FROM messages WHERE id = (SELECT id FROM messages WHERE session_id = ? "
+                "ORDER BY id DESC LIMIT 1) RETURNING message_data",
+                (session_id,),
+            ).fetchone()
+        )
+        return None if row is None else orjson.loads(row[0])
+
+    async def clear(self, session_id: str) -> None:
+        await self._run(
+            lambda: self._conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+        )
+
+    async def stop(self) -> None:
+        await self._run(self._conn.close)
+        self._thread.shutdown()
+
+
+class PostgresFloor(_FloorStore):
+    """asyncpg pool, one statement (one round trip, one transaction) per operation. The pool's
+    reset on release is skipped: it would be a second round trip per call."""
+
+    backend, family = "postgres", "postgres"
+
+    async def start(self, env: Env) -> None:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(
+            env.postgres_url,
+            min_size=POSTGRES_POOL_SIZE,
+            max_size=POSTGRES_POOL_SIZE,
+            reset=_no_reset,
+        )
+        await self._pool.execute(
+            "CREATE TABLE floor_messages (id bigserial PRIMARY KEY, session_id text NOT NULL, "
+            "message_data text NOT NULL);"
+            "CREATE INDEX floor_messages_session ON floor_messages (session_id, id)"
+        )
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        if limit is None:
+            rows = await self._pool.fetch(
+                "SELECT message_data FROM floor_messages WHERE session_id = $1 ORDER BY id",
+                session_id,
+            )
+            return [orjson.loads(row[0]) for row in rows]
+        rows = await self._pool.fetch(
+            "SELECT message_data FROM floor_messages WHERE session_id = $1 "
+            "ORDER BY id DESC LIMIT $2",
+            session_id,
+            limit,
+        )
+        return [orjson.loads(row[0]) for row in reversed(rows)]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        await self._pool.execute(
+            "INSERT INTO floor_messages (session_id, message_data) SELECT $1, i.data "
+            "FROM unnest($2::text[]) WITH ORDINALITY AS i(data, n) ORDER BY i.n",
+            session_id,
+            [orjson.dumps(item).decode() for item in items],
+        )
+
+    async def pop(self, session_id: str) -> Any | None:
+        data = await self._pool.fetchval(
+            "DELETE FROM floor_messages WHERE id = (SELECT id FROM floor_messages "
+            "WHERE session_id = $1 ORDER BY id DESC LIMIT 1) RETURNING message_data",
+            session_id,
+        )
+        return None if data is None else orjson.loads(data)
+
+    async def clear(self, session_id: str) -> None:
+        await self._pool.execute("DELETE FROM floor_messages WHERE session_id = $1", session_id)
+
+    async def stop(self) -> None:
+        await self._pool.close()
+
+
+async def _no_reset(connection: Any) -> None:
+    pass
+
+
+class RedisFloor(_FloorStore):
+    """redis.asyncio, one list per session, one command (one round trip) per operation."""
+
+    backend, family = "redis", "redis"
+
+    async def start(self, env: Env) -> None:
+        self._client = _redis_client(env)
+        self._prefix = f"{env.tag}:floor:"
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        if limit == 0:
+            return []
+        start = 0 if limit is None else -limit
+        raw = await self._client.lrange(self._prefix + session_id, start, -1)
+        return [orjson.loads(data) for data in raw]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        await self._client.rpush(self._prefix + session_id, *map(orjson.dumps, items))
+
+    async def pop(self, session_id: str) -> Any | None:
+        data = await self._client.rpop(self._prefix + session_id)
+        return None if data is None else orjson.loads(data)
+
+    async def clear(self, session_id: str) -> None:
+        await self._client.delete(self._prefix + session_id)
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+
+# --- shared plumbing ---------------------------------------------------------------------------
+
+
+def _engine(env: Env, on_postgres: bool, sqlite_file: str) -> Any:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if on_postgres:
+        url = env.postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        return create_async_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=0)
+    return create_async_engine(f"sqlite+aiosqlite:///{env.workdir / sqlite_file}")
+
+
+def _redis_client(env: Env) -> Any:
+    import redis.asyncio as redis
+
+    # A blocking pool: at 200 concurrent sessions load queues instead of failing.
+    pool = redis.BlockingConnectionPool.from_url(env.redis_url, max_connections=REDIS_POOL_SIZE)
+    return redis.Redis(connection_pool=pool)
+
+
+def all_targets() -> list[Target]:
+    """Every target, agentmem's first; the cached mode is added once it exists."""
+    return [
+        AgentmemSQLite(on_file=False),
+        AgentmemSQLite(on_file=True),
+        AgentmemSQLAlchemy(on_postgres=False),
+        AgentmemSQLAlchemy(on_postgres=True),
+        AgentmemRedis(),
+        SdkSQLite(on_file=False),
+        SdkSQLite(on_file=True),
+        SdkSQLAlchemy(on_postgres=False),
+        SdkSQLAlchemy(on_postgres=True),
+        SdkRedis(),
+        SQLiteFloor(on_file=False),
+        SQLiteFloor(on_file=True),
+        PostgresFloor(),
+        RedisFloor(),
+    ]
+
+
+# For each agentmem backend: the SDK session and the floor it is compared with. The SQLAlchemy
+# provider on SQLite is held to the sqlite3 floor on a file: the same database underneath.
+COMPARISONS: dict[str, tuple[str, str]] = {
+    "sqlite-memory": ("sdk/sqlite-memory", "floor/sqlite-memory"),
+    "sqlite-file": ("sdk/sqlite-file", "floor/sqlite-file"),
+    "sqlalchemy-sqlite": ("sdk/sqlalchemy-sqlite", "floor/sqlite-file"),
+    "postgres": ("sdk/postgres", "floor/postgres"),
+    "redis": ("sdk/redis", "floor/redis"),
+}
