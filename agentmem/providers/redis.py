@@ -1,0 +1,599 @@
+"""``RedisSession`` and ``RedisSessionManager``: agentmem's history in Redis.
+
+Key layout (one session, ``id`` = the session id with ``%``, ``{`` and ``}`` percent-encoded)::
+
+    {session_prefix}:{id}    hash: created_at, updated_at (Unix seconds)
+    {messages_prefix}:{id}   list: one JSON item per element, oldest first
+
+Both keys share the hash tag ``{id}``, so they live in one Redis Cluster slot and every operation
+is a single-slot command or Lua script: ``add_items``, ``pop_item``, ``get_items`` and
+``clear_session`` are one round trip each (EVALSHA, falling back to EVAL when the server does not
+have the script yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Final, Self
+
+from agentmem._deps import missing
+from agentmem.session import (
+    SessionABC,
+    SessionClosedError,
+    SessionItem,
+    decode_item,
+    encode_items,
+    validate_session_id,
+)
+
+try:
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.connection import parse_url
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import NoScriptError
+except ImportError:
+    raise missing("redis", "redis") from None
+
+__all__ = ["RedisSession", "RedisSessionManager"]
+
+DEFAULT_URL: Final = "redis://localhost:6379"
+DEFAULT_SESSION_PREFIX: Final = "agentmem:session"
+DEFAULT_MESSAGES_PREFIX: Final = "agentmem:messages"
+
+TTL = int | timedelta
+"""Seconds (``int``) or a ``timedelta``."""
+
+_SCAN_COUNT = 1000
+# Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
+_RPUSH_CHUNK = 1000
+
+_ADD_SOURCE = f"""
+local meta_type = redis.call('TYPE', KEYS[2]).ok
+if meta_type ~= 'none' and meta_type ~= 'hash' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. meta_type .. ', not a hash')
+end
+local list_type = redis.call('TYPE', KEYS[1]).ok
+if list_type ~= 'none' and list_type ~= 'list' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. list_type .. ', not a list')
+end
+for i = 3, #ARGV, {_RPUSH_CHUNK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
+end
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
+redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
+local ttl = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+end
+return 1
+"""
+
+_POP_SOURCE = """
+local item = redis.call('RPOP', KEYS[1])
+if item then
+  redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
+  local ttl = tonumber(ARGV[2])
+  for _, key in ipairs(KEYS) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+end
+return item
+"""
+
+
+class _Script:
+    """A Lua script run with EVALSHA, and with EVAL when the server does not know it yet."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+_ADD = _Script(_ADD_SOURCE)
+_POP = _Script(_POP_SOURCE)
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def _encode_tag(session_id: str) -> str:
+    # No braces inside keeps the tag a tag; encoding '%' too keeps the mapping one-to-one.
+    return session_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _decode_tag(tag: str) -> str:
+    return tag.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+def _validate_prefix(name: str, prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"{name} must be a str, got {type(prefix).__name__}")
+    if not prefix:
+        raise ValueError(f"{name} must not be empty")
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(f"{name} must not contain '{{' or '}}' (they delimit the hash tag)")
+    return prefix
+
+
+def _validate_prefixes(session_prefix: object, messages_prefix: object) -> tuple[str, str]:
+    session_prefix = _validate_prefix("session_prefix", session_prefix)
+    messages_prefix = _validate_prefix("messages_prefix", messages_prefix)
+    if session_prefix == messages_prefix:
+        raise ValueError("session_prefix and messages_prefix must differ")
+    return session_prefix, messages_prefix
+
+
+def _key(prefix: str, session_id: str) -> str:
+    return f"{prefix}:{{{_encode_tag(session_id)}}}"
+
+
+def _ttl_ms(ttl: object, name: str = "ttl") -> int:
+    """``ttl`` in milliseconds; 0 means no expiry."""
+    if ttl is None:
+        return 0
+    if isinstance(ttl, timedelta):
+        ms = ttl // timedelta(milliseconds=1)
+    elif isinstance(ttl, int) and not isinstance(ttl, bool):
+        ms = ttl * 1000
+    else:
+        raise TypeError(f"{name} must be an int (seconds), a timedelta or None")
+    if ms <= 0:
+        raise ValueError(f"{name} must be at least one millisecond, got {ttl!r}")
+    return ms
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+
+class _Connection:
+    """How to reach one Redis: a URL plus connection options, checked up front."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        db: int | None,
+        *,
+        max_connections: int,
+        socket_timeout: float | None,
+        socket_connect_timeout: float | None,
+        pool_timeout: float | None,
+    ) -> None:
+        if not isinstance(redis_url, str):
+            raise TypeError(f"redis_url must be a str, got {type(redis_url).__name__}")
+        url_db = parse_url(redis_url).get("db")
+        if db is not None and url_db is not None and db != url_db:
+            raise ValueError(f"db={db} contradicts the database {url_db} named in redis_url")
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
+        self.url = redis_url
+        self.options: dict[str, Any] = {
+            "db": db or 0,
+            "max_connections": max_connections,
+            "timeout": pool_timeout,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+        }
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.url, repr(sorted(self.options.items()))
+
+    def build(self) -> Redis:
+        # A blocking pool queues callers when every connection is busy, where the default pool
+        # raises MaxConnectionsError. No automatic retries: a write whose reply was lost could
+        # otherwise be applied twice (or a pop lose an item), so the error goes to the caller.
+        pool = BlockingConnectionPool.from_url(
+            self.url, retry=Retry(NoBackoff(), 0), **self.options
+        )
+        return Redis.from_pool(pool)
+
+
+class _LoopClients:
+    """One client per event loop: redis.asyncio connections belong to the loop that opened them."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
+
+    def get(self) -> Redis:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            for stale in [other for other in self._clients if other.is_closed()]:
+                del self._clients[stale]
+            client = self._clients[loop] = self._connection.build()
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        loop = asyncio.get_running_loop()
+        for client_loop, client in clients.items():
+            # A client of another (finished) loop cannot be awaited from here; its sockets go
+            # with it.
+            if client_loop is loop:
+                await client.aclose()
+
+
+class _SharedClients:
+    """Clients of sessions built from a URL: shared by every session with the same URL and
+    options, closed when the last of them closes."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[_LoopClients, int]] = {}
+
+    def acquire(self, connection: _Connection) -> _LoopClients:
+        clients, refs = self._entries.get(connection.key, (None, 0))
+        if clients is None:
+            clients = _LoopClients(connection)
+        self._entries[connection.key] = (clients, refs + 1)
+        return clients
+
+    async def release(self, connection: _Connection) -> None:
+        clients, refs = self._entries[connection.key]
+        if refs > 1:
+            self._entries[connection.key] = (clients, refs - 1)
+            return
+        del self._entries[connection.key]
+        await clients.aclose()
+
+
+_shared = _SharedClients()
+
+
+# --- the session -------------------------------------------------------------------------------
+
+
+class RedisSession(SessionABC):
+    """A conversation history in Redis: a list of JSON items plus a metadata hash.
+
+    Built from a URL, the session connects lazily over a blocking connection pool that every
+    session with the same URL and options shares (one per event loop), released by ``close()``.
+    Built with ``client=``, it uses that ``redis.asyncio.Redis`` as is and never closes it.
+
+    Example::
+
+        async with RedisSession("user_123", ttl=3600) as session:
+            await session.add_items([{"role": "user", "content": "Hi"}])
+
+    Attributes:
+        session_id: The conversation's id.
+        session_settings: The OpenAI Agents SDK ``SessionSettings`` (``limit`` is the default for
+            ``get_items()``), or ``None``.
+        ttl: The expiry every write sets on the session's keys, or ``None`` for no expiry.
+        session_key: The Redis key of the metadata hash.
+        messages_key: The Redis key of the item list.
+    """
+
+    ttl: timedelta | None
+    session_key: str
+    messages_key: str
+
+    def __init__(
+        self,
+        session_id: str,
+        redis_url: str = DEFAULT_URL,
+        db: int | None = None,
+        *,
+        client: Redis | None = None,
+        session_prefix: str = DEFAULT_SESSION_PREFIX,
+        messages_prefix: str = DEFAULT_MESSAGES_PREFIX,
+        ttl: TTL | None = None,
+        session_settings: Any = None,
+        max_connections: int = 50,
+        socket_timeout: float | None = 10.0,
+        socket_connect_timeout: float | None = 5.0,
+        pool_timeout: float | None = 10.0,
+    ) -> None:
+        """Create a session; nothing is read or written until the first operation.
+
+        Args:
+            session_id: The conversation's id: any string of 1 to 255 characters.
+            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL, with an optional password
+                and database (``redis://:secret@host:6379/2``). Ignored when ``client`` is given.
+            db: The database number, if the URL does not name one (default 0).
+            client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
+                the session never closes it.
+            session_prefix: Prefix of the metadata hash key.
+            messages_prefix: Prefix of the item list key.
+            ttl: Expiry (seconds or ``timedelta``) that every write sets on all of the session's
+                keys; ``None`` never expires.
+            session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+            max_connections: Size of the connection pool; callers beyond it wait for a connection.
+            socket_timeout: Seconds to wait for a reply before raising ``redis.TimeoutError``.
+            socket_connect_timeout: Seconds to wait for a connection to open.
+            pool_timeout: Seconds to wait for a free pooled connection before raising
+                ``redis.ConnectionError``.
+
+        Raises:
+            TypeError, ValueError: a bad id, prefix, ttl, URL or client.
+        """
+        connection = None
+        if client is None:
+            connection = _Connection(
+                redis_url,
+                db,
+                max_connections=max_connections,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout,
+                pool_timeout=pool_timeout,
+            )
+        elif not isinstance(client, Redis):
+            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
+        self._client_given = client
+        self._manager: RedisSessionManager | None = None
+        self._connection = connection
+        self._clients = None if connection is None else _shared.acquire(connection)
+
+    def _setup(
+        self,
+        session_id: str,
+        session_settings: Any,
+        ttl: object,
+        session_prefix: str,
+        messages_prefix: str,
+    ) -> None:
+        super().__init__(session_id, session_settings)
+        session_prefix, messages_prefix = _validate_prefixes(session_prefix, messages_prefix)
+        self._ttl_ms = _ttl_ms(ttl)
+        self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
+        self.session_key = _key(session_prefix, self.session_id)
+        self.messages_key = _key(messages_prefix, self.session_id)
+        self._keys = [self.messages_key, self.session_key]
+
+    @classmethod
+    def _from_manager(
+        cls,
+        manager: RedisSessionManager,
+        session_id: str,
+        ttl: object,
+        session_settings: Any,
+    ) -> RedisSession:
+        session = cls.__new__(cls)
+        session._setup(
+            session_id, session_settings, ttl, manager.session_prefix, manager.messages_prefix
+        )
+        session._client_given = None
+        session._manager = manager
+        session._connection = None
+        session._clients = manager._clients
+        return session
+
+    def _client(self) -> Redis:
+        self._check_open()
+        if self._client_given is not None:
+            return self._client_given
+        if self._manager is not None and self._manager.closed:
+            raise SessionClosedError(
+                f"the RedisSessionManager of session {self.session_id!r} is closed"
+            )
+        assert self._clients is not None
+        return self._clients.get()
+
+    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
+        """Return the history oldest first (one LRANGE).
+
+        Args:
+            limit: Return only the newest ``limit`` items. ``None`` means the
+                ``session_settings`` limit if one is set, else everything.
+
+        Raises:
+            TypeError, ValueError: a bad ``limit``.
+            SessionClosedError: the session (or its manager) was closed.
+        """
+        client = self._client()
+        limit = self._resolve_limit(limit)
+        if limit == 0:
+            return []
+        start = 0 if limit is None else -limit
+        raw: list[bytes | str] = await client.lrange(self.messages_key, start, -1)
+        return [decode_item(data) for data in raw]
+
+    async def add_items(self, items: list[SessionItem]) -> None:
+        """Append ``items`` in order, atomically, in one round trip (a Lua script).
+
+        The script also stamps ``updated_at`` and sets (or, with ``ttl=None``, removes) the
+        expiry of every key of the session.
+
+        Raises:
+            TypeError, ValueError: an item is not a JSON object; nothing is written.
+            SessionClosedError: the session (or its manager) was closed.
+        """
+        client = self._client()
+        encoded = encode_items(items)
+        if not encoded:
+            return
+        args: list[str | int] = [_now(), self._ttl_ms]
+        args.extend(item.json for item in encoded)
+        await _ADD(client, self._keys, args)
+
+    async def pop_item(self) -> SessionItem | None:
+        """Remove and return the newest item, atomically, in one round trip (a Lua script).
+
+        Returns:
+            The newest item, or ``None`` when the history is empty.
+        """
+        client = self._client()
+        data: bytes | str | None = await _POP(client, self._keys, [_now(), self._ttl_ms])
+        return None if data is None else decode_item(data)
+
+    async def clear_session(self) -> None:
+        """Delete every key of this session (other sessions are untouched)."""
+        await self._client().delete(*self._keys)
+
+    async def _close(self) -> None:
+        if self._connection is not None:
+            self._clients = None
+            await _shared.release(self._connection)
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+_MANAGER_DEFAULT: Any = object()
+
+
+class RedisSessionManager:
+    """Hands out ``RedisSession`` objects that share one blocking connection pool.
+
+    Sessions from a manager never close the pool; ``close()`` on the manager does, after which
+    its sessions raise ``SessionClosedError``. The pool is per event loop (like every
+    redis.asyncio connection), with at most ``max_connections`` connections each; callers beyond
+    that wait up to ``pool_timeout`` seconds for a free connection.
+
+    Example::
+
+        async with RedisSessionManager(default_ttl=7200, max_connections=10) as manager:
+            session = manager.get_session("user_123")
+            await session.add_items([{"role": "user", "content": "Hi"}])
+            print(await manager.list_sessions())
+    """
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_URL,
+        db: int | None = None,
+        *,
+        default_ttl: TTL | None = None,
+        max_connections: int = 50,
+        session_prefix: str = DEFAULT_SESSION_PREFIX,
+        messages_prefix: str = DEFAULT_MESSAGES_PREFIX,
+        socket_timeout: float | None = 10.0,
+        socket_connect_timeout: float | None = 5.0,
+        pool_timeout: float | None = 10.0,
+    ) -> None:
+        """Configure the manager; connections open on first use.
+
+        Args:
+            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL, with an optional password
+                and database.
+            db: The database number, if the URL does not name one (default 0).
+            default_ttl: The ``ttl`` of sessions from ``get_session`` (seconds or ``timedelta``);
+                ``None`` never expires.
+            max_connections: Size of the shared connection pool.
+            session_prefix: Prefix of the metadata hash keys.
+            messages_prefix: Prefix of the item list keys.
+            socket_timeout: Seconds to wait for a reply.
+            socket_connect_timeout: Seconds to wait for a connection to open.
+            pool_timeout: Seconds to wait for a free pooled connection.
+
+        Raises:
+            TypeError, ValueError: a bad URL, prefix, ttl or pool size.
+        """
+        self.session_prefix, self.messages_prefix = _validate_prefixes(
+            session_prefix, messages_prefix
+        )
+        _ttl_ms(default_ttl, "default_ttl")
+        self.default_ttl = default_ttl
+        connection = _Connection(
+            redis_url,
+            db,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            pool_timeout=pool_timeout,
+        )
+        self._clients = _LoopClients(connection)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError("RedisSessionManager is closed")
+
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        ttl: TTL | None = _MANAGER_DEFAULT,
+        session_settings: Any = None,
+    ) -> RedisSession:
+        """Return a session on the manager's pool.
+
+        Args:
+            session_id: The conversation's id.
+            ttl: Expiry for this session; defaults to the manager's ``default_ttl``, ``None``
+                never expires.
+            session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+
+        Raises:
+            SessionClosedError: the manager was closed.
+        """
+        self._check_open()
+        if ttl is _MANAGER_DEFAULT:
+            ttl = self.default_ttl
+        return RedisSession._from_manager(self, session_id, ttl, session_settings)
+
+    async def list_sessions(self) -> list[str]:
+        """Return the ids of the sessions under this manager's ``session_prefix``, sorted.
+
+        Uses SCAN (never KEYS), so it does not block the server however many keys it holds.
+        Expired and deleted sessions are not listed.
+        """
+        self._check_open()
+        head = f"{self.session_prefix}:{{"
+        pattern = f"{_glob_escape(self.session_prefix)}:{{*}}"
+        ids: set[str] = set()
+        keys: AsyncIterator[bytes | str] = self._clients.get().scan_iter(
+            match=pattern, count=_SCAN_COUNT, _type="hash"
+        )
+        async for raw in keys:
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            tag = key[len(head) : -1]
+            if key.startswith(head) and key.endswith("}") and "{" not in tag and "}" not in tag:
+                ids.add(_decode_tag(tag))
+        return sorted(ids)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete every key of one session.
+
+        Returns:
+            Whether the session existed.
+        """
+        self._check_open()
+        session_id = validate_session_id(session_id)
+        keys = [_key(self.messages_prefix, session_id), _key(self.session_prefix, session_id)]
+        deleted: int = await self._clients.get().delete(*keys)
+        return deleted > 0
+
+    async def close(self) -> None:
+        """Close the shared pool. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._clients.aclose()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
