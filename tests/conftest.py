@@ -165,11 +165,53 @@ async def postgres_session(postgres_engine: Any) -> AsyncIterator[SessionFactory
         yield make
 
 
+# --- Redis: one key prefix per test run ---------------------------------------------------------
+
+REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[Any]:
+    """A ``redis.asyncio`` client on the test server; this run's keys are deleted afterwards."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        server_unavailable(f"Redis at {REDIS_URL}", exc)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{REDIS_PREFIX}:*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await client.unlink(*keys[start : start + 1000])
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_session(redis_client: Any) -> AsyncIterator[SessionFactory]:
+    from agentmem import RedisSession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return RedisSession(
+            session_id,
+            REDIS_URL,
+            session_prefix=f"{REDIS_PREFIX}:session",
+            messages_prefix=f"{REDIS_PREFIX}:messages",
+            **kwargs,
+        )
+
+    async for make in _closing_factory(build):
+        yield make
+
+
 # Backends of the contract suite: one fixture name and one marker each.
 BACKENDS = [
     pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
     pytest.param("sqlite_file_session", marks=pytest.mark.sqlite, id="sqlite-file"),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
 ]
 
 
