@@ -14,13 +14,11 @@ from agentmem.session import Session, SessionABC, SessionClosedError
 
 if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
-    from agentmem.providers.cached import CachedSession
     from agentmem.providers.redis import RedisSession, RedisSessionManager
     from agentmem.providers.sqlalchemy import SQLAlchemySession
     from agentmem.providers.sqlite import SQLiteSession
 
 __all__ = [
-    "CachedSession",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -40,7 +38,6 @@ _LAZY = {
     "SQLiteSession": "agentmem.providers.sqlite",
     "RedisSession": "agentmem.providers.redis",
     "RedisSessionManager": "agentmem.providers.redis",
-    "CachedSession": "agentmem.providers.cached",
     "SchemaError": "agentmem.migrate",
 }
 

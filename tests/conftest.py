@@ -11,8 +11,9 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,7 +28,15 @@ IN_CI = bool(os.environ.get("CI"))
 RUN_ID = uuid.uuid4().hex[:10]
 
 SessionFactory = Callable[..., Awaitable[Session]]
+T = TypeVar("T")
 NEW_ID: Any = object()  # the factories' default: a fresh unique session id
+
+
+def run_in_new_loop(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion in a fresh event loop on another thread: session-scoped
+    sync fixtures may be set up while a test's loop is already running."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()  # type: ignore[arg-type]
 
 
 def unique_id(prefix: str = "s") -> str:
@@ -78,12 +87,12 @@ def postgres_database() -> Any:
             await conn.close()
 
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        run_in_new_loop(lambda: admin(f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         server_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
     url = _with_database(admin_url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
     yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_in_new_loop(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +109,7 @@ def postgres_url(postgres_database: str) -> str:
         finally:
             await engine.dispose()
 
-    asyncio.run(setup())
+    run_in_new_loop(setup)
     return postgres_database
 
 

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentmem import migrate
@@ -224,11 +225,8 @@ class SQLAlchemySession(SQLSessionBase):
         self._url = migrate.async_url(url)
         self._engine_options = dict(engine_kwargs or {})
         self._engine_keys = []
-        probe = create_async_engine(self._url)
-        try:
-            self._bind_store(probe.dialect.name, probe.dialect.driver)
-        finally:
-            probe.sync_engine.dispose(close=False)
+        parsed = make_url(self._url)
+        self._bind_store(parsed.get_backend_name(), parsed.get_driver_name())
         return self
 
     def _bind_store(self, dialect: str, driver: str) -> None:
@@ -289,7 +287,7 @@ async def _with_driver(
             try:
                 return await use(raw.driver_connection)
             except Exception as exc:
-                if not _is_disconnect(exc):
+                if not _is_disconnect(exc, raw.driver_connection):
                     raise _translate(engine, session.table_prefix, exc) from exc
                 await connection.invalidate()
                 if not retry or attempt == 2:
@@ -297,18 +295,19 @@ async def _with_driver(
     raise AssertionError("unreachable")
 
 
-def _is_disconnect(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return (
-        isinstance(exc, ConnectionError | OSError)
-        or name
-        in {
-            "ConnectionDoesNotExistError",
-            "InterfaceError",
-            "AdminShutdownError",
-            "CannotConnectNowError",
-        }
-        or "connection was closed" in str(exc)
+def _is_disconnect(exc: BaseException, driver: Any) -> bool:
+    """Whether ``exc`` means the connection is unusable (rather than an error in the SQL)."""
+    is_closed = getattr(driver, "is_closed", None)  # asyncpg
+    if is_closed is not None and is_closed():
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):  # a PostgreSQL error: connection exception or shutdown
+        return sqlstate.startswith(("08", "57P"))
+    if isinstance(exc, ConnectionError | OSError):
+        return True
+    # asyncpg's client-side protocol errors; aiosqlite's "no active connection"
+    return type(exc).__name__ in {"InterfaceError", "InternalClientError"} or (
+        isinstance(exc, ValueError) and "no active connection" in str(exc)
     )
 
 

@@ -1,0 +1,200 @@
+"""What is the SQL backends' own: real multi-process writers and poppers, persistence, engine
+ownership and sharing, and use from one event loop after another."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from agentmem import SQLAlchemySession, SQLiteSession
+from tests import _workers
+from tests.conftest import run_in_new_loop, unique_id
+
+WRITERS = 8
+ADDS_PER_WRITER = 200
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(kind, target) of a store several processes can open: a SQLite file or PostgreSQL."""
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "shared.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return "postgres", url
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[ProcessPoolExecutor]:
+    with ProcessPoolExecutor(WRITERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _read(kind: str, target: str, session_id: str) -> list[Any]:
+    async def read() -> list[Any]:
+        async with _workers.open_session(kind, target, session_id) as session:
+            return await session.get_items()
+
+    return run_in_new_loop(read)
+
+
+@pytest.mark.slow
+def test_eight_processes_append_to_one_session(
+    shared_store: tuple[str, str], processes: ProcessPoolExecutor
+) -> None:
+    kind, target = shared_store
+    session_id = unique_id("mp")
+    futures = [
+        processes.submit(_workers.write_items, kind, target, session_id, w, ADDS_PER_WRITER)
+        for w in range(WRITERS)
+    ]
+    assert [f.result(timeout=300) for f in futures] == [ADDS_PER_WRITER] * WRITERS
+    items = _read(kind, target, session_id)
+    assert len(items) == WRITERS * ADDS_PER_WRITER
+    for w in range(WRITERS):
+        assert [item["i"] for item in items if item["w"] == w] == list(range(ADDS_PER_WRITER))
+
+
+@pytest.mark.slow
+def test_processes_popping_one_session_get_each_item_once(
+    shared_store: tuple[str, str], processes: ProcessPoolExecutor
+) -> None:
+    kind, target = shared_store
+    session_id = unique_id("pop")
+    total = 600
+
+    async def fill() -> None:
+        async with _workers.open_session(kind, target, session_id) as session:
+            await session.add_items([{"n": n} for n in range(total)])
+
+    run_in_new_loop(fill)
+    futures = [
+        processes.submit(_workers.pop_until_empty, kind, target, session_id) for _ in range(6)
+    ]
+    popped = [item["n"] for f in futures for item in f.result(timeout=300)]
+    assert sorted(popped) == list(range(total))
+    assert _read(kind, target, session_id) == []
+
+
+@pytest.mark.sqlite
+def test_sqlite_file_history_survives_the_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "survives.db")
+    session_id = unique_id()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        pool.submit(_workers.write_items, "sqlite", path, session_id, 0, 3).result(timeout=120)
+    assert _read("sqlite", path, session_id) == [{"w": 0, "i": i} for i in range(3)]
+
+
+@pytest.mark.sqlite
+async def test_many_sessions_share_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "many.db"
+    sessions = [SQLiteSession(f"user_{n}", path) for n in range(20)]
+    for n, session in enumerate(sessions):
+        await session.add_items([{"user": n}])
+    for n, session in enumerate(sessions):
+        assert await session.get_items() == [{"user": n}]
+        await session.close()
+
+
+@pytest.mark.sqlite
+async def test_memory_sessions_are_private_to_their_object() -> None:
+    async with SQLiteSession("same") as first, SQLiteSession("same") as second:
+        await first.add_items([{"n": 1}])
+        assert await second.get_items() == []
+
+
+@pytest.mark.sqlite
+async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SQLiteSession("x", tmp_path / "no" / "such" / "dir.db")
+
+
+@pytest.mark.sqlite
+def test_sqlite_session_works_from_one_event_loop_after_another(tmp_path: Path) -> None:
+    for target in (":memory:", str(tmp_path / "loops.db")):
+        session = SQLiteSession(unique_id(), target)
+        asyncio.run(session.add_items([{"turn": 1}]))
+        asyncio.run(session.add_items([{"turn": 2}]))
+        assert asyncio.run(session.get_items()) == [{"turn": 1}, {"turn": 2}]
+        asyncio.run(session.close())
+
+
+@pytest.mark.postgres
+def test_from_url_works_from_one_event_loop_after_another(postgres_url: str) -> None:
+    session = SQLAlchemySession.from_url(unique_id(), url=postgres_url)
+    asyncio.run(session.add_items([{"turn": 1}]))
+    asyncio.run(session.add_items([{"turn": 2}]))
+    assert asyncio.run(session.get_items()) == [{"turn": 1}, {"turn": 2}]
+    assert asyncio.run(session.pop_item()) == {"turn": 2}
+    asyncio.run(session.close())
+
+
+@pytest.mark.postgres
+async def test_from_url_sessions_share_one_engine_per_url(postgres_url: str) -> None:
+    plain = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+    sessions = [SQLAlchemySession.from_url(unique_id(), url=plain) for _ in range(50)]
+    engines = {id(await s.engine()) for s in sessions}
+    assert len(engines) == 1
+    await asyncio.gather(*(s.add_items([{"n": 1}]) for s in sessions))
+    engine = await sessions[0].engine()
+    assert engine.pool.checkedout() == 0
+    for s in sessions[:-1]:
+        await s.clear_session()
+        await s.close()
+    assert await sessions[-1].get_items() == [{"n": 1}]  # still open: the engine lives on
+    await sessions[-1].clear_session()
+    await sessions[-1].close()
+
+
+@pytest.mark.postgres
+async def test_closing_a_session_leaves_the_callers_engine_open(
+    postgres_engine: AsyncEngine,
+) -> None:
+    async with SQLAlchemySession(postgres_engine, unique_id()) as session:
+        await session.add_items([{"n": 1}])
+        await session.clear_session()
+    other = SQLAlchemySession(postgres_engine, unique_id())
+    assert await other.get_items() == []
+
+
+@pytest.mark.postgres
+async def test_a_killed_connection_is_replaced_and_reads_retry(postgres_url: str) -> None:
+    engine = create_async_engine(postgres_url, pool_size=1, max_overflow=0)
+    try:
+        session = SQLAlchemySession(engine, unique_id())
+        await session.add_items([{"n": 1}])
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            pid = raw.driver_connection.get_server_pid()
+        admin = create_async_engine(postgres_url)
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        await admin.dispose()
+        assert await session.get_items() == [{"n": 1}]  # retried on a new connection
+        await session.add_items([{"n": 2}])
+        assert await session.pop_item() == {"n": 2}
+        await session.clear_session()
+    finally:
+        await engine.dispose()
+
+
+async def test_engine_must_be_an_async_engine() -> None:
+    with pytest.raises(TypeError, match="AsyncEngine"):
+        SQLAlchemySession("not an engine", unique_id())  # type: ignore[arg-type]
+
+
+def test_from_url_refuses_other_databases() -> None:
+    with pytest.raises(ValueError, match="supports postgresql\\+asyncpg and sqlite\\+aiosqlite"):
+        SQLAlchemySession.from_url(unique_id(), url="mysql+aiomysql://u@h/db")
