@@ -711,3 +711,21 @@ def test_missing_redis_names_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert 'pip install "agentmem[redis]"' in result.stdout
     assert issubclass(MissingDependencyError, ImportError)
+
+
+def test_a_manager_survives_event_loop_changes(redis_client: Any) -> None:
+    manager = RedisSessionManager(REDIS_URL, **PREFIXES)
+    session = manager.get_session(unique_id())
+    asyncio.run(session.add_items([{"n": 1}]))
+    asyncio.run(session.add_items([{"n": 2}]))
+    assert session.session_id in asyncio.run(manager.list_sessions())
+    assert asyncio.run(session.get_items()) == [{"n": 1}, {"n": 2}]
+    asyncio.run(manager.close())
+
+
+async def test_unix_socket_url(start_server: Any, tmp_path: Path) -> None:
+    path = tmp_path / "redis.sock"
+    start_server("--unixsocket", str(path))
+    async with RedisSession(unique_id(), f"unix://{path}?db=2") as session:
+        await session.add_items([{"n": 1}])
+        assert await session.get_items() == [{"n": 1}]
