@@ -174,6 +174,23 @@ async def postgres_session(postgres_engine: Any) -> AsyncIterator[SessionFactory
         yield make
 
 
+@pytest.fixture
+async def sqlalchemy_sqlite_session(tmp_path: Path) -> AsyncIterator[SessionFactory]:
+    """SQLAlchemySession on a caller's aiosqlite engine (tables created on first use)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySession
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLAlchemySession(engine, session_id, create_tables=True, **kwargs)
+
+    async for make in _closing_factory(build):
+        yield make
+    await engine.dispose()
+
+
 # --- Redis: one key prefix per test run ---------------------------------------------------------
 
 REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
@@ -219,6 +236,7 @@ async def redis_session(redis_client: Any) -> AsyncIterator[SessionFactory]:
 BACKENDS = [
     pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
     pytest.param("sqlite_file_session", marks=pytest.mark.sqlite, id="sqlite-file"),
+    pytest.param("sqlalchemy_sqlite_session", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
 ]

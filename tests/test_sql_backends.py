@@ -198,3 +198,17 @@ async def test_engine_must_be_an_async_engine() -> None:
 def test_from_url_refuses_other_databases() -> None:
     with pytest.raises(ValueError, match="supports postgresql\\+asyncpg and sqlite\\+aiosqlite"):
         SQLAlchemySession.from_url(unique_id(), url="mysql+aiomysql://u@h/db")
+
+
+@pytest.mark.sqlite
+def test_from_url_sqlite_uses_wal_and_works_across_loops(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "from_url.db"
+    session = SQLAlchemySession.from_url(unique_id(), url=f"sqlite:///{path}", create_tables=True)
+    asyncio.run(session.add_items([{"turn": 1}]))
+    asyncio.run(session.add_items([{"turn": 2}]))
+    assert asyncio.run(session.get_items()) == [{"turn": 1}, {"turn": 2}]
+    asyncio.run(session.close())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

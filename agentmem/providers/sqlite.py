@@ -1,10 +1,11 @@
 """``SQLiteSession``: the embedded default. No server, nothing to configure.
 
 It runs the SQL provider's statements (:mod:`agentmem.providers._sql`) on the stdlib ``sqlite3``
-module: each operation is one call into a worker thread, holding one connection per database
-file per process (WAL, a 30 s busy timeout, ``BEGIN IMMEDIATE`` writes), so it works from any
-event loop, one after another. A file is brought to the current schema by agentmem's Alembic
-migrations on first use; an in-memory database is a copy of a database migrated the same way.
+module, holding one connection per database file per process (WAL, a 30 s busy timeout,
+``BEGIN IMMEDIATE`` writes): each operation on a file is one call into a worker thread; on a
+private in-memory database it runs inline. It works from any event loop, one after another.
+A file is brought to the current schema by agentmem's Alembic migrations on first use; an
+in-memory database is a copy of a database migrated the same way.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class _ThreadOperations(Operations):
         self.sql = _sql.sqlite_statements(database.table_prefix)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.database.target == MEMORY:
+            # A private in-memory database never waits on I/O or on another connection's lock:
+            # running inline costs less than the hop to a worker thread.
+            return self.database.run(fn, self.sql, self.session_id, *args)
         call = partial(self.database.run, fn, self.sql, self.session_id, *args)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
