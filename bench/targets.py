@@ -273,8 +273,9 @@ _SQLITE_SCHEMA = (
 
 
 class SQLiteFloor(_FloorStore):
-    """sqlite3 on one connection owned by one thread: one hop and one transaction per operation
-    (what aiosqlite does, without its hop per statement)."""
+    """sqlite3, one transaction per operation. On a file the connection is owned by one thread,
+    one hop per operation (what aiosqlite does, without its hop per statement); in memory the
+    operations run inline, as agentmem's in-memory SQLiteSession does."""
 
     family = "sqlite"
 
@@ -297,8 +298,10 @@ class SQLiteFloor(_FloorStore):
         for statement in _SQLITE_SCHEMA:
             self._conn.execute(statement)
 
-    def _run(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
-        return asyncio.get_running_loop().run_in_executor(self._thread, fn)
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        if not self._on_file:  # never waits on I/O or a lock: inline is cheaper than a hop
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
         if limit is None:
