@@ -1,0 +1,597 @@
+"""The ``agentmem`` command: run the demo, migrate a database, inspect and move conversations.
+
+Every command takes ``--url`` (default: ``$AGENTMEM_DATABASE_URL``, else
+``sqlite:///agentmem.db``): ``sqlite:///file.db``, ``postgresql://user@host/db`` or
+``redis://host:6379/0``. ``--json`` prints machine-readable output. A user error prints one line
+on stderr and exits with status 1.
+
+Example:
+    $ agentmem demo
+    $ agentmem sessions list
+    $ agentmem sessions copy --from sqlite:///agentmem.db --to postgresql://app@db/app
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+import orjson
+
+from agentmem import __version__, migrate
+from agentmem._cli_stores import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_URL,
+    CLIError,
+    Conversation,
+    SessionInfo,
+    SQLStore,
+    Store,
+    format_time,
+    open_store,
+)
+from agentmem._deps import MissingDependencyError, missing
+from agentmem.session import validate_session_id
+
+__all__ = ["main"]
+
+URL_ENV = "AGENTMEM_DATABASE_URL"
+DEMO_SESSION_ID = "demo"
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; the last column is left unpadded."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def short_time(info: SessionInfo, name: str) -> str:
+    value = format_time(getattr(info, name))
+    return "-" if value is None else value[:19].replace("T", " ")
+
+
+def one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: max(width - 1, 1)] + "…"
+
+
+def describe_item(item: Any) -> tuple[str, str]:
+    """(kind, summary) of a stored item, for ``sessions show``."""
+    if not isinstance(item, dict):
+        return "?", json.dumps(item)
+    kind = str(item.get("role") or item.get("type") or "item")
+    content = item.get("content")
+    if isinstance(content, str):
+        return kind, content
+    if isinstance(content, list):
+        parts = [p.get("text") or p.get("refusal") or "" for p in content if isinstance(p, dict)]
+        return kind, " ".join(str(part) for part in parts if part)
+    if item.get("type") == "function_call":
+        return kind, f"{item.get('name')}({item.get('arguments', '')})"
+    if "output" in item:
+        output = item["output"]
+        return kind, output if isinstance(output, str) else json.dumps(output)
+    if item.get("type") == "reasoning":
+        summary = item.get("summary") or []
+        return kind, " ".join(str(s.get("text", "")) for s in summary if isinstance(s, dict))
+    rest = {key: value for key, value in item.items() if key not in ("role", "type", "id")}
+    return kind, json.dumps(rest, ensure_ascii=False)
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.enabled = sys.stderr.isatty() and total > 0
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = width * self.done // self.total
+            bar = "#" * filled + "." * (width - filled)
+            sys.stderr.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+async def cmd_demo(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    try:
+        from agentmem import _demo
+    except ImportError:
+        raise missing("agents", "openai-agents") from None
+
+    offline = not os.environ.get("OPENAI_API_KEY")
+    store = await opened(stack, args.url, args, writing=True)
+    session_id = validate_session_id(args.session)
+    session = store.session(session_id)
+    stack.push_async_callback(session.close)
+    before = len(await session.get_items())
+    questions = args.questions or (_demo.DOCS_QUESTIONS if before == 0 else [_demo.RECAP_QUESTION])
+    turns = await _demo.run_turns(session, list(questions), offline=offline)
+    after = len(await session.get_items())
+    model = "offline" if offline else "openai"
+    if args.json:
+        emit_json(
+            {
+                "model": model,
+                "url": store.display_url,
+                "session_id": session_id,
+                "items_before": before,
+                "items": after,
+                "turns": [{"question": t.question, "answer": t.answer} for t in turns],
+            }
+        )
+        return 0
+    if offline:
+        print("Model: offline scripted demo model (no OPENAI_API_KEY set: no network, no key).")
+    else:
+        print("Model: OpenAI (OPENAI_API_KEY is set).")
+    print(f"Storage: session {session_id!r} in {store.kind} at {store.display_url}")
+    if before:
+        print(f"Continuing the conversation: {count(before, 'item')} already stored.")
+    print()
+    for turn in turns:
+        print(f"You:       {turn.question}")
+        print(f"Assistant: {turn.answer}")
+        print()
+    url_option = ""
+    if args.url != DEFAULT_URL:
+        url_option = " --url URL" if "***" in store.display_url else f" --url {args.url}"
+    print(f"Stored: {count(after, 'item')} in session {session_id!r} at {store.display_url}")
+    print(
+        f"Run `agentmem demo{url_option}` again to continue the conversation, or "
+        f"`agentmem sessions show {session_id}{url_option}` to see what is stored."
+    )
+    return 0
+
+
+def sql_store(store: Store) -> SQLStore:
+    if not isinstance(store, SQLStore):
+        raise CLIError(f"{store.kind} has no schema: migrations apply to SQL databases")
+    return store
+
+
+async def cmd_upgrade(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = sql_store(await opened(stack, args.url, args))
+    before = await store.current()
+    await store.upgrade()
+    head = migrate.head()
+    if args.json:
+        emit_json({"url": store.display_url, "from": before, "to": head})
+    elif before == head:
+        print(f"{store.display_url} is already at the head revision {head}.")
+    else:
+        print(f"Upgraded {store.display_url} from {before or 'an empty schema'} to {head}.")
+    return 0
+
+
+async def cmd_current(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = sql_store(await opened(stack, args.url, args))
+    current = await store.current()
+    head = migrate.head()
+    if args.json:
+        emit_json(
+            {"url": store.display_url, "current": current, "head": head, "at_head": current == head}
+        )
+    elif current is None:
+        print(f"{store.display_url}: no agentmem schema (head is {head})")
+    else:
+        state = "head" if current == head else f"behind head {head}"
+        print(f"{store.display_url}: {current} ({state})")
+    return 0
+
+
+async def cmd_check(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = sql_store(await opened(stack, args.url, args))
+    problem = migrate.describe_schema_state(await store.current(), store.table_prefix)
+    if problem is not None:
+        raise CLIError(f"{store.display_url}: {problem}")
+    if args.json:
+        emit_json({"url": store.display_url, "at_head": True, "head": migrate.head()})
+    else:
+        print(f"{store.display_url} is at the head revision {migrate.head()}.")
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args)
+    infos = await store.list_sessions(args.limit, args.offset)
+    if args.json:
+        emit_json([info.to_json() for info in infos])
+        return 0
+    if not infos:
+        print(f"No sessions in {store.display_url}" + (" at this offset." if args.offset else "."))
+        return 0
+    rows = [
+        [
+            info.session_id,
+            str(info.items),
+            short_time(info, "updated_at"),
+            short_time(info, "created_at"),
+        ]
+        for info in infos
+    ]
+    print_table(["SESSION ID", "ITEMS", "UPDATED (UTC)", "CREATED (UTC)"], rows)
+    if args.limit is not None and len(infos) == args.limit:
+        print(f"(showing {len(infos)}; more with --offset {args.offset + len(infos)})")
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args)
+    info = await store.require(args.session_id)
+    session = store.session(info.session_id)
+    stack.push_async_callback(session.close)
+    items = await session.get_items(args.limit)
+    if args.json:
+        emit_json({**info.to_json(), "shown": len(items), "history": items})
+        return 0
+    print(
+        f"Session {info.session_id!r}: {count(info.items, 'item')}, created "
+        f"{short_time(info, 'created_at')}, updated {short_time(info, 'updated_at')} (UTC)"
+    )
+    if not items:
+        return 0
+    first = info.items - len(items) + 1
+    width = max(shutil.get_terminal_size().columns - 24, 40)
+    rows = []
+    for number, item in enumerate(items, first):
+        kind, summary = describe_item(item)
+        rows.append([str(number), kind, one_line(summary, width)])
+    print()
+    print_table(["#", "KIND", "CONTENT"], rows)
+    return 0
+
+
+async def cmd_delete(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args)
+    session_id = validate_session_id(args.session_id)
+    removed = await store.delete(session_id)
+    if removed is None:
+        raise CLIError(f"no session {session_id!r} in {store.display_url}")
+    if args.json:
+        emit_json({"session_id": session_id, "deleted_items": removed})
+    else:
+        print(
+            f"Deleted session {session_id!r} ({count(removed, 'item')}) from {store.display_url}."
+        )
+    return 0
+
+
+async def selected_ids(store: Store, requested: Sequence[str]) -> list[str]:
+    """The requested sessions (each must exist), or every session, newest first."""
+    if not requested:
+        return [info.session_id for info in await store.list_sessions()]
+    ids = list(dict.fromkeys(validate_session_id(i) for i in requested))
+    missing_ids = [i for i in ids if i not in await store.existing(ids)]
+    if missing_ids:
+        raise CLIError(f"no session {missing_ids[0]!r} in {store.display_url}")
+    return ids
+
+
+async def cmd_export(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args)
+    ids = await selected_ids(store, args.session_ids)
+    out = stack.enter_context(output_stream(args.output))
+    sessions = items = 0
+    progress = Progress("Exporting", len(ids))
+    for session_id in ids:
+        conversation = await store.read(session_id)
+        progress.advance()
+        if conversation is None:  # deleted meanwhile
+            continue
+        out.write(orjson.dumps(conversation.to_json()) + b"\n")
+        sessions += 1
+        items += len(conversation.items)
+    out.flush()
+    progress.finish()
+    if args.output:
+        summary = {"sessions": sessions, "items": items, "file": str(args.output)}
+        if args.json:
+            emit_json(summary)
+        else:
+            print(
+                f"Exported {count(sessions, 'session')} ({count(items, 'item')}) to {args.output}."
+            )
+    return 0
+
+
+@contextmanager
+def output_stream(path: str | None) -> Iterator[IO[bytes]]:
+    """The export's destination: the file ``path``, else stdout."""
+    if path is None:
+        yield sys.stdout.buffer
+        return
+    try:
+        f = open(path, "wb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise CLIError(f"cannot write {path}: {exc.strerror}") from None
+    with f:
+        yield f
+
+
+def read_export(path: Path) -> Iterator[Conversation]:
+    """The conversations of an export file, one per non-blank line."""
+    try:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield Conversation.from_json(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    raise CLIError(f"{path}:{number}: not JSON ({exc})") from None
+                except CLIError as exc:
+                    raise CLIError(f"{path}:{number}: {exc}") from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from None
+
+
+async def write_all(
+    target: Store,
+    ids: list[str],
+    load: Callable[[str], Awaitable[Conversation | None]],
+    label: str,
+    replace: bool,
+) -> tuple[int, int]:
+    """Write the conversations ``load`` returns for ``ids`` into ``target``, refusing to
+    overwrite existing sessions unless ``replace``; returns (sessions, items)."""
+    taken = await target.existing(ids)
+    if taken and not replace:
+        example = next(i for i in ids if i in taken)
+        raise CLIError(
+            f"{count(len(taken), 'session')} already in {target.display_url} "
+            f"(e.g. {example!r}): pass --replace to overwrite them"
+        )
+    sessions = items = 0
+    progress = Progress(label, len(ids))
+    for session_id in ids:
+        conversation = await load(session_id)
+        if conversation is not None:
+            await target.write(conversation)
+            sessions += 1
+            items += len(conversation.items)
+        progress.advance()
+    progress.finish()
+    return sessions, items
+
+
+async def cmd_import(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    path = Path(args.file)
+    ids: list[str] = []
+    seen: set[str] = set()
+    for conversation in read_export(path):  # first pass: validate everything before writing
+        if conversation.session_id in seen:
+            raise CLIError(f"{path}: session {conversation.session_id!r} appears twice")
+        seen.add(conversation.session_id)
+        ids.append(conversation.session_id)
+    store = await opened(stack, args.url, args, writing=True)
+    conversations = read_export(path)
+
+    async def load(session_id: str) -> Conversation:
+        return next(conversations)
+
+    sessions, items = await write_all(store, ids, load, "Importing", args.replace)
+    report(
+        args,
+        f"Imported {count(sessions, 'session')} ({count(items, 'item')}) into {store.display_url}.",
+        {"sessions": sessions, "items": items, "url": store.display_url},
+    )
+    return 0
+
+
+async def cmd_copy(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    source = await opened(stack, args.source, args)
+    target = await opened(stack, args.target, args, writing=True)
+    if source.display_url == target.display_url:
+        raise CLIError("--from and --to name the same store")
+    ids = await selected_ids(source, args.session_ids)
+    sessions, items = await write_all(target, ids, source.read, "Copying", args.replace)
+    report(
+        args,
+        f"Copied {count(sessions, 'session')} ({count(items, 'item')}) "
+        f"from {source.display_url} to {target.display_url}.",
+        {
+            "sessions": sessions,
+            "items": items,
+            "from": source.display_url,
+            "to": target.display_url,
+        },
+    )
+    return 0
+
+
+def count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def report(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    if args.json:
+        emit_json(data)
+    else:
+        print(text)
+
+
+async def opened(
+    stack: AsyncExitStack, url: str, args: argparse.Namespace, *, writing: bool = False
+) -> Store:
+    """The store for ``url``, checked usable, closed when the command ends."""
+    store = open_store(url, table_prefix=args.table_prefix, key_prefix=args.key_prefix)
+    stack.push_async_callback(store.close)
+    if args.command not in ("upgrade", "current", "check"):
+        await store.check(writing=writing)
+    return store
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, AsyncExitStack], Awaitable[int]]
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON for scripts")
+    output.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an error"
+    )
+    prefixes = argparse.ArgumentParser(add_help=False)
+    prefixes.add_argument(
+        "--table-prefix", default="", help="prefix of agentmem's SQL table names (e.g. am_)"
+    )
+    prefixes.add_argument(
+        "--key-prefix",
+        default=DEFAULT_KEY_PREFIX,
+        help=f"Redis key prefix (default {DEFAULT_KEY_PREFIX}: {DEFAULT_KEY_PREFIX}:session:…)",
+    )
+    store = argparse.ArgumentParser(add_help=False, parents=[output, prefixes])
+    store.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV) or DEFAULT_URL,
+        help=f"sqlite:///FILE.db, postgresql://… or redis://… (default ${URL_ENV}, else "
+        f"{DEFAULT_URL})",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="agentmem",
+        description="Conversation memory for LLM agents: run the demo, migrate, inspect and move "
+        "stored conversations.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentmem {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[store],
+        help="a three-turn agent conversation, stored (run it again to continue)",
+        description="Run the documentation's conversation through the OpenAI Agents SDK Runner "
+        "and store it. Uses OpenAI when OPENAI_API_KEY is set, else an offline scripted model.",
+    )
+    demo.add_argument("questions", nargs="*", metavar="QUESTION", help="ask these instead")
+    demo.add_argument("--session", default=DEMO_SESSION_ID, help="session id (default: demo)")
+    demo.set_defaults(run=cmd_demo)
+
+    for name, run, text in [
+        ("upgrade", cmd_upgrade, "bring the database to agentmem's current schema"),
+        ("current", cmd_current, "show the database's schema revision"),
+        ("check", cmd_check, "exit non-zero unless the database is at the current schema"),
+    ]:
+        commands.add_parser(name, parents=[store], help=text, description=text).set_defaults(
+            run=run
+        )
+
+    sessions = commands.add_parser("sessions", help="list, show, delete, export, import, copy")
+    actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", parents=[store], help="sessions, newest first")
+    listing.add_argument("--limit", type=non_negative, default=50, help="at most N (default 50)")
+    listing.add_argument("--offset", type=non_negative, default=0, help="skip the first N")
+    listing.set_defaults(run=cmd_list)
+
+    show = actions.add_parser("show", parents=[store], help="one session's items")
+    show.add_argument("session_id", metavar="ID")
+    show.add_argument("--limit", type=non_negative, help="only the newest N items")
+    show.set_defaults(run=cmd_show)
+
+    remove = actions.add_parser("delete", parents=[store], help="delete one session")
+    remove.add_argument("session_id", metavar="ID")
+    remove.set_defaults(run=cmd_delete)
+
+    export = actions.add_parser("export", parents=[store], help="sessions as JSON Lines")
+    export.add_argument("session_ids", nargs="*", metavar="ID", help="default: every session")
+    export.add_argument("-o", "--output", help="write to this file instead of stdout")
+    export.set_defaults(run=cmd_export)
+
+    load = actions.add_parser("import", parents=[store], help="sessions from a JSON Lines file")
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--replace", action="store_true", help="overwrite existing sessions")
+    load.set_defaults(run=cmd_import)
+
+    copy = actions.add_parser(
+        "copy", parents=[output, prefixes], help="copy sessions between two stores"
+    )
+    copy.add_argument("--from", dest="source", required=True, metavar="URL")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL")
+    copy.add_argument("session_ids", nargs="*", metavar="ID", help="default: every session")
+    copy.add_argument("--replace", action="store_true", help="overwrite existing sessions")
+    copy.set_defaults(run=cmd_copy)
+    return parser
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for a failed command."""
+    if isinstance(exc, CLIError | migrate.SchemaError | MissingDependencyError):
+        return str(exc)
+    if isinstance(exc, TypeError | ValueError):  # bad ids and items are validated with these
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (run with --traceback for details)"
+
+
+async def dispatch(args: argparse.Namespace) -> int:
+    command: Command = args.run
+    async with AsyncExitStack() as stack:
+        return await command(args, stack)
+
+
+def run(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int:
+    """Run the command line ``argv``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(dispatch(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.traceback:
+            raise
+        first_line = (error_message(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"agentmem: error: {first_line}", file=stderr or sys.stderr)
+        return 1
+
+
+def main() -> None:
+    """The ``agentmem`` console script."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
