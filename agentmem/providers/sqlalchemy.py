@@ -293,13 +293,19 @@ async def _with_driver(
     """Run ``use(driver_connection)`` on a pooled connection.
 
     A connection that fails is invalidated (the pool replaces it). ``retry`` repeats an
-    idempotent operation once on a new connection after such a failure.
+    idempotent operation once on a new connection after such a failure; any operation is
+    repeated when the failure proves that nothing reached the server. Pooled connections that
+    died while idle (a killed backend, a server restart) are replaced before use.
     """
     for attempt in (1, 2):
         engine = await session.engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
         pooled = await engine.raw_connection()
         driver = pooled.driver_connection
+        while _is_closed(driver):
+            await greenlet_spawn(pooled.invalidate)
+            pooled = await engine.raw_connection()
+            driver = pooled.driver_connection
         try:
             result = await use(driver)
         except Exception as exc:
@@ -307,7 +313,7 @@ async def _with_driver(
                 await greenlet_spawn(pooled.close)
                 raise _translate(engine, session.table_prefix, exc) from exc
             await greenlet_spawn(pooled.invalidate, exc)
-            if not retry or attempt == 2:
+            if attempt == 2 or not (retry or _never_sent(exc)):
                 raise
         except BaseException:  # cancelled mid-call: the connection's state is unknown
             await asyncio.shield(greenlet_spawn(pooled.invalidate))
@@ -318,10 +324,23 @@ async def _with_driver(
     raise AssertionError("unreachable")
 
 
+def _is_closed(driver: Any) -> bool:
+    """Whether the driver knows its connection is closed (asyncpg does; aiosqlite never says)."""
+    is_closed = getattr(driver, "is_closed", None)
+    return is_closed is not None and bool(is_closed())
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether asyncpg refused to start the operation: its connection was closed, or was still
+    reading the server's last (fatal) message. Nothing was sent, so any operation may retry."""
+    return type(exc).__name__ in {"InterfaceError", "InternalClientError"} and (
+        "connection is closed" in str(exc) or "cannot switch to state" in str(exc)
+    )
+
+
 def _is_disconnect(exc: BaseException, driver: Any) -> bool:
     """Whether ``exc`` means the connection is unusable (rather than an error in the SQL)."""
-    is_closed = getattr(driver, "is_closed", None)  # asyncpg
-    if is_closed is not None and is_closed():
+    if _is_closed(driver):
         return True
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):  # a PostgreSQL error: connection exception or shutdown
