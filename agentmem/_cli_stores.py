@@ -282,10 +282,15 @@ class SQLStore(Store):
         except migrate.SchemaError as exc:
             raise CLIError(f"{self.display_url}: {exc}") from None
 
-    async def current(self) -> str | None:
-        """The schema revision of the database (``None``: agentmem's tables are absent)."""
+    async def current(self, *, must_exist: bool = True) -> str | None:
+        """The schema revision of the database (``None``: agentmem's tables are absent).
+
+        A SQLite file that does not exist is an error, unless ``must_exist`` is false.
+        """
         if self.sqlite_path is not None and not self.sqlite_path.is_file():
-            raise CLIError(f"no SQLite database at {self.sqlite_path}")
+            if must_exist:
+                raise CLIError(f"no SQLite database at {self.sqlite_path}")
+            return None
         async with self.reaching():
             return await migrate.current(self.engine, table_prefix=self.table_prefix)
 

@@ -73,6 +73,10 @@ def offline_answer(conversation: list[Any]) -> str:
         if knows_place:
             return "About 800,000 people live in San Francisco."
         return "The population of which place? I don't know yet."
+    arithmetic = _ARITHMETIC.search(question)
+    if arithmetic:
+        left, operator, right = arithmetic.groups()
+        return _calculate(int(left), operator, int(right))
     if _mentions(r"so far|talked about|what did i ask|recap", question):
         asked = user_turns[:-1]
         if not asked:
@@ -83,6 +87,19 @@ def offline_answer(conversation: list[Any]) -> str:
         "I am agentmem's offline demo model: I only know the demo's questions. "
         f"This conversation holds {len(user_turns)} question(s) of yours."
     )
+
+
+_ARITHMETIC = re.compile(r"(-?\d{1,9})\s*([-+*x\u00d7/])\s*(-?\d{1,9})")
+
+
+def _calculate(left: int, operator: str, right: int) -> str:
+    if operator == "+":
+        return f"{left + right}."
+    if operator == "-":
+        return f"{left - right}."
+    if operator == "/":
+        return "I can't divide by zero." if right == 0 else f"{left / right:g}."
+    return f"{left * right}."
 
 
 def _is_user(item: Any) -> bool:

@@ -181,7 +181,7 @@ def sql_store(store: Store) -> SQLStore:
 
 async def cmd_upgrade(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     store = sql_store(await opened(stack, args.url, args))
-    before = await store.current()
+    before = await store.current(must_exist=False)
     await store.upgrade()
     head = migrate.head()
     if args.json:

@@ -1,0 +1,574 @@
+"""The ``agentmem`` command, run for real in a subprocess against SQLite, PostgreSQL and Redis.
+
+Isolation: SQLite files live in ``tmp_path``; each PostgreSQL test gets a database of its own
+(created and dropped here); Redis tests use a key prefix under this run's prefix, whose keys the
+``redis_client`` fixture deletes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pty
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import POSTGRES_URL, REDIS_PREFIX, REDIS_URL, server_unavailable, unique_id
+
+SCRIPT = Path(sys.executable).with_name("agentmem")
+
+
+def agentmem(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m agentmem.cli ARGS`` (offline: no OpenAI key, no database URL set)."""
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "AGENTMEM_DATABASE_URL", "COLUMNS")
+    }
+    environment.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "agentmem.cli", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    """Exit status 1, one line on stderr naming the problem, no traceback, nothing on stdout."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("agentmem: error: ")
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+    assert result.stdout == ""
+
+
+# --- stores --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    """One isolated store, as the command line names it."""
+
+    kind: str
+    url: str
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def args(self) -> list[str]:
+        return ["--url", self.url, *self.extra]
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def empty_postgres() -> AsyncIterator[str]:
+    """A new PostgreSQL database without agentmem's schema: its plain ``postgresql://`` URL."""
+    from sqlalchemy.engine import make_url
+
+    name = f"agentmem_cli_{uuid.uuid4().hex[:12]}"
+    try:
+        await _admin(f'CREATE DATABASE "{name}"')
+    except (OSError, TimeoutError, ImportError) as exc:
+        server_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
+    url = make_url(POSTGRES_URL).set(drivername="postgresql", database=name)
+    yield url.render_as_string(hide_password=False)
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def postgres_store(empty_postgres: str, tmp_path: Path) -> Store:
+    agentmem("upgrade", "--url", empty_postgres, cwd=tmp_path)
+    return Store("postgres", empty_postgres)
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Store:
+    return Store("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+
+
+@pytest.fixture
+def redis_store(redis_client: Any) -> Store:
+    return Store("redis", REDIS_URL, ["--key-prefix", f"{REDIS_PREFIX}:cli-{uuid.uuid4().hex}"])
+
+
+STORES = [
+    pytest.param("sqlite_store", marks=pytest.mark.sqlite, id="sqlite"),
+    pytest.param("postgres_store", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("redis_store", marks=pytest.mark.redis, id="redis"),
+]
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    """Each kind of store in turn, empty and ready."""
+    value: Store = request.getfixturevalue(request.param)
+    return value
+
+
+def write_export(path: Path, conversations: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations), encoding="utf-8")
+    return path
+
+
+def conversation(session_id: str, updated: str, items: list[Any]) -> dict[str, Any]:
+    """An exported conversation, timestamps in the export's form (UTC, microseconds)."""
+    return {
+        "session_id": session_id,
+        "created_at": "2024-12-01T03:04:05.123456+00:00",
+        "updated_at": datetime.fromisoformat(updated).isoformat(timespec="microseconds"),
+        "items": items,
+    }
+
+
+def seed(store: Store, tmp_path: Path, conversations: list[dict[str, Any]]) -> None:
+    export = write_export(tmp_path / f"seed-{uuid.uuid4().hex}.jsonl", conversations)
+    agentmem("sessions", "import", str(export), *store.args, cwd=tmp_path)
+
+
+def jsonl(text: str) -> list[Any]:
+    """The objects of JSON Lines text (split on newlines only: U+2028 may appear raw)."""
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+def listed(store: Store, tmp_path: Path, *options: str) -> list[dict[str, Any]]:
+    result = agentmem("sessions", "list", "--json", *options, *store.args, cwd=tmp_path)
+    value: list[dict[str, Any]] = json.loads(result.stdout)
+    return value
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+
+def test_demo_on_the_default_sqlite_file_and_a_second_run_continues(tmp_path: Path) -> None:
+    first = agentmem("demo", cwd=tmp_path)
+
+    assert "offline" in first.stdout
+    assert (tmp_path / "agentmem.db").is_file()
+    assert str(tmp_path / "agentmem.db") in first.stdout
+    transcript = first.stdout
+    for question, answer in [
+        ("What city is the Golden Gate Bridge in?", "San Francisco"),
+        ("What state is it in?", "California"),
+        ("What's the population?", "800,000"),
+    ]:
+        assert f"You:       {question}\nAssistant: " in transcript
+        assert answer in transcript.split(question, 1)[1].split("\n", 2)[1]
+
+    second = agentmem("demo", cwd=tmp_path)
+    assert "Continuing the conversation: 6 items already stored." in second.stdout
+    assert "You asked 3 question(s): 1. What city is the Golden Gate Bridge in?" in second.stdout
+    shown = json.loads(agentmem("sessions", "show", "demo", "--json", cwd=tmp_path).stdout)
+    assert shown["items"] == 8
+
+
+def test_demo_answers_from_the_stored_history(store: Store, tmp_path: Path) -> None:
+    agentmem("demo", "What city is the Golden Gate Bridge in?", *store.args, cwd=tmp_path)
+    # A new process: "it" can only be resolved from what the store remembered.
+    result = agentmem("demo", "--json", "What state is it in?", *store.args, cwd=tmp_path)
+    data = json.loads(result.stdout)
+
+    assert data["model"] == "offline"
+    assert data["turns"] == [{"question": "What state is it in?", "answer": "California."}]
+    assert (data["items_before"], data["items"]) == (2, 4)
+
+    other = agentmem(
+        "demo", "--json", "--session", "fresh", "What state is it in?", *store.args, cwd=tmp_path
+    )
+    assert "Which place do you mean?" in json.loads(other.stdout)["turns"][0]["answer"]
+
+
+def test_demo_uses_agentmem_database_url(sqlite_store: Store, tmp_path: Path) -> None:
+    agentmem("demo", "--json", cwd=tmp_path, env={"AGENTMEM_DATABASE_URL": sqlite_store.url})
+
+    assert not (tmp_path / "agentmem.db").exists()
+    assert [s["session_id"] for s in listed(sqlite_store, tmp_path)] == ["demo"]
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_upgrade_current_check_on_postgres(empty_postgres: str, tmp_path: Path) -> None:
+    from agentmem import migrate
+
+    before = agentmem("current", "--json", "--url", empty_postgres, cwd=tmp_path)
+    assert json.loads(before.stdout)["current"] is None
+    assert_user_error(
+        agentmem("check", "--url", empty_postgres, cwd=tmp_path, ok=False), "agentmem upgrade"
+    )
+
+    upgraded = agentmem("upgrade", "--url", empty_postgres, cwd=tmp_path)
+    assert f"to {migrate.head()}" in upgraded.stdout
+    after = json.loads(agentmem("current", "--json", "--url", empty_postgres, cwd=tmp_path).stdout)
+    assert (after["current"], after["at_head"]) == (migrate.head(), True)
+    assert "head revision" in agentmem("check", "--url", empty_postgres, cwd=tmp_path).stdout
+    again = agentmem("upgrade", "--url", empty_postgres, cwd=tmp_path)
+    assert "already at the head revision" in again.stdout
+
+
+@pytest.mark.sqlite
+def test_upgrade_creates_a_sqlite_file_with_a_table_prefix(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    agentmem("upgrade", "--url", url, "--table-prefix", "am_", cwd=tmp_path)
+
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"am_sessions", "am_messages", "am_agentmem_alembic_version"} <= tables
+    agentmem("check", "--url", url, "--table-prefix", "am_", cwd=tmp_path)
+    assert_user_error(agentmem("check", "--url", url, cwd=tmp_path, ok=False), "do not exist")
+
+
+# --- sessions list / show / delete ---------------------------------------------------------------
+
+
+def test_list_is_newest_first_with_limit_and_offset(store: Store, tmp_path: Path) -> None:
+    seed(
+        store,
+        tmp_path,
+        [
+            conversation("old", "2025-01-01T00:00:00+00:00", [{"role": "user", "content": "a"}]),
+            conversation("newest", "2025-03-01T00:00:00+00:00", []),
+            conversation("middle", "2025-02-01T00:00:00+00:00", [{"n": 1}, {"n": 2}]),
+        ],
+    )
+
+    everything = listed(store, tmp_path)
+    assert [(s["session_id"], s["items"]) for s in everything] == [
+        ("newest", 0),
+        ("middle", 2),
+        ("old", 1),
+    ]
+    assert everything[1]["updated_at"] == "2025-02-01T00:00:00.000000+00:00"
+    page = listed(store, tmp_path, "--limit", "1", "--offset", "1")
+    assert [s["session_id"] for s in page] == ["middle"]
+
+    table = agentmem("sessions", "list", "--limit", "2", *store.args, cwd=tmp_path).stdout
+    lines = table.splitlines()
+    assert lines[0].split() == ["SESSION", "ID", "ITEMS", "UPDATED", "(UTC)", "CREATED", "(UTC)"]
+    assert lines[1].split()[:3] == ["newest", "0", "2025-03-01"]
+    assert "more with --offset 2" in lines[-1]
+
+
+def test_show_prints_the_history(store: Store, tmp_path: Path, sdk_items: list[Any]) -> None:
+    seed(store, tmp_path, [conversation("chat", "2025-01-01T00:00:00+00:00", sdk_items)])
+
+    table = agentmem("sessions", "show", "chat", *store.args, cwd=tmp_path).stdout
+    assert f"Session 'chat': {len(sdk_items)} items" in table
+    assert "What's the weather in Paris?" in table
+    assert 'get_weather({"city":"Paris"})' in table
+
+    newest = agentmem("sessions", "show", "chat", "--limit", "2", *store.args, cwd=tmp_path)
+    numbers = [line.split()[0] for line in newest.stdout.splitlines()[3:]]
+    assert numbers == [str(len(sdk_items) - 1), str(len(sdk_items))]
+
+    data = json.loads(
+        agentmem("sessions", "show", "chat", "--json", *store.args, cwd=tmp_path).stdout
+    )
+    assert data["history"] == sdk_items
+
+
+def test_delete_removes_one_session(store: Store, tmp_path: Path) -> None:
+    seed(
+        store,
+        tmp_path,
+        [
+            conversation("keep", "2025-01-01T00:00:00+00:00", [{"n": 1}]),
+            conversation("drop", "2025-01-01T00:00:00+00:00", [{"n": 1}, {"n": 2}]),
+        ],
+    )
+
+    result = agentmem("sessions", "delete", "drop", *store.args, cwd=tmp_path)
+
+    assert "Deleted session 'drop' (2 items)" in result.stdout
+    assert [s["session_id"] for s in listed(store, tmp_path)] == ["keep"]
+    again = agentmem("sessions", "delete", "drop", *store.args, cwd=tmp_path, ok=False)
+    assert_user_error(again, "no session 'drop'")
+
+
+# --- export / import / copy ----------------------------------------------------------------------
+
+
+def odd_items(sdk_items: list[Any]) -> list[Any]:
+    return [
+        *sdk_items,
+        {"role": "user", "content": 'héllo 🌍 \u2028 \\ "quoted"\n', "n": 2**63 - 1},
+        {"nested": [[[{"deep": None, "f": 1.5e-300, "t": True}]]], "empty": {}, "list": []},
+        {"type": "big", "text": "x" * 200_000},
+    ]
+
+
+def test_export_then_import_restores_everything(
+    store: Store, tmp_path: Path, sdk_items: list[Any]
+) -> None:
+    originals = [
+        conversation("a/b {tag} %", "2025-01-01T10:00:00.250000+00:00", odd_items(sdk_items)),
+        conversation("empty", "2025-01-01T09:00:00+00:00", []),
+    ]
+    seed(store, tmp_path, originals)
+
+    exported = agentmem("sessions", "export", *store.args, cwd=tmp_path).stdout
+    assert jsonl(exported) == originals
+
+    agentmem("sessions", "export", "empty", "-o", "one.jsonl", *store.args, cwd=tmp_path)
+    assert json.loads((tmp_path / "one.jsonl").read_text()) == originals[1]
+
+    target = Store("sqlite", f"sqlite:///{tmp_path / 'restored.db'}")
+    (tmp_path / "all.jsonl").write_text(exported, encoding="utf-8")
+    agentmem("sessions", "import", "all.jsonl", *target.args, cwd=tmp_path)
+    restored = agentmem("sessions", "export", *target.args, cwd=tmp_path).stdout
+    assert restored == exported
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_copy_round_trip_through_every_backend(
+    sqlite_store: Store,
+    postgres_store: Store,
+    redis_store: Store,
+    tmp_path: Path,
+    sdk_items: list[Any],
+) -> None:
+    originals = [
+        conversation(
+            f"user-{n}", f"2025-01-{n + 1:02d}T12:00:00.{n:06d}+00:00", odd_items(sdk_items)
+        )
+        for n in range(5)
+    ] + [conversation("empty", "2024-12-31T00:00:00+00:00", [])]
+    seed(sqlite_store, tmp_path, originals)
+    final = Store("sqlite", f"sqlite:///{tmp_path / 'final.db'}")
+
+    chain = [sqlite_store, redis_store, postgres_store, final]  # includes Redis -> PostgreSQL
+    for source, target in itertools.pairwise(chain):
+        result = agentmem(
+            "sessions",
+            "copy",
+            "--from",
+            source.url,
+            "--to",
+            target.url,
+            *source.extra,
+            *target.extra,
+            cwd=tmp_path,
+        )
+        assert "Copied 6 sessions" in result.stdout
+
+    exports = [agentmem("sessions", "export", *store.args, cwd=tmp_path).stdout for store in chain]
+    assert exports[0] == exports[1] == exports[2] == exports[3]
+    by_id = {c["session_id"]: c for c in jsonl(exports[3])}
+    assert sorted(by_id) == sorted(c["session_id"] for c in originals)
+    assert all(by_id[c["session_id"]] == c for c in originals)
+
+
+def test_copy_selected_sessions_refuses_to_overwrite_unless_replace(
+    store: Store, sqlite_store: Store, tmp_path: Path
+) -> None:
+    source = Store("sqlite", f"sqlite:///{tmp_path / 'source.db'}")
+    seed(
+        source,
+        tmp_path,
+        [
+            conversation("one", "2025-01-01T00:00:00+00:00", [{"v": "new"}]),
+            conversation("two", "2025-01-01T00:00:00+00:00", [{"v": "two"}]),
+        ],
+    )
+    seed(store, tmp_path, [conversation("one", "2024-01-01T00:00:00+00:00", [{"v": "old"}])])
+    copy = ["sessions", "copy", "--from", source.url, "--to", store.url, *store.extra, "one"]
+
+    refused = agentmem(*copy, cwd=tmp_path, ok=False)
+    assert_user_error(refused, "already in", "--replace")
+    old = json.loads(
+        agentmem("sessions", "show", "one", "--json", *store.args, cwd=tmp_path).stdout
+    )
+    assert old["history"] == [{"v": "old"}]
+
+    agentmem(*copy, "--replace", cwd=tmp_path)
+    new = json.loads(
+        agentmem("sessions", "show", "one", "--json", *store.args, cwd=tmp_path).stdout
+    )
+    assert new["history"] == [{"v": "new"}]
+    assert [s["session_id"] for s in listed(store, tmp_path)] == ["one"]  # "two" not selected
+
+
+def test_import_of_a_bad_file_writes_nothing(store: Store, tmp_path: Path) -> None:
+    good = json.dumps(conversation("fine", "2025-01-01T00:00:00+00:00", [{"n": 1}]))
+    for name, bad_line, phrase in [
+        ("garbage.jsonl", "{not json", "not JSON"),
+        ("item.jsonl", json.dumps({"session_id": "x", "items": [[1]]}), "not a dict"),
+        ("id.jsonl", json.dumps({"session_id": "", "items": []}), "session_id"),
+        ("dup.jsonl", good, "appears twice"),
+    ]:
+        (tmp_path / name).write_text(f"{good}\n{bad_line}\n", encoding="utf-8")
+        result = agentmem("sessions", "import", name, *store.args, cwd=tmp_path, ok=False)
+        assert_user_error(result, phrase)
+        if phrase != "appears twice":
+            assert f"{name}:2:" in result.stderr
+    assert_user_error(
+        agentmem("sessions", "import", "missing.jsonl", *store.args, cwd=tmp_path, ok=False),
+        "cannot read missing.jsonl",
+    )
+    if store.kind != "sqlite":  # a SQLite file that was never written does not exist
+        assert listed(store, tmp_path) == []
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+@pytest.mark.sqlite
+def test_progress_bar_on_a_terminal_and_quiet_when_piped(tmp_path: Path) -> None:
+    store = Store("sqlite", f"sqlite:///{tmp_path / 'many.db'}")
+    seed(
+        store,
+        tmp_path,
+        [conversation(f"s{n}", "2025-01-01T00:00:00+00:00", [{"n": n}]) for n in range(40)],
+    )
+
+    piped = agentmem("sessions", "export", "-o", "out.jsonl", *store.args, cwd=tmp_path)
+    assert piped.stderr == ""
+
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agentmem.cli",
+                "sessions",
+                "export",
+                "-o",
+                "tty.jsonl",
+                *store.args,
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=120,
+            check=True,
+        )
+        os.close(terminal)
+        drawn = b""
+        while chunk := _read(controller):
+            drawn += chunk
+    finally:
+        os.close(controller)
+    assert b"Exporting [" in drawn
+    assert b"40/40" in drawn
+    assert b"Exported 40 sessions" in process.stdout
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other end is closed
+        return b""
+
+
+# --- user errors: one line, no traceback -------------------------------------------------------
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(
+    ("args", "phrases"),
+    [
+        (["sessions", "list", "--url", "mysql://db/x"], ["unsupported URL"]),
+        (["sessions", "list", "--url", "sqlite://"], ["in-memory"]),
+        (["sessions", "list", "--url", "sqlite:///nowhere.db"], ["no SQLite database at"]),
+        (["sessions", "show", "x", "--url", "sqlite:///no/such/dir.db"], ["does not exist"]),
+        (["upgrade", "--url", "sqlite:///no/such/dir.db"], ["does not exist"]),
+        (["upgrade", "--url", "sqlite:///x.db", "--table-prefix", "Bad-"], ["table_prefix"]),
+        (["sessions", "import", "nothing.jsonl"], ["cannot read"]),
+    ],
+)
+def test_user_errors_on_sqlite(tmp_path: Path, args: list[str], phrases: list[str]) -> None:
+    assert_user_error(agentmem(*args, cwd=tmp_path, ok=False), *phrases)
+
+
+def test_unknown_session_is_one_line(store: Store, tmp_path: Path) -> None:
+    seed(store, tmp_path, [conversation("there", "2025-01-01T00:00:00+00:00", [])])
+    for command in (["show", "missing"], ["delete", "missing"], ["export", "there", "missing"]):
+        result = agentmem("sessions", *command, *store.args, cwd=tmp_path, ok=False)
+        assert_user_error(result, "no session 'missing'")
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        pytest.param("postgresql://postgres@127.0.0.1:1/x", "PostgreSQL", id="postgres"),
+        pytest.param("redis://127.0.0.1:1/0", "Redis", id="redis"),
+    ],
+)
+def test_unreachable_server_is_one_line(url: str, name: str, tmp_path: Path) -> None:
+    for command in (["sessions", "list"], ["demo"], ["sessions", "export"]):
+        result = agentmem(*command, "--url", url, cwd=tmp_path, ok=False)
+        assert_user_error(result, f"cannot use {name} at", "127.0.0.1:1")
+
+
+@pytest.mark.postgres
+def test_database_behind_head_is_one_line_naming_the_fix(
+    empty_postgres: str, tmp_path: Path
+) -> None:
+    for command in (["sessions", "list"], ["demo"], ["sessions", "show", "x"]):
+        result = agentmem(*command, "--url", empty_postgres, cwd=tmp_path, ok=False)
+        assert_user_error(result, "do not exist", "agentmem upgrade --url")
+
+
+@pytest.mark.redis
+def test_migrations_on_redis_are_a_user_error(redis_store: Store, tmp_path: Path) -> None:
+    for command in ("upgrade", "current", "check"):
+        result = agentmem(command, *redis_store.args, cwd=tmp_path, ok=False)
+        assert_user_error(result, "Redis has no schema")
+
+
+@pytest.mark.sqlite
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    from agentmem import __version__
+
+    result = subprocess.run(
+        [str(SCRIPT), "--version"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == f"agentmem {__version__}"
+    usage = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert "demo" in usage.stdout
+    assert "sessions" in usage.stdout
+
+
+@pytest.mark.postgres
+def test_plain_postgresql_url_with_the_default_tables(postgres_url: str, tmp_path: Path) -> None:
+    plain = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    session_id = unique_id("cli")
+    agentmem("demo", "--session", session_id, "--url", plain, "Hello", cwd=tmp_path)
+
+    shown = json.loads(
+        agentmem("sessions", "show", session_id, "--json", "--url", plain, cwd=tmp_path).stdout
+    )
+    assert [item.get("role") for item in shown["history"]] == ["user", "assistant"]
+    agentmem("sessions", "delete", session_id, "--url", plain, cwd=tmp_path)
