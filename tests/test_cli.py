@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import POSTGRES_URL, REDIS_PREFIX, REDIS_URL, server_unavailable, unique_id
 
 SCRIPT = Path(sys.executable).with_name("agentmem")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def agentmem(
@@ -572,3 +573,31 @@ def test_plain_postgresql_url_with_the_default_tables(postgres_url: str, tmp_pat
     )
     assert [item.get("role") for item in shown["history"]] == ["user", "assistant"]
     agentmem("sessions", "delete", session_id, "--url", plain, cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+def test_readme_main_job_runs_the_demo_from_a_fresh_clone(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (command,) = [
+        line.split("#")[0].strip()
+        for line in readme.splitlines()
+        if line.startswith("bash scripts/") and "demo" in line
+    ]
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "VIRTUAL_ENV")}
+    env["PYTHON"] = sys.executable
+
+    runs = [
+        subprocess.run(
+            command.split(), cwd=clone, env=env, capture_output=True, text=True, timeout=900
+        )
+        for _ in range(2)
+    ]
+
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert "Assistant: California." in runs[0].stdout
+    assert f"at sqlite:///{clone / 'agentmem.db'}" in runs[0].stdout
+    assert "Continuing the conversation: 6 items already stored." in runs[1].stdout
