@@ -108,7 +108,6 @@ def _define_tables(prefix: str) -> Tables:
         Column("item_type", String(64), nullable=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index(f"ix_{prefix}messages_session_id_id", "session_id", "id"),
-        sqlite_autoincrement=True,
     )
     return Tables(prefix, md, sessions, messages)
 

@@ -232,20 +232,12 @@ class EncodedItem(NamedTuple):
 
 
 _INDEXED_FIELD_MAX = 64
-
-
-def _indexed_field(item: dict[str, Any], key: str) -> str | None:
-    value = item.get(key)
-    if isinstance(value, str) and len(value) <= _INDEXED_FIELD_MAX:
-        return value
-    return None
+_ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_new_encoded = tuple.__new__  # builds an EncodedItem without NamedTuple's argument handling
 
 
 def _reject_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
-
-
-_ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _find_non_finite(value: Any) -> bool:
@@ -269,7 +261,16 @@ def encode_item(item: object, index: int = 0) -> EncodedItem:
     # orjson writes NaN and Infinity as null; JSON has no such numbers, so refuse them instead.
     if b"null" in data and _find_non_finite(item):
         raise ValueError(f"item {index} holds NaN or Infinity, which JSON cannot represent")
-    return EncodedItem(data.decode(), _indexed_field(item, "role"), _indexed_field(item, "type"))
+    role = item.get("role")
+    item_type = item.get("type")
+    return _new_encoded(
+        EncodedItem,
+        (
+            data.decode(),
+            role if type(role) is str and len(role) <= _INDEXED_FIELD_MAX else None,
+            item_type if type(item_type) is str and len(item_type) <= _INDEXED_FIELD_MAX else None,
+        ),
+    )
 
 
 def encode_items(items: Iterable[object]) -> list[EncodedItem]:

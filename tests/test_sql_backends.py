@@ -212,3 +212,21 @@ def test_from_url_sqlite_uses_wal_and_works_across_loops(tmp_path: Path) -> None
     asyncio.run(session.close())
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.sqlite
+async def test_a_callers_sqlite_engine_gets_wal_and_a_busy_timeout(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "callers.db"
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        session = SQLAlchemySession(engine, unique_id(), create_tables=True)
+        await session.add_items([{"n": 1}])
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30000
+            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 1  # NORMAL
+    finally:
+        await engine.dispose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,8 +23,11 @@ from sqlalchemy.engine import Dialect
 from agentmem.models import Tables, tables_for_prefix
 from agentmem.session import EncodedItem
 
-# Millisecond UTC timestamps, in the text form SQLAlchemy's SQLite DateTime reads back.
-_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+def sqlite_now() -> str:
+    """The current UTC time in the text form SQLAlchemy's SQLite ``DateTime`` reads back (bound
+    once per operation: cheaper than SQLite's ``strftime`` on every row)."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _names(tables: Tables, dialect: Dialect) -> tuple[str, str]:
@@ -91,13 +95,12 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
     s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
     return SQLiteStatements(
         touch=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at) "
-            f"VALUES (?, {_SQLITE_NOW}, {_SQLITE_NOW}) "
+            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?) "
             f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at"
         ),
         insert=(
             f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
-            f"VALUES (?, ?, ?, ?, {_SQLITE_NOW})"
+            f"VALUES (?, ?, ?, ?, ?)"
         ),
         select_all=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
         select_newest=(
@@ -154,16 +157,18 @@ def sqlite_add(
     session_id: str,
     items: Sequence[EncodedItem],
 ) -> None:
+    now = sqlite_now()
     with _WriteTransaction(conn):
-        conn.execute(sql.touch, (session_id,))
-        conn.executemany(sql.insert, [(session_id, *item) for item in items])
+        conn.execute(sql.touch, (session_id, now, now))
+        conn.executemany(sql.insert, [(session_id, *item, now) for item in items])
 
 
 def sqlite_pop(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> str | None:
     with _WriteTransaction(conn):
         row = conn.execute(sql.pop, (session_id,)).fetchone()
         if row is not None:
-            conn.execute(sql.touch, (session_id,))
+            now = sqlite_now()
+            conn.execute(sql.touch, (session_id, now, now))
     return None if row is None else str(row[0])
 
 

@@ -32,15 +32,20 @@ _SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
 
 
 class _SchemaCache:
-    """Remembers which (engine, table prefix) pairs are known to be at head."""
+    """Prepares each engine on first use: SQLite connection settings once, then the schema check
+    (or upgrade) once per table prefix."""
 
     def __init__(self) -> None:
         self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        ready = self._ready.setdefault(engine.sync_engine, set())
-        if table_prefix in ready:
+        ready = self._ready.get(engine.sync_engine)
+        if ready is not None and table_prefix in ready:
             return
+        if ready is None:
+            if engine.dialect.name == "sqlite":
+                await _configure_sqlite_engine(engine)
+            ready = self._ready.setdefault(engine.sync_engine, set())
         if create:
             await migrate.upgrade(engine, table_prefix=table_prefix)
         else:
@@ -74,10 +79,7 @@ class _SharedEngines:
             if url.startswith("sqlite"):
                 # Every operation ends its own transaction: skip the pool's rollback on return.
                 kwargs.setdefault("pool_reset_on_return", None)
-            engine = create_async_engine(url, **kwargs)
-            if url.startswith("sqlite"):
-                event.listen(engine.sync_engine, "connect", _configure_sqlite)
-            entry = self._engines[key] = [engine, 0]
+            entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
             self._evict_closed_loops()
         entry[1] += 1
         return key, entry[0]
@@ -111,9 +113,20 @@ class _SharedEngines:
 _shared_engines = _SharedEngines()
 
 
+async def _configure_sqlite_engine(engine: AsyncEngine) -> None:
+    """Apply :func:`_configure_sqlite` to the engine's future connections and, through one of
+    its present ones, switch the database file to WAL (a lasting property of the file)."""
+    if not event.contains(engine.sync_engine, "connect", _configure_sqlite):
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        await connection.run_sync(lambda _: _configure_sqlite(raw.dbapi_connection, None))
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    """The settings agentmem's own SQLite connections use: WAL (readers never wait for the
-    writer), durable across process crashes, and a 30 s wait for another process's write lock."""
+    """The settings of agentmem's SQLite connections: WAL (readers never wait for the writer),
+    ``synchronous=NORMAL`` (with WAL: durable across process crashes, no flush per commit), and
+    a 30 s wait for another process's write lock."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

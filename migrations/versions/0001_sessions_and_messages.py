@@ -58,7 +58,6 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{p}messages")),
-        sqlite_autoincrement=True,
     )
     op.create_index(f"ix_{p}messages_session_id_id", f"{p}messages", ["session_id", "id"])
 
