@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 
 import orjson
 
@@ -180,7 +180,7 @@ def sql_store(store: Store) -> SQLStore:
 
 
 async def cmd_upgrade(args: argparse.Namespace, stack: AsyncExitStack) -> int:
-    store = sql_store(await opened(stack, args.url, args))
+    store = sql_store(await opened(stack, args.url, args, check=False))
     before = await store.current(must_exist=False)
     await store.upgrade()
     head = migrate.head()
@@ -194,7 +194,7 @@ async def cmd_upgrade(args: argparse.Namespace, stack: AsyncExitStack) -> int:
 
 
 async def cmd_current(args: argparse.Namespace, stack: AsyncExitStack) -> int:
-    store = sql_store(await opened(stack, args.url, args))
+    store = sql_store(await opened(stack, args.url, args, check=False))
     current = await store.current()
     head = migrate.head()
     if args.json:
@@ -210,7 +210,7 @@ async def cmd_current(args: argparse.Namespace, stack: AsyncExitStack) -> int:
 
 
 async def cmd_check(args: argparse.Namespace, stack: AsyncExitStack) -> int:
-    store = sql_store(await opened(stack, args.url, args))
+    store = sql_store(await opened(stack, args.url, args, check=False))
     problem = migrate.describe_schema_state(await store.current(), store.table_prefix)
     if problem is not None:
         raise CLIError(f"{store.display_url}: {problem}")
@@ -397,7 +397,7 @@ async def cmd_import(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     conversations = read_export(path)
 
     async def load(session_id: str) -> Conversation:
-        return next(conversations)
+        return next(conversations)  # second pass: the same order as ``ids``
 
     sessions, items = await write_all(store, ids, load, "Importing", args.replace)
     report(
@@ -441,12 +441,18 @@ def report(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
 
 
 async def opened(
-    stack: AsyncExitStack, url: str, args: argparse.Namespace, *, writing: bool = False
+    stack: AsyncExitStack,
+    url: str,
+    args: argparse.Namespace,
+    *,
+    writing: bool = False,
+    check: bool = True,
 ) -> Store:
-    """The store for ``url``, checked usable, closed when the command ends."""
+    """The store for ``url``, closed when the command ends; with ``check``, checked usable for
+    reading (or ``writing``)."""
     store = open_store(url, table_prefix=args.table_prefix, key_prefix=args.key_prefix)
     stack.push_async_callback(store.close)
-    if args.command not in ("upgrade", "current", "check"):
+    if check:
         await store.check(writing=writing)
     return store
 
@@ -573,7 +579,7 @@ async def dispatch(args: argparse.Namespace) -> int:
         return await command(args, stack)
 
 
-def run(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int:
+def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
@@ -584,7 +590,7 @@ def run(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int:
         if args.traceback:
             raise
         first_line = (error_message(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"agentmem: error: {first_line}", file=stderr or sys.stderr)
+        print(f"agentmem: error: {first_line}", file=sys.stderr)
         return 1
 
 
