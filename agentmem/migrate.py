@@ -122,7 +122,7 @@ def describe_schema_state(revision: str | None, table_prefix: str = "") -> str |
     if revision is None:
         return (
             f"agentmem's tables ({tables.sessions.name}, {tables.messages.name}) do not exist "
-            f"in this database: {UPGRADE_HINT}, or pass create_tables=True"
+            f"in this database: {UPGRADE_HINT}"
         )
     return f"the database is at agentmem schema revision {revision}, not {head()}: {UPGRADE_HINT}"
 

@@ -69,6 +69,30 @@ def test_installed_wheel_upgrades_a_new_sqlite_file(installed_python: Path, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite
+def test_installed_command_upgrades_and_checks(installed_python: Path, tmp_path: Path) -> None:
+    command = installed_python.parent / "agentmem"
+    url = f"sqlite:///{tmp_path / 'by_command.db'}"
+    for args, expected in (
+        (["check", "--url", url], 1),
+        (["upgrade", "--url", url], 0),
+        (["check", "--url", url], 0),
+    ):
+        result = subprocess.run(
+            [str(command), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == expected, (args, result.stdout, result.stderr)
+    result = subprocess.run(
+        [str(command), "current", "--url", url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "0001" in result.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_installed_wheel_upgrades_postgres(
     installed_python: Path, tmp_path: Path, postgres_database: str

@@ -49,7 +49,12 @@ class _SchemaCache:
         if create:
             await migrate.upgrade(engine, table_prefix=table_prefix)
         else:
-            await migrate.check(engine, table_prefix=table_prefix)
+            try:
+                await migrate.check(engine, table_prefix=table_prefix)
+            except migrate.SchemaError as exc:
+                raise migrate.SchemaError(
+                    f"{exc}; or let SQLAlchemySession create them: create_tables=True"
+                ) from None
         ready.add(table_prefix)
 
     def forget(self, engine: AsyncEngine) -> None:
