@@ -14,11 +14,13 @@ from agentmem.session import Session, SessionABC, SessionClosedError
 
 if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
+    from agentmem.providers.cached import CachedSession
     from agentmem.providers.redis import RedisSession, RedisSessionManager
     from agentmem.providers.sqlalchemy import SQLAlchemySession
     from agentmem.providers.sqlite import SQLiteSession
 
 __all__ = [
+    "CachedSession",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -39,6 +41,7 @@ _LAZY = {
     "RedisSession": "agentmem.providers.redis",
     "RedisSessionManager": "agentmem.providers.redis",
     "SchemaError": "agentmem.migrate",
+    "CachedSession": "agentmem.providers.cached",
 }
 
 

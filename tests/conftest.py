@@ -232,6 +232,23 @@ async def redis_session(redis_client: Any) -> AsyncIterator[SessionFactory]:
         yield make
 
 
+@pytest.fixture
+async def cached_session(postgres_engine: Any, redis_client: Any) -> AsyncIterator[SessionFactory]:
+    """CachedSession: SQLAlchemySession on PostgreSQL behind this run's Redis keys."""
+    from agentmem import CachedSession, SQLAlchemySession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return CachedSession(
+            SQLAlchemySession(postgres_engine, session_id),
+            REDIS_URL,
+            key_prefix=f"{REDIS_PREFIX}:cache",
+            **kwargs,
+        )
+
+    async for make in _closing_factory(build):
+        yield make
+
+
 # Backends of the contract suite: one fixture name and one marker each.
 BACKENDS = [
     pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
@@ -239,6 +256,7 @@ BACKENDS = [
     pytest.param("sqlalchemy_sqlite_session", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
+    pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),
 ]
 
 

@@ -1,0 +1,476 @@
+"""``CachedSession``: a SQL session (the store of record) with a Redis read cache in front.
+
+Every write goes to SQL first; Redis holds a copy of the newest items of recently used sessions.
+Key layout (``id`` = the session id, percent-encoded as in :mod:`agentmem.providers.redis`)::
+
+    {key_prefix}:{id}:items   list: a header ("c" complete / "p" newest items only), then the
+                              cached items' JSON, oldest first
+    {key_prefix}:{id}:state   hash: g = generation (a random token), w = writers in flight
+
+Protocol (each step one Lua script, one round trip):
+
+- Read: serve the list when it exists, covers the request and no write is in flight. Otherwise
+  hand out the current generation, read SQL, then fill the list only if the generation is still
+  the one handed out: any write that began in between replaced it, so a stale fill is refused.
+  No generation is handed out while a write is in flight.
+- Write: *begin* (count the writer, new generation, shorten the keys' expiry to a lease), the SQL
+  write, *end* (uncount, new generation; apply the change to the cached list in place only when
+  this writer was the only one from begin to end, else delete the list). A writer whose *end*
+  never arrives leaves the count up: readers bypass the cache until the lease expires the keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final, TypeVar
+
+from agentmem._deps import missing
+from agentmem.providers.redis import (
+    _RPUSH_CHUNK,
+    DEFAULT_URL,
+    TTL,
+    _Connection,
+    _key,
+    _Script,
+    _shared,
+    _ttl_ms,
+    _validate_prefix,
+)
+from agentmem.providers.sqlalchemy import SQLSessionBase
+from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
+
+try:
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - agentmem.providers.redis raised already
+    raise missing("redis", "redis") from None
+
+__all__ = ["CachedSession"]
+
+DEFAULT_KEY_PREFIX: Final = "agentmem-cache"
+DEFAULT_MAX_CACHED_ITEMS: Final = 1000
+# How long the keys of a session outlive a writer that began and never ended (a crash, Redis
+# unreachable after the SQL commit): readers bypass the cache until then.
+WRITE_LEASE_MS: Final = 60_000
+
+logger = logging.getLogger("agentmem")
+
+T = TypeVar("T")
+
+_EXPIRE = """
+local function expire(ttl)
+  for _, key in ipairs(KEYS) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+end
+"""
+
+# KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms.
+# Returns {1, items} (hit), {2, generation} (miss: fill with it), {0} (write in flight: no fill).
+_READ = _Script(
+    _EXPIRE
+    + """
+if tonumber(redis.call('HGET', KEYS[2], 'w') or '0') > 0 then return {0} end
+local ttl = tonumber(ARGV[3])
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head then
+  local cached = redis.call('LLEN', KEYS[1]) - 1
+  local limit = tonumber(ARGV[1])
+  if head == 'c' or (limit >= 0 and limit <= cached) then
+    expire(ttl)
+    if limit < 0 or limit >= cached then return {1, redis.call('LRANGE', KEYS[1], 1, -1)} end
+    return {1, redis.call('LRANGE', KEYS[1], -limit, -1)}
+  end
+end
+local gen = redis.call('HGET', KEYS[2], 'g')
+if not gen then
+  gen = ARGV[2]
+  redis.call('HSET', KEYS[2], 'g', gen)
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return {2, gen}
+"""
+)
+
+# KEYS: items, state. ARGV: generation handed out, ttl ms, header, items...
+_FILL = _Script(
+    _EXPIRE
+    + f"""
+if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('RPUSH', KEYS[1], ARGV[3])
+for i = 4, #ARGV, {_RPUSH_CHUNK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
+end
+expire(tonumber(ARGV[2]))
+return 1
+"""
+)
+
+# KEYS: items, state. ARGV: new generation, lease ms.
+_BEGIN = _Script(
+    """
+redis.call('HINCRBY', KEYS[2], 'w', 1)
+redis.call('HSET', KEYS[2], 'g', ARGV[1])
+local lease = tonumber(ARGV[2])
+redis.call('PEXPIRE', KEYS[2], lease)
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > lease then redis.call('PEXPIRE', KEYS[1], lease) end
+return 1
+"""
+)
+
+# KEYS: items, state. ARGV: began (1/0), the generation begin set, a new generation, ttl ms,
+# max cached items, op ("add", "pop", "clear" or "" = invalidate), items (for "add")...
+_END = _Script(
+    _EXPIRE
+    + f"""
+local sole = false
+if ARGV[1] == '1' then
+  local writers = redis.call('HINCRBY', KEYS[2], 'w', -1)
+  if writers <= 0 then redis.call('HDEL', KEYS[2], 'w') end
+  sole = writers == 0 and redis.call('HGET', KEYS[2], 'g') == ARGV[2]
+end
+redis.call('HSET', KEYS[2], 'g', ARGV[3])
+local op = ARGV[6]
+if sole and op == 'clear' then
+  redis.call('DEL', KEYS[1])
+  redis.call('RPUSH', KEYS[1], 'c')
+elseif sole and redis.call('EXISTS', KEYS[1]) == 1 and (op == 'add' or op == 'pop') then
+  if op == 'pop' then
+    if redis.call('LLEN', KEYS[1]) > 1 then redis.call('RPOP', KEYS[1]) end
+  else
+    for i = 7, #ARGV, {_RPUSH_CHUNK} do
+      redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
+    end
+    local max = tonumber(ARGV[5])
+    if redis.call('LLEN', KEYS[1]) - 1 > max then
+      redis.call('LTRIM', KEYS[1], -max, -1)
+      redis.call('LPUSH', KEYS[1], 'p')
+    end
+  end
+else
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
+return 1
+"""
+)
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass
+class _Health:
+    """What this process knows about one Redis server."""
+
+    down: bool = False
+    # State keys of sessions written while their cache could not be invalidated: every call on
+    # them bypasses the cache until an invalidation succeeds.
+    pending: set[str] = field(default_factory=set)
+
+
+_servers: dict[tuple[Any, ...], _Health] = {}
+
+
+def _server_of(client: Redis) -> tuple[Any, ...]:
+    kwargs = client.connection_pool.connection_kwargs
+    return kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db", 0)
+
+
+class CachedSession(SessionABC):
+    """A SQL session with a Redis read cache in front: SQL durability, Redis-speed reads.
+
+    The SQL session is the store of record: every write is committed there before the cache is
+    touched, and a read that misses the cache loads from it. Redis holds the newest
+    ``max_cached_items`` items of recently used sessions for ``ttl``. A read never returns a
+    state older than a write that has returned, in any process; when Redis is unreachable every
+    call is served by SQL (one warning on the ``agentmem`` logger per outage) and the cache
+    refills once Redis is back.
+
+    Example::
+
+        store = SQLAlchemySession(engine, "user_123")
+        async with CachedSession(store, redis_url="redis://localhost:6379", ttl=3600) as session:
+            await Runner.run(agent, "Hello", session=session)
+
+    The cached session owns ``store``: ``close()`` closes it too (the store still leaves the
+    engine it was given open). A Redis client passed as ``client`` is never closed; one built
+    from ``redis_url`` is shared by every session with the same URL and options (one blocking
+    pool per event loop) and released by ``close()``.
+
+    Every writer of the sessions must go through a ``CachedSession`` on the same Redis and
+    ``key_prefix``: a write made with the bare SQL session leaves the cached copy as it was.
+
+    Attributes:
+        session_id: The wrapped session's id.
+        session_settings: OpenAI Agents SDK ``SessionSettings`` (``limit`` is the default of
+            ``get_items()``); the wrapped session's unless given.
+        store: The wrapped SQL session.
+        ttl: How long an unused session stays cached, or ``None`` for no expiry.
+        items_key: The Redis key of the cached items.
+        state_key: The Redis key of the cache's generation and writer count.
+    """
+
+    store: SQLSessionBase
+    ttl: timedelta | None
+    items_key: str
+    state_key: str
+
+    def __init__(
+        self,
+        store: SQLSessionBase,
+        redis_url: str = DEFAULT_URL,
+        db: int | None = None,
+        *,
+        client: Redis | None = None,
+        ttl: TTL | None = 3600,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        max_cached_items: int = DEFAULT_MAX_CACHED_ITEMS,
+        session_settings: Any = None,
+        max_connections: int = 50,
+        socket_timeout: float | None = 2.0,
+        socket_connect_timeout: float | None = 1.0,
+        pool_timeout: float | None = 10.0,
+    ) -> None:
+        """Wrap ``store``; nothing is read or written until the first operation.
+
+        Args:
+            store: The SQL session of record: a ``SQLAlchemySession`` or a ``SQLiteSession`` on
+                a file (an in-memory SQLite database is private to its object, so it cannot
+                sit behind a shared cache).
+            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL of the cache. Ignored when
+                ``client`` is given.
+            db: The Redis database number, if the URL does not name one (default 0).
+            client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
+                never closed by the session.
+            ttl: How long (seconds or ``timedelta``) a session stays cached after its last use;
+                ``None`` never expires.
+            key_prefix: Prefix of the cache's keys. Use one prefix per SQL database: two
+                databases behind one prefix would share cached copies of equal session ids.
+            max_cached_items: How many of a session's newest items the cache holds; a read of
+                more than that from a longer history goes to SQL.
+            session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them); the
+                store's by default.
+            max_connections: Size of the Redis connection pool; callers beyond it wait.
+            socket_timeout: Seconds to wait for a Redis reply before falling back to SQL.
+            socket_connect_timeout: Seconds to wait for a Redis connection to open.
+            pool_timeout: Seconds to wait for a free pooled Redis connection.
+
+        Raises:
+            TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
+        """
+        if not isinstance(store, SQLSessionBase):
+            raise TypeError(
+                "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
+                f"got {type(store).__name__}"
+            )
+        if getattr(store, "db_path", None) == ":memory:":
+            raise ValueError(
+                "an in-memory SQLiteSession is private to its object and cannot sit behind a "
+                "shared cache; use a database file"
+            )
+        if not isinstance(max_cached_items, int) or max_cached_items < 1:
+            raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
+        connection = None
+        if client is None:
+            connection = _Connection(
+                redis_url,
+                db,
+                max_connections=max_connections,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout,
+                pool_timeout=pool_timeout,
+            )
+        elif not isinstance(client, Redis):
+            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        super().__init__(
+            store.session_id,
+            store.session_settings if session_settings is None else session_settings,
+        )
+        base = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
+        self.store = store
+        self._ttl_ms = _ttl_ms(ttl)
+        self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
+        self.max_cached_items = max_cached_items
+        self.items_key = f"{base}:items"
+        self.state_key = f"{base}:state"
+        self._keys = [self.items_key, self.state_key]
+        self._client_given = client
+        self._connection = connection
+        self._clients = None if connection is None else _shared.acquire(connection)
+        self._health: _Health | None = None
+
+    # --- Redis plumbing ----------------------------------------------------------------------
+
+    def _client(self) -> Redis:
+        if self._client_given is not None:
+            return self._client_given
+        assert self._clients is not None
+        return self._clients.get()
+
+    def _server(self, client: Redis) -> _Health:
+        if self._health is None:
+            self._health = _servers.setdefault(_server_of(client), _Health())
+        return self._health
+
+    async def _redis(
+        self, client: Redis, call: Callable[[], Awaitable[T]]
+    ) -> tuple[bool, T | None]:
+        """Run one cache call: ``(True, result)``, or ``(False, None)`` when Redis failed."""
+        health = self._server(client)
+        try:
+            result = await call()
+        except (RedisError, OSError) as exc:
+            if not health.down:
+                health.down = True
+                logger.warning(
+                    "Redis cache unavailable (%s: %s); CachedSession serves every call from "
+                    "the SQL store until it is back",
+                    type(exc).__name__,
+                    exc,
+                )
+            return False, None
+        if health.down:
+            health.down = False
+            logger.info("Redis cache reachable again; CachedSession uses it")
+        return True, result
+
+    async def _settle(self, client: Redis) -> bool:
+        """Whether the cache may be used for this call: true unless this session's cache still
+        waits for an invalidation (retried here) that Redis refuses."""
+        health = self._server(client)
+        if self.state_key not in health.pending:
+            return True
+        ok, _ = await self._redis(client, lambda: self._end(client, False, "", "", []))
+        if ok:
+            health.pending.discard(self.state_key)
+        return ok
+
+    def _end(
+        self, client: Redis, began: bool, gen: str, op: str, payload: list[str]
+    ) -> Awaitable[Any]:
+        args: list[str | int] = [
+            int(began),
+            gen,
+            _token(),
+            self._ttl_ms,
+            self.max_cached_items,
+            op,
+            *payload,
+        ]
+        return _END(client, self._keys, args)
+
+    async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[str]) -> T:
+        """SQL first, the cache around it (see the module docstring)."""
+        client = self._client()
+        began = False
+        gen = _token()
+        if await self._settle(client):
+            began, _ = await self._redis(
+                client, lambda: _BEGIN(client, self._keys, [gen, WRITE_LEASE_MS])
+            )
+        try:
+            result = await write()
+        except BaseException:
+            # The write may or may not have committed: invalidate.
+            await self._finish(client, began, gen, "", [])
+            raise
+        await self._finish(client, began, gen, op, payload)
+        return result
+
+    async def _finish(
+        self, client: Redis, began: bool, gen: str, op: str, payload: list[str]
+    ) -> None:
+        """End a write; until an end succeeds, this process bypasses the session's cache."""
+        pending = self._server(client).pending
+        try:
+            ended, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
+        except BaseException:
+            pending.add(self.state_key)
+            raise
+        if ended:
+            pending.discard(self.state_key)
+        else:
+            pending.add(self.state_key)
+
+    async def _load(self, limit: int | None) -> list[str]:
+        """The newest ``limit`` items' JSON from the store (all with ``None``), oldest first."""
+        # The store's own operations, on stored JSON text: what the cache holds.
+        return await self.store._ops.get(limit)
+
+    # --- the Session interface ---------------------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
+        """Return the history oldest first: from Redis when cached, else from SQL (then cached).
+
+        Args:
+            limit: Return only the newest ``limit`` items. ``None`` means the
+                ``session_settings`` limit if one is set, else everything.
+
+        Raises:
+            TypeError, ValueError: a bad ``limit``.
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        limit = self._resolve_limit(limit)
+        if limit == 0:
+            return []
+        client = self._client()
+        reply: Any = None
+        if await self._settle(client):
+            args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
+            _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
+        if reply is not None and reply[0] == 1:
+            return [decode_item(data) for data in reply[1]]
+        if reply is None or reply[0] == 0:
+            return [decode_item(data) for data in await self._load(limit)]
+        # A miss: load enough to fill the cache's window too, and learn whether it is complete.
+        window = self.max_cached_items
+        rows = await self._load(None if limit is None else max(limit, window + 1))
+        fill: list[Any] = [reply[1], self._ttl_ms, "c" if len(rows) <= window else "p"]
+        fill.extend(rows[-window:])
+        await self._redis(client, lambda: _FILL(client, self._keys, fill))
+        if limit is not None:
+            rows = rows[-limit:]
+        return [decode_item(data) for data in rows]
+
+    async def add_items(self, items: list[SessionItem]) -> None:
+        """Append ``items`` in order, atomically: committed to SQL, then added to the cache.
+
+        Raises:
+            TypeError, ValueError: an item is not a JSON object; nothing is written.
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        encoded = encode_items(items)
+        if not encoded:
+            return
+        await self._write(
+            lambda: self.store._ops.add(encoded), "add", [item.json for item in encoded]
+        )
+
+    async def pop_item(self) -> SessionItem | None:
+        """Remove and return the newest item (from SQL); ``None`` when the history is empty."""
+        self._check_open()
+        data = await self._write(self.store._ops.pop, "pop", [])
+        return None if data is None else decode_item(data)
+
+    async def clear_session(self) -> None:
+        """Remove every item of this session from SQL, then cache it as empty."""
+        self._check_open()
+        await self._write(self.store._ops.clear, "clear", [])
+
+    async def _close(self) -> None:
+        try:
+            await self.store.close()
+        finally:
+            if self._connection is not None:
+                self._clients = None
+                await _shared.release(self._connection)
