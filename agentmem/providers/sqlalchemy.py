@@ -310,7 +310,8 @@ async def _with_driver(
 ) -> T:
     """Run ``use(driver_connection)`` on a pooled connection.
 
-    A connection that fails is invalidated (the pool replaces it). ``retry`` repeats an
+    A connection that fails invalidates the pool's connections (each is replaced on its next
+    checkout, as SQLAlchemy does on a disconnect). ``retry`` repeats an
     idempotent operation once on a new connection after such a failure; any operation is
     repeated when the failure proves that nothing reached the server. Pooled connections that
     died while idle (a killed backend, a server restart) are replaced before use.
@@ -330,7 +331,9 @@ async def _with_driver(
             if not _is_disconnect(exc, driver):
                 await greenlet_spawn(pooled.close)
                 raise _translate(engine, session.table_prefix, exc) from exc
-            await greenlet_spawn(pooled.invalidate, exc)
+            # As SQLAlchemy does on a disconnect: every connection the pool opened before now is
+            # suspect (a restart or failover kills them all) and is replaced on its next checkout.
+            await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
             if attempt == 2 or not (retry or _never_sent(exc)):
                 raise
         except BaseException:  # cancelled mid-call: the connection's state is unknown
