@@ -1,0 +1,553 @@
+"""CachedSession: reads from Redis, writes to PostgreSQL first, never stale, Redis optional.
+
+Real PostgreSQL and Redis throughout. Races are forced with hooks on the cached session (its
+``_load`` and ``_finish`` steps), never with sleeps. Tests that stop, flush or pause a Redis use
+one of their own (``redis-server`` on a free port) or the shared server's db 13.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from agentmem import CachedSession, SQLAlchemySession, SQLiteSession
+from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
+
+pytestmark = pytest.mark.cached
+
+PREFIX = f"{REDIS_PREFIX}:cache"
+FLUSHABLE_DB = 13  # no other test uses it: the tests here may FLUSHDB it
+
+
+def _with_db(url: str, db: int) -> str:
+    return f"{url.rsplit('/', 1)[0]}/{db}" if url.count("/") > 2 else f"{url}/{db}"
+
+
+@pytest.fixture
+async def make(postgres_engine: Any, redis_client: Any) -> AsyncIterator[Any]:
+    """``make(session_id=None, cls=CachedSession, **kwargs)``: a cached session on PostgreSQL and
+    this run's Redis keys, closed after the test."""
+    made: list[CachedSession] = []
+
+    def build(session_id: str | None = None, cls: type[CachedSession] = CachedSession, **kw: Any):
+        kw.setdefault("key_prefix", PREFIX)
+        if "client" not in kw:
+            kw.setdefault("redis_url", REDIS_URL)
+        store = SQLAlchemySession(postgres_engine, session_id or unique_id("cached"))
+        session = cls(store, **kw)
+        made.append(session)
+        return session
+
+    yield build
+    for session in made:
+        await bare(session, postgres_engine).clear_session()
+        await session.close()
+
+
+def bare(session: CachedSession, engine: Any) -> SQLAlchemySession:
+    """The same session on the SQL store alone, behind the cache's back."""
+    return SQLAlchemySession(engine, session.session_id)
+
+
+async def cached_list(client: Redis, session: CachedSession) -> list[str] | None:
+    """The cache's list (header first), or ``None`` when the session is not cached."""
+    if not await client.exists(session.items_key):
+        return None
+    return [v.decode() for v in await client.lrange(session.items_key, 0, -1)]
+
+
+# --- 1. reads from Redis when cached; a miss loads from SQL and fills -----------------------
+
+
+async def test_a_miss_fills_and_later_reads_are_served_from_redis(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    session = make()
+    await session.add_items([{"n": 1}, {"n": 2}])
+    assert await cached_list(redis_client, session) is None  # nothing cached before a read
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+    assert await cached_list(redis_client, session) == ["c", '{"n":1}', '{"n":2}']
+    # Changed behind the cache's back: a read that still returns the old state came from Redis.
+    await bare(session, postgres_engine).add_items([{"n": "behind"}])
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+    assert await session.get_items(limit=1) == [{"n": 2}]
+
+
+async def test_an_empty_session_is_cached_as_empty(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    session = make()
+    assert await session.get_items() == []
+    assert await cached_list(redis_client, session) == ["c"]
+    await bare(session, postgres_engine).add_items([{"n": "behind"}])
+    assert await session.get_items() == []
+
+
+async def test_writes_keep_the_cache_warm(make: Any, redis_client: Redis) -> None:
+    session = make()
+    assert await session.get_items() == []
+    await session.add_items([{"n": 1}, {"n": 2}, {"n": 3}])
+    assert await cached_list(redis_client, session) == ["c", '{"n":1}', '{"n":2}', '{"n":3}']
+    assert await session.pop_item() == {"n": 3}
+    assert await cached_list(redis_client, session) == ["c", '{"n":1}', '{"n":2}']
+    await session.clear_session()
+    assert await cached_list(redis_client, session) == ["c"]
+    assert await session.get_items() == []
+
+
+async def test_only_the_newest_items_are_cached(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    session = make(max_cached_items=3)
+    await session.add_items([{"n": i} for i in range(5)])
+    assert await session.get_items() == [{"n": i} for i in range(5)]  # from SQL
+    assert await cached_list(redis_client, session) == ["p", '{"n":2}', '{"n":3}', '{"n":4}']
+    await session.add_items([{"n": 5}])
+    assert await cached_list(redis_client, session) == ["p", '{"n":3}', '{"n":4}', '{"n":5}']
+    await bare(session, postgres_engine).pop_item()  # behind the cache's back: n=5 gone
+    assert await session.get_items(limit=2) == [{"n": 4}, {"n": 5}]  # within the window: Redis
+    assert await session.get_items(limit=4) == [{"n": i} for i in range(1, 5)]  # beyond: SQL
+    assert await session.get_items() == [{"n": i} for i in range(5)]
+
+
+async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
+    session = make(ttl=100)
+    await session.add_items([{"n": 1}])
+    await session.get_items()
+    for key in (session.items_key, session.state_key):
+        assert 0 < await redis_client.pttl(key) <= 100_000
+    await redis_client.pexpire(session.items_key, 5_000)
+    await session.get_items()  # a hit refreshes the expiry
+    assert await redis_client.pttl(session.items_key) > 5_000
+    forever = make(ttl=None)
+    await forever.get_items()
+    assert await redis_client.pttl(forever.items_key) == -1
+
+
+async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None:
+    session = make("a{b}%c")
+    assert session.session_id == "a{b}%c"
+    assert session.items_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:items"
+    assert session.state_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:state"
+    await session.close()
+    assert session.store.closed  # the cached session owns its store
+    async with make() as other:
+        await other.add_items([{"n": 1}])
+    assert other.closed and other.store.closed
+    with pytest.raises(TypeError, match="SQL session"):
+        CachedSession(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="in-memory"):
+        CachedSession(SQLiteSession("x"))
+    with pytest.raises(ValueError, match="max_cached_items"):
+        CachedSession(bare(session, postgres_engine), max_cached_items=0)
+
+
+async def test_session_settings_default_to_the_stores(postgres_engine: Any) -> None:
+    store = SQLAlchemySession(postgres_engine, unique_id(), session_settings={"limit": 2})
+    session = CachedSession(store, REDIS_URL, key_prefix=PREFIX)
+    assert session.session_settings.limit == 2
+    await session.close()
+
+
+async def test_a_given_client_is_used_and_left_open(make: Any, tmp_path: Path) -> None:
+    client = Redis.from_url(REDIS_URL)
+    async with make(client=client) as session:
+        await session.add_items([{"n": 1}])
+        assert await session.get_items() == [{"n": 1}]
+        assert await client.exists(session.items_key)
+    assert await client.ping()
+    await client.aclose()
+    # A SQLite file store works as well.
+    async with CachedSession(
+        SQLiteSession(unique_id(), tmp_path / "c.db"), REDIS_URL, key_prefix=PREFIX
+    ) as session:
+        await session.add_items([{"n": 1}])
+        assert await session.get_items() == [{"n": 1}]
+        await session.clear_session()
+
+
+# --- 2. writes: SQL first, cache after the commit ---------------------------------------------
+
+
+async def test_every_write_is_in_sql_when_it_returns(make: Any, postgres_engine: Any) -> None:
+    session = make()
+    sql = bare(session, postgres_engine)
+    await session.get_items()
+    await session.add_items([{"n": 1}, {"n": 2}])
+    assert await sql.get_items() == [{"n": 1}, {"n": 2}]
+    assert await session.pop_item() == {"n": 2}
+    assert await sql.get_items() == [{"n": 1}]
+    await session.clear_session()
+    assert await sql.get_items() == []
+
+
+async def test_a_failed_sql_write_invalidates_instead_of_updating(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    session = make()
+    await session.add_items([{"n": 1}])
+    await session.get_items()
+    await session.store.close()  # the next SQL write fails
+    with pytest.raises(Exception, match="closed"):
+        await session.add_items([{"n": 2}])
+    assert await cached_list(redis_client, session) is None
+    assert await bare(session, postgres_engine).get_items() == [{"n": 1}]
+
+
+async def test_concurrent_writers_never_reorder_the_cache(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    first = make()
+    sessions = [first, *(make(first.session_id) for _ in range(3))]
+    await first.get_items()
+
+    async def write(w: int) -> None:
+        for i in range(10):
+            await sessions[w].add_items([{"w": w, "i": i}])
+            await sessions[w].get_items(limit=3)
+
+    await asyncio.gather(*(write(w) for w in range(4)))
+    from_sql = await bare(first, postgres_engine).get_items()
+    assert len(from_sql) == 40
+    assert await first.get_items() == from_sql
+    cached = await cached_list(redis_client, first)
+    assert cached is not None  # the reads refilled it
+    assert [orjson.loads(item) for item in cached[1:]] == from_sql
+
+
+# --- 3. never stale -----------------------------------------------------------------------------
+
+
+class PausedLoad(CachedSession):
+    """Stops after reading SQL on a miss, until the test lets it go on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def _load(self, limit: int | None) -> list[str]:
+        rows = await super()._load(limit)
+        self.loaded.set()
+        await self.resume.wait()
+        return rows
+
+
+async def test_a_stale_fill_is_refused(make: Any, redis_client: Redis) -> None:
+    reader = make(cls=PausedLoad)
+    writer = make(reader.session_id)
+    await writer.add_items([{"n": 1}])
+    read = asyncio.create_task(reader.get_items())
+    await reader.loaded.wait()  # the reader holds the snapshot [1]
+    await writer.add_items([{"n": 2}])  # committed, cache touched
+    reader.resume.set()
+    assert await read == [{"n": 1}]  # it started before the write returned
+    assert await cached_list(redis_client, reader) is None  # its fill was refused
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_stale_fill_is_refused_after_any_write(make: Any, redis_client: Redis) -> None:
+    for write in ("pop", "clear", "add-while-cached-elsewhere"):
+        reader = make(cls=PausedLoad)
+        writer = make(reader.session_id)
+        await writer.add_items([{"n": 1}, {"n": 2}])
+        read = asyncio.create_task(reader.get_items())
+        await reader.loaded.wait()
+        if write == "pop":
+            await writer.pop_item()
+            expected = [{"n": 1}]
+        elif write == "clear":
+            await writer.clear_session()
+            expected = []
+        else:
+            await writer.add_items([{"n": 3}])
+            expected = [{"n": 1}, {"n": 2}, {"n": 3}]
+        reader.resume.set()
+        await read
+        assert await reader.get_items() == expected, write
+
+
+class PausedWrite(CachedSession):
+    """Stops after its SQL write has committed, before the cache hears of it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.committed = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.crash = False
+
+    async def _finish(self, *args: Any) -> None:
+        self.committed.set()
+        await self.resume.wait()
+        if not self.crash:
+            await super()._finish(*args)
+
+
+async def test_reads_during_a_write_bypass_the_cache(make: Any, redis_client: Redis) -> None:
+    writer = make(cls=PausedWrite)
+    reader = make(writer.session_id)
+    writer.resume.set()
+    await writer.add_items([{"n": 1}])
+    writer.resume = asyncio.Event()
+    writer.committed.clear()
+    assert await reader.get_items() == [{"n": 1}]  # cached
+    write = asyncio.create_task(writer.add_items([{"n": 2}]))
+    await writer.committed.wait()
+    # Committed but not returned: the reader goes to SQL and fills nothing.
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    assert await cached_list(redis_client, reader) == ["c", '{"n":1}']
+    writer.resume.set()
+    await write
+    assert await cached_list(redis_client, reader) == ["c", '{"n":1}', '{"n":2}']
+
+
+async def test_a_writer_that_dies_after_its_commit_leaves_readers_on_sql(
+    make: Any, redis_client: Redis
+) -> None:
+    writer = make(cls=PausedWrite)
+    reader = make(writer.session_id)
+    writer.resume.set()
+    await writer.add_items([{"n": 1}])
+    assert await reader.get_items() == [{"n": 1}]
+    writer.crash = True  # the cache never hears of the next write
+    await writer.add_items([{"n": 2}])
+    for _ in range(3):
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    assert await redis_client.hget(reader.state_key, "w") == b"1"
+    assert 0 < await redis_client.pttl(reader.items_key) <= 60_000  # gone with the lease
+
+
+# --- 3. never stale, across processes ---------------------------------------------------------
+
+
+def _child_write(
+    postgres_url: str, prefix: str, session_id: str, items: list[Any], crash: bool
+) -> None:
+    """In a spawned process: one cached add_items; with ``crash``, die after the SQL commit."""
+
+    class Crash(CachedSession):
+        async def _finish(self, *args: Any) -> None:
+            os._exit(3)
+
+    async def run() -> None:
+        store = SQLAlchemySession.from_url(session_id, url=postgres_url)
+        async with (Crash if crash else CachedSession)(store, REDIS_URL, key_prefix=prefix) as s:
+            await s.add_items(items)
+
+    asyncio.run(run())
+
+
+async def _in_child(*args: Any) -> int | None:
+    process = multiprocessing.get_context("spawn").Process(target=_child_write, args=args)
+    process.start()
+    await asyncio.to_thread(process.join, 60)
+    return process.exitcode
+
+
+async def test_another_process_sees_a_write_once_it_returns(
+    make: Any, postgres_url: str, redis_client: Redis
+) -> None:
+    session = make()
+    await session.add_items([{"n": 1}])
+    assert await session.get_items() == [{"n": 1}]  # cached here
+    assert await _in_child(postgres_url, PREFIX, session.session_id, [{"n": 2}], False) == 0
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_stale_fill_is_refused_across_processes(
+    make: Any, postgres_url: str, redis_client: Redis
+) -> None:
+    reader = make(cls=PausedLoad)
+    await reader.add_items([{"n": 1}])
+    read = asyncio.create_task(reader.get_items())
+    await reader.loaded.wait()
+    assert await _in_child(postgres_url, PREFIX, reader.session_id, [{"n": 2}], False) == 0
+    reader.resume.set()
+    assert await read == [{"n": 1}]
+    assert await cached_list(redis_client, reader) is None
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_process_killed_after_its_commit_leaves_no_stale_cache(
+    make: Any, postgres_url: str, redis_client: Redis
+) -> None:
+    session = make()
+    await session.add_items([{"n": 1}])
+    assert await session.get_items() == [{"n": 1}]
+    assert await _in_child(postgres_url, PREFIX, session.session_id, [{"n": 2}], True) == 3
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+
+
+# --- 4. Redis down, flushed, evicting, restarted ------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port (so it may be stopped and paused)."""
+
+    def __init__(self, directory: Path, persistent: bool) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        appendonly = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
+        self.args = [
+            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--dir", str(directory), "--save", ""),
+            *(appendonly or ("--appendonly", "no")),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("SKIPPED LOUDLY: redis-server is not installed")
+    servers: list[PrivateRedis] = []
+
+    def start(persistent: bool = False) -> PrivateRedis:
+        server = PrivateRedis(tmp_path, persistent)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+
+
+def cache_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "agentmem" and r.levelno == logging.WARNING]
+
+
+async def test_an_unreachable_redis_costs_one_warning_and_nothing_else(
+    make: Any, postgres_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentmem")
+    session = make(redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    other = make(session.session_id, redis_url=session._connection.url)
+    await session.add_items([{"n": 1}, {"n": 2}])
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+    assert await other.get_items(limit=1) == [{"n": 2}]
+    assert await session.pop_item() == {"n": 2}
+    await other.add_items([{"n": 3}])
+    assert await session.get_items() == [{"n": 1}, {"n": 3}]
+    assert await bare(session, postgres_engine).get_items() == [{"n": 1}, {"n": 3}]
+    await session.clear_session()
+    assert await other.get_items() == []
+    [warning] = cache_warnings(caplog)
+    assert "SQL store" in warning.getMessage()
+
+
+async def test_redis_down_then_back(
+    make: Any, postgres_engine: Any, private_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentmem")
+    server = private_redis()
+    session = make(redis_url=server.url)
+    await session.add_items([{"n": 1}])
+    assert await session.get_items() == [{"n": 1}]
+    server.stop()
+    await session.add_items([{"n": 2}])
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+    assert await session.pop_item() == {"n": 2}
+    await session.add_items([{"n": 3}])
+    assert await bare(session, postgres_engine).get_items() == [{"n": 1}, {"n": 3}]
+    assert len(cache_warnings(caplog)) == 1
+    server.start()  # empty: it keeps nothing on disk
+    assert await session.get_items() == [{"n": 1}, {"n": 3}]
+    assert "reachable again" in caplog.records[-1].getMessage()
+    client = Redis.from_url(server.url)
+    assert await client.lrange(session.items_key, 0, -1) == [b"c", b'{"n":1}', b'{"n":3}']
+    await client.aclose()
+
+
+async def test_a_restart_that_reloads_old_data_is_not_served_after_a_missed_write(
+    make: Any, private_redis: Any
+) -> None:
+    server = private_redis(persistent=True)
+    session = make(redis_url=server.url)
+    await session.add_items([{"n": 1}])
+    assert await session.get_items() == [{"n": 1}]  # cached, and on the server's disk
+    server.stop()
+    await session.add_items([{"n": 2}])  # the cache could not hear of it
+    server.start()  # back with the old cached list
+    reader = make(session.session_id, redis_url=server.url)
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # this process invalidates first
+    assert await session.get_items() == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_flushed_or_evicting_cache_refills(make: Any, postgres_engine: Any) -> None:
+    url = _with_db(REDIS_URL, FLUSHABLE_DB)
+    admin = Redis.from_url(url)
+    try:
+        session = make(redis_url=url)
+        await session.add_items([{"n": 1}, {"n": 2}])
+        assert await session.get_items() == [{"n": 1}, {"n": 2}]
+        await admin.flushdb()
+        assert await session.get_items() == [{"n": 1}, {"n": 2}]
+        assert await admin.exists(session.items_key)
+        for evicted in (session.items_key, session.state_key):
+            await admin.delete(evicted)
+            await session.add_items([{"n": 3}])
+            assert await session.pop_item() == {"n": 3}
+            assert await session.get_items() == [{"n": 1}, {"n": 2}]
+        await admin.flushdb()
+        await session.add_items([{"n": 3}])
+        assert await session.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert await bare(session, postgres_engine).get_items() == await session.get_items()
+    finally:
+        await admin.flushdb()
+        await admin.aclose()
+
+
+async def test_killed_connections_are_survived(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    client = Redis.from_url(REDIS_URL, single_connection_client=True)
+    session = make(client=client)
+    await session.add_items([{"n": 1}])
+    assert await session.get_items() == [{"n": 1}]
+    for step in range(3):
+        await redis_client.client_kill_filter(_id=await client.client_id())
+        await session.add_items([{"n": 2 + step}])
+        await redis_client.client_kill_filter(_id=await client.client_id())
+        assert (await session.get_items())[-1] == {"n": 2 + step}
+    assert await session.get_items() == await bare(session, postgres_engine).get_items()
+    await client.aclose()
