@@ -63,10 +63,13 @@ def bare(session: CachedSession, engine: Any) -> SQLAlchemySession:
 
 
 async def cached_list(client: Redis, session: CachedSession) -> list[str] | None:
-    """The cache's list (header first), or ``None`` when the session is not cached."""
-    if not await client.exists(session.items_key):
+    """The cache's header ("c" or "p") and items' JSON, or ``None`` when none are cached."""
+    header, data, ends = await client.hmget(session.cache_key, ["c", "d", "e"])
+    if header is None:
         return None
-    return [v.decode() for v in await client.lrange(session.items_key, 0, -1)]
+    texts = [orjson.dumps(item).decode() for item in orjson.loads(b"[" + data + b"]")]
+    assert len(ends) == 4 * len(texts)
+    return [header.decode(), *texts]
 
 
 # --- 1. reads from Redis when cached; a miss loads from SQL and fills -----------------------
@@ -123,25 +126,50 @@ async def test_only_the_newest_items_are_cached(
     assert await session.get_items() == [{"n": i} for i in range(5)]
 
 
+async def test_in_place_updates_match_sql_at_every_limit(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    import random
+
+    rng = random.Random(4)
+    session = make(max_cached_items=7)
+    sql = bare(session, postgres_engine)
+    texts = ["ü", "漢字", "🙂", "a,b", '"q"', "", "x" * 300]
+    for step in range(60):
+        roll = rng.random()
+        if roll < 0.55:
+            batch = [{"s": step, "t": rng.choice(texts)} for _ in range(rng.randint(1, 4))]
+            await session.add_items(batch)
+        elif roll < 0.9:
+            await session.pop_item()
+        elif roll < 0.95:
+            await session.clear_session()
+        expected = await sql.get_items()
+        for limit in (None, *range(1, 10)):
+            assert await session.get_items(limit) == (
+                expected if limit is None else expected[-limit:]
+            ), (step, limit)
+        cached = await cached_list(redis_client, session)
+        assert cached is not None and len(cached) - 1 <= 7
+
+
 async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
     session = make(ttl=100)
     await session.add_items([{"n": 1}])
     await session.get_items()
-    for key in (session.items_key, session.state_key):
-        assert 0 < await redis_client.pttl(key) <= 100_000
-    await redis_client.pexpire(session.items_key, 5_000)
+    assert 0 < await redis_client.pttl(session.cache_key) <= 100_000
+    await redis_client.pexpire(session.cache_key, 5_000)
     await session.get_items()  # a hit refreshes the expiry
-    assert await redis_client.pttl(session.items_key) > 5_000
+    assert await redis_client.pttl(session.cache_key) > 5_000
     forever = make(ttl=None)
     await forever.get_items()
-    assert await redis_client.pttl(forever.items_key) == -1
+    assert await redis_client.pttl(forever.cache_key) == -1
 
 
 async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None:
     session = make("a{b}%c")
     assert session.session_id == "a{b}%c"
-    assert session.items_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:items"
-    assert session.state_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:state"
+    assert session.cache_key == f"{PREFIX}:{{a%7Bb%7D%25c}}"
     await session.close()
     assert session.store.closed  # the cached session owns its store
     async with make() as other:
@@ -167,7 +195,7 @@ async def test_a_given_client_is_used_and_left_open(make: Any, tmp_path: Path) -
     async with make(client=client) as session:
         await session.add_items([{"n": 1}])
         assert await session.get_items() == [{"n": 1}]
-        assert await client.exists(session.items_key)
+        assert await client.exists(session.cache_key)
     assert await client.ping()
     await client.aclose()
     # A SQLite file store works as well.
@@ -327,8 +355,8 @@ async def test_a_writer_that_dies_after_its_commit_leaves_readers_on_sql(
     await writer.add_items([{"n": 2}])
     for _ in range(3):
         assert await reader.get_items() == [{"n": 1}, {"n": 2}]
-    assert await redis_client.hget(reader.state_key, "w") == b"1"
-    assert 0 < await redis_client.pttl(reader.items_key) <= 60_000  # gone with the lease
+    assert await redis_client.hget(reader.cache_key, "w") == b"1"
+    assert 0 < await redis_client.pttl(reader.cache_key) <= 60_000  # gone with the lease
 
 
 # --- 3. never stale, across processes ---------------------------------------------------------
@@ -494,7 +522,7 @@ async def test_redis_down_then_back(
     assert await session.get_items() == [{"n": 1}, {"n": 3}]
     assert "reachable again" in caplog.records[-1].getMessage()
     client = Redis.from_url(server.url)
-    assert await client.lrange(session.items_key, 0, -1) == [b"c", b'{"n":1}', b'{"n":3}']
+    assert await cached_list(client, session) == ["c", '{"n":1}', '{"n":3}']
     await client.aclose()
 
 
@@ -522,12 +550,17 @@ async def test_a_flushed_or_evicting_cache_refills(make: Any, postgres_engine: A
         assert await session.get_items() == [{"n": 1}, {"n": 2}]
         await admin.flushdb()
         assert await session.get_items() == [{"n": 1}, {"n": 2}]
-        assert await admin.exists(session.items_key)
-        for evicted in (session.items_key, session.state_key):
-            await admin.delete(evicted)
+        assert await cached_list(admin, session) == ["c", '{"n":1}', '{"n":2}']
+        for step in range(3):  # evicted at each point of a write
             await session.add_items([{"n": 3}])
+            if step == 0:
+                await admin.delete(session.cache_key)
             assert await session.pop_item() == {"n": 3}
+            if step == 1:
+                await admin.delete(session.cache_key)
             assert await session.get_items() == [{"n": 1}, {"n": 2}]
+            if step == 2:
+                await admin.delete(session.cache_key)
         await admin.flushdb()
         await session.add_items([{"n": 3}])
         assert await session.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]

@@ -1,36 +1,44 @@
 """``CachedSession``: a SQL session (the store of record) with a Redis read cache in front.
 
 Every write goes to SQL first; Redis holds a copy of the newest items of recently used sessions.
-Key layout (``id`` = the session id, percent-encoded as in :mod:`agentmem.providers.redis`)::
+One Redis hash per session (``id`` = the session id, percent-encoded as in
+:mod:`agentmem.providers.redis`, so the key is its own hash tag)::
 
-    {key_prefix}:{id}:items   list: a header ("c" complete / "p" newest items only), then the
-                              cached items' JSON, oldest first
-    {key_prefix}:{id}:state   hash: g = generation (a random token), w = writers in flight
+    {key_prefix}:{id}   g  generation: a random token, replaced by every write
+                        w  writers in flight
+                        c  "c": the whole history is cached; "p": only its newest items
+                        d  the cached items' JSON texts joined by ","
+                        e  where each item ends in d: 4-byte big-endian offsets
+
+Everything of a session is one key, so eviction or expiry drops it whole. A read is one reply
+holding one JSON array (redis-py parses one string, not one element per item).
 
 Protocol (each step one Lua script, one round trip):
 
-- Read: serve the list when it exists, covers the request and no write is in flight. Otherwise
-  hand out the current generation, read SQL, then fill the list only if the generation is still
-  the one handed out: any write that began in between replaced it, so a stale fill is refused.
-  No generation is handed out while a write is in flight.
-- Write: *begin* (count the writer, new generation, shorten the keys' expiry to a lease), the SQL
-  write, *end* (uncount, new generation; apply the change to the cached list in place only when
-  this writer was the only one from begin to end, else delete the list). A writer whose *end*
-  never arrives leaves the count up: readers bypass the cache until the lease expires the keys.
+- Read: serve the cached items when they cover the request and no write is in flight.
+  Otherwise hand out the current generation, read SQL, then fill the cache only if the
+  generation is still the one handed out: any write that began in between replaced it, so a
+  stale fill is refused. No generation is handed out while a write is in flight.
+- Write: *begin* (count the writer, new generation, shorten the key's expiry to a lease), the SQL
+  write, *end* (uncount, new generation; apply the change to the cached items in place only when
+  this writer was the only one from begin to end, else drop them). A writer whose *end* never
+  arrives leaves the count up: readers bypass the cache until the lease expires the key.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
+import orjson
+
 from agentmem._deps import missing
 from agentmem.providers.redis import (
-    _RPUSH_CHUNK,
     DEFAULT_URL,
     TTL,
     _Connection,
@@ -63,103 +71,123 @@ T = TypeVar("T")
 
 _EXPIRE = """
 local function expire(ttl)
-  for _, key in ipairs(KEYS) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+end
+local function ends_at(e, i)
+  return (struct.unpack('>I4', e, (i - 1) * 4 + 1))
 end
 """
 
-# KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms.
-# Returns {1, items} (hit), {2, generation} (miss: fill with it), {0} (write in flight: no fill).
+# ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the items as one JSON array}
+# (hit), {2, generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
 _READ = _Script(
     _EXPIRE
     + """
-if tonumber(redis.call('HGET', KEYS[2], 'w') or '0') > 0 then return {0} end
+local s = redis.call('HMGET', KEYS[1], 'w', 'c', 'e')
+if tonumber(s[1] or '0') > 0 then return {0} end
 local ttl = tonumber(ARGV[3])
-local head = redis.call('LINDEX', KEYS[1], 0)
-if head then
-  local cached = redis.call('LLEN', KEYS[1]) - 1
+if s[2] then
+  local n = #s[3] / 4
   local limit = tonumber(ARGV[1])
-  if head == 'c' or (limit >= 0 and limit <= cached) then
+  if s[2] == 'c' or (limit >= 0 and limit <= n) then
     expire(ttl)
-    if limit < 0 or limit >= cached then return {1, redis.call('LRANGE', KEYS[1], 1, -1)} end
-    return {1, redis.call('LRANGE', KEYS[1], -limit, -1)}
+    local d = redis.call('HGET', KEYS[1], 'd')
+    if limit < 0 or limit >= n then return {1, '[' .. d .. ']'} end
+    return {1, '[' .. string.sub(d, ends_at(s[3], n - limit) + 2) .. ']'}
   end
 end
-local gen = redis.call('HGET', KEYS[2], 'g')
+local gen = redis.call('HGET', KEYS[1], 'g')
 if not gen then
   gen = ARGV[2]
-  redis.call('HSET', KEYS[2], 'g', gen)
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  redis.call('HSET', KEYS[1], 'g', gen)
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return {2, gen}
 """
 )
 
-# KEYS: items, state. ARGV: generation handed out, ttl ms, header, items...
+# ARGV: generation handed out, ttl ms, "c" or "p", joined items, their ends.
 _FILL = _Script(
     _EXPIRE
-    + f"""
-if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('RPUSH', KEYS[1], ARGV[3])
-for i = 4, #ARGV, {_RPUSH_CHUNK} do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
-end
+    + """
+if redis.call('HGET', KEYS[1], 'g') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'c', ARGV[3], 'd', ARGV[4], 'e', ARGV[5])
 expire(tonumber(ARGV[2]))
 return 1
 """
 )
 
-# KEYS: items, state. ARGV: new generation, lease ms.
+# ARGV: new generation, lease ms.
 _BEGIN = _Script(
     """
-redis.call('HINCRBY', KEYS[2], 'w', 1)
-redis.call('HSET', KEYS[2], 'g', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'w', 1)
+redis.call('HSET', KEYS[1], 'g', ARGV[1])
 local lease = tonumber(ARGV[2])
-redis.call('PEXPIRE', KEYS[2], lease)
 local left = redis.call('PTTL', KEYS[1])
 if left == -1 or left > lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
 """
 )
 
-# KEYS: items, state. ARGV: began (1/0), the generation begin set, a new generation, ttl ms,
-# max cached items, op ("add", "pop", "clear" or "" = invalidate), items (for "add")...
+# ARGV: began (1/0), the generation begin set, a new generation, ttl ms, max cached items,
+# op ("add", "pop", "clear" or "" = drop the cached items); for "add": joined items, their ends.
 _END = _Script(
     _EXPIRE
-    + f"""
+    + """
 local sole = false
 if ARGV[1] == '1' then
-  local writers = redis.call('HINCRBY', KEYS[2], 'w', -1)
-  if writers <= 0 then redis.call('HDEL', KEYS[2], 'w') end
-  sole = writers == 0 and redis.call('HGET', KEYS[2], 'g') == ARGV[2]
+  local writers = redis.call('HINCRBY', KEYS[1], 'w', -1)
+  if writers <= 0 then redis.call('HDEL', KEYS[1], 'w') end
+  sole = writers == 0 and redis.call('HGET', KEYS[1], 'g') == ARGV[2]
 end
-redis.call('HSET', KEYS[2], 'g', ARGV[3])
+redis.call('HSET', KEYS[1], 'g', ARGV[3])
 local op = ARGV[6]
 if sole and op == 'clear' then
-  redis.call('DEL', KEYS[1])
-  redis.call('RPUSH', KEYS[1], 'c')
-elseif sole and redis.call('EXISTS', KEYS[1]) == 1 and (op == 'add' or op == 'pop') then
+  redis.call('HSET', KEYS[1], 'c', 'c', 'd', '', 'e', '')
+elseif sole and (op == 'add' or op == 'pop') and redis.call('HEXISTS', KEYS[1], 'c') == 1 then
+  local s = redis.call('HMGET', KEYS[1], 'c', 'd', 'e')
+  local c, d, e = s[1], s[2], s[3]
+  local n = #e / 4
   if op == 'pop' then
-    if redis.call('LLEN', KEYS[1]) > 1 then redis.call('RPOP', KEYS[1]) end
-  else
-    for i = 7, #ARGV, {_RPUSH_CHUNK} do
-      redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
+    if n > 0 then
+      d = string.sub(d, 1, n > 1 and ends_at(e, n - 1) or 0)
+      e = string.sub(e, 1, (n - 1) * 4)
     end
+  else
+    local base = #d > 0 and #d + 1 or 0
+    local ends = {e}
+    for i = 1, #ARGV[8] / 4 do
+      ends[#ends + 1] = struct.pack('>I4', base + ends_at(ARGV[8], i))
+    end
+    d = base > 0 and d .. ',' .. ARGV[7] or ARGV[7]
+    e = table.concat(ends)
+    n = #e / 4
     local max = tonumber(ARGV[5])
-    if redis.call('LLEN', KEYS[1]) - 1 > max then
-      redis.call('LTRIM', KEYS[1], -max, -1)
-      redis.call('LPUSH', KEYS[1], 'p')
+    if n > max then
+      local cut = ends_at(e, n - max) + 1
+      local kept = {}
+      for i = n - max + 1, n do kept[#kept + 1] = struct.pack('>I4', ends_at(e, i) - cut) end
+      c, d, e = 'p', string.sub(d, cut + 1), table.concat(kept)
     end
   end
+  redis.call('HSET', KEYS[1], 'c', c, 'd', d, 'e', e)
 else
-  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[1], 'c', 'd', 'e')
 end
-if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
+if redis.call('HEXISTS', KEYS[1], 'w') == 0 then expire(tonumber(ARGV[4])) end
 return 1
 """
 )
+
+
+def _joined(texts: list[str]) -> tuple[str, bytes]:
+    """``texts`` joined by "," and the byte offset where each ends, packed for the scripts."""
+    ends = []
+    end = -1
+    for text in texts:
+        end += 1 + (len(text) if text.isascii() else len(text.encode()))
+        ends.append(end)
+    return ",".join(texts), struct.pack(f">{len(ends)}I", *ends)
 
 
 def _token() -> str:
@@ -214,14 +242,12 @@ class CachedSession(SessionABC):
             ``get_items()``); the wrapped session's unless given.
         store: The wrapped SQL session.
         ttl: How long an unused session stays cached, or ``None`` for no expiry.
-        items_key: The Redis key of the cached items.
-        state_key: The Redis key of the cache's generation and writer count.
+        cache_key: The Redis key of the session's cache (a hash).
     """
 
     store: SQLSessionBase
     ttl: timedelta | None
-    items_key: str
-    state_key: str
+    cache_key: str
 
     def __init__(
         self,
@@ -294,14 +320,12 @@ class CachedSession(SessionABC):
             store.session_id,
             store.session_settings if session_settings is None else session_settings,
         )
-        base = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
         self.store = store
         self._ttl_ms = _ttl_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
-        self.items_key = f"{base}:items"
-        self.state_key = f"{base}:state"
-        self._keys = [self.items_key, self.state_key]
+        self.cache_key = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
+        self._keys = [self.cache_key]
         self._client_given = client
         self._connection = connection
         self._clients = None if connection is None else _shared.acquire(connection)
@@ -346,17 +370,17 @@ class CachedSession(SessionABC):
         """Whether the cache may be used for this call: true unless this session's cache still
         waits for an invalidation (retried here) that Redis refuses."""
         health = self._server(client)
-        if self.state_key not in health.pending:
+        if self.cache_key not in health.pending:
             return True
         ok, _ = await self._redis(client, lambda: self._end(client, False, "", "", []))
         if ok:
-            health.pending.discard(self.state_key)
+            health.pending.discard(self.cache_key)
         return ok
 
     def _end(
-        self, client: Redis, began: bool, gen: str, op: str, payload: list[str]
+        self, client: Redis, began: bool, gen: str, op: str, payload: list[Any]
     ) -> Awaitable[Any]:
-        args: list[str | int] = [
+        args: list[Any] = [
             int(began),
             gen,
             _token(),
@@ -367,7 +391,7 @@ class CachedSession(SessionABC):
         ]
         return _END(client, self._keys, args)
 
-    async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[str]) -> T:
+    async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[Any]) -> T:
         """SQL first, the cache around it (see the module docstring)."""
         client = self._client()
         began = False
@@ -386,19 +410,19 @@ class CachedSession(SessionABC):
         return result
 
     async def _finish(
-        self, client: Redis, began: bool, gen: str, op: str, payload: list[str]
+        self, client: Redis, began: bool, gen: str, op: str, payload: list[Any]
     ) -> None:
         """End a write; until an end succeeds, this process bypasses the session's cache."""
         pending = self._server(client).pending
         try:
             ended, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
         except BaseException:
-            pending.add(self.state_key)
+            pending.add(self.cache_key)
             raise
         if ended:
-            pending.discard(self.state_key)
+            pending.discard(self.cache_key)
         else:
-            pending.add(self.state_key)
+            pending.add(self.cache_key)
 
     async def _load(self, limit: int | None) -> list[str]:
         """The newest ``limit`` items' JSON from the store (all with ``None``), oldest first."""
@@ -428,14 +452,15 @@ class CachedSession(SessionABC):
             args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
             _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
         if reply is not None and reply[0] == 1:
-            return [decode_item(data) for data in reply[1]]
+            items: list[SessionItem] = orjson.loads(reply[1])
+            return items
         if reply is None or reply[0] == 0:
             return [decode_item(data) for data in await self._load(limit)]
         # A miss: load enough to fill the cache's window too, and learn whether it is complete.
         window = self.max_cached_items
         rows = await self._load(None if limit is None else max(limit, window + 1))
-        fill: list[Any] = [reply[1], self._ttl_ms, "c" if len(rows) <= window else "p"]
-        fill.extend(rows[-window:])
+        fill = [reply[1], self._ttl_ms, "c" if len(rows) <= window else "p"]
+        fill.extend(_joined(rows[-window:]))
         await self._redis(client, lambda: _FILL(client, self._keys, fill))
         if limit is not None:
             rows = rows[-limit:]
@@ -453,7 +478,7 @@ class CachedSession(SessionABC):
         if not encoded:
             return
         await self._write(
-            lambda: self.store._ops.add(encoded), "add", [item.json for item in encoded]
+            lambda: self.store._ops.add(encoded), "add", list(_joined([i.json for i in encoded]))
         )
 
     async def pop_item(self) -> SessionItem | None:
