@@ -63,13 +63,18 @@ def bare(session: CachedSession, engine: Any) -> SQLAlchemySession:
 
 
 async def cached_list(client: Redis, session: CachedSession) -> list[str] | None:
-    """The cache's header ("c" or "p") and items' JSON, or ``None`` when none are cached."""
-    header, data, ends = await client.hmget(session.cache_key, ["c", "d", "e"])
-    if header is None:
+    """The cache's header and items' JSON, or ``None`` when none are cached; checks that the
+    state's header and offsets describe the string."""
+    data = await client.get(session.items_key)
+    if data is None:
         return None
-    texts = [orjson.dumps(item).decode() for item in orjson.loads(b"[" + data + b"]")]
-    assert len(ends) == 4 * len(texts)
-    return [header.decode(), *texts]
+    header, ends = await client.hmget(session.state_key, ["c", "e"])
+    texts = [orjson.dumps(item).decode() for item in orjson.loads(b"[" + data[1:] + b"]")]
+    if data[:1] != b"w":
+        assert header == data[:1]
+        assert len(ends) == 4 * len(texts)
+        assert (int.from_bytes(ends[-4:]) if ends else 1) == len(data)
+    return [data[:1].decode(), *texts]
 
 
 # --- 1. reads from Redis when cached; a miss loads from SQL and fills -----------------------
@@ -157,19 +162,22 @@ async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
     session = make(ttl=100)
     await session.add_items([{"n": 1}])
     await session.get_items()
-    assert 0 < await redis_client.pttl(session.cache_key) <= 100_000
-    await redis_client.pexpire(session.cache_key, 5_000)
-    await session.get_items()  # a hit refreshes the expiry
-    assert await redis_client.pttl(session.cache_key) > 5_000
+    for key in (session.items_key, session.state_key):
+        assert 0 < await redis_client.pttl(key) <= 100_000
+    for limit in (None, 1):
+        await redis_client.pexpire(session.items_key, 5_000)
+        await session.get_items(limit)  # a hit refreshes the expiry
+        assert await redis_client.pttl(session.items_key) > 5_000
     forever = make(ttl=None)
     await forever.get_items()
-    assert await redis_client.pttl(forever.cache_key) == -1
+    assert await redis_client.pttl(forever.items_key) == -1
 
 
 async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None:
     session = make("a{b}%c")
     assert session.session_id == "a{b}%c"
-    assert session.cache_key == f"{PREFIX}:{{a%7Bb%7D%25c}}"
+    assert session.items_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:items"
+    assert session.state_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:state"
     await session.close()
     assert session.store.closed  # the cached session owns its store
     async with make() as other:
@@ -195,7 +203,7 @@ async def test_a_given_client_is_used_and_left_open(make: Any, tmp_path: Path) -
     async with make(client=client) as session:
         await session.add_items([{"n": 1}])
         assert await session.get_items() == [{"n": 1}]
-        assert await client.exists(session.cache_key)
+        assert await client.exists(session.items_key)
     assert await client.ping()
     await client.aclose()
     # A SQLite file store works as well.
@@ -337,7 +345,7 @@ async def test_reads_during_a_write_bypass_the_cache(make: Any, redis_client: Re
     await writer.committed.wait()
     # Committed but not returned: the reader goes to SQL and fills nothing.
     assert await reader.get_items() == [{"n": 1}, {"n": 2}]
-    assert await cached_list(redis_client, reader) == ["c", '{"n":1}']
+    assert await cached_list(redis_client, reader) == ["w", '{"n":1}']
     writer.resume.set()
     await write
     assert await cached_list(redis_client, reader) == ["c", '{"n":1}', '{"n":2}']
@@ -355,8 +363,12 @@ async def test_a_writer_that_dies_after_its_commit_leaves_readers_on_sql(
     await writer.add_items([{"n": 2}])
     for _ in range(3):
         assert await reader.get_items() == [{"n": 1}, {"n": 2}]
-    assert await redis_client.hget(reader.cache_key, "w") == b"1"
-    assert 0 < await redis_client.pttl(reader.cache_key) <= 60_000  # gone with the lease
+    assert await redis_client.hget(reader.state_key, "w") == b"1"
+    assert 0 < await redis_client.pttl(reader.state_key) <= 60_000  # gone with the lease
+    assert await cached_list(redis_client, reader) == ["w", '{"n":1}']
+    await redis_client.delete(reader.state_key)  # as when the lease is over
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # the orphan dropped, refilled
+    assert await cached_list(redis_client, reader) == ["c", '{"n":1}', '{"n":2}']
 
 
 # --- 3. never stale, across processes ---------------------------------------------------------
@@ -551,16 +563,18 @@ async def test_a_flushed_or_evicting_cache_refills(make: Any, postgres_engine: A
         await admin.flushdb()
         assert await session.get_items() == [{"n": 1}, {"n": 2}]
         assert await cached_list(admin, session) == ["c", '{"n":1}', '{"n":2}']
-        for step in range(3):  # evicted at each point of a write
-            await session.add_items([{"n": 3}])
-            if step == 0:
-                await admin.delete(session.cache_key)
-            assert await session.pop_item() == {"n": 3}
-            if step == 1:
-                await admin.delete(session.cache_key)
-            assert await session.get_items() == [{"n": 1}, {"n": 2}]
-            if step == 2:
-                await admin.delete(session.cache_key)
+        for evicted in (session.items_key, session.state_key):
+            for step in range(3):  # evicted at each point of a write
+                await session.add_items([{"n": 3}])
+                if step == 0:
+                    await admin.delete(evicted)
+                assert await session.pop_item() == {"n": 3}
+                if step == 1:
+                    await admin.delete(evicted)
+                assert await session.get_items() == [{"n": 1}, {"n": 2}]
+                assert await session.get_items(limit=1) == [{"n": 2}]
+                if step == 2:
+                    await admin.delete(evicted)
         await admin.flushdb()
         await session.add_items([{"n": 3}])
         assert await session.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]

@@ -1,28 +1,31 @@
 """``CachedSession``: a SQL session (the store of record) with a Redis read cache in front.
 
 Every write goes to SQL first; Redis holds a copy of the newest items of recently used sessions.
-One Redis hash per session (``id`` = the session id, percent-encoded as in
-:mod:`agentmem.providers.redis`, so the key is its own hash tag)::
+Two keys per session (``id`` = the session id, percent-encoded as in
+:mod:`agentmem.providers.redis`; ``{id}`` is their shared hash tag)::
 
-    {key_prefix}:{id}   g  generation: a random token, replaced by every write
-                        w  writers in flight
-                        c  "c": the whole history is cached; "p": only its newest items
-                        d  the cached items' JSON texts joined by ","
-                        e  where each item ends in d: 4-byte big-endian offsets
+    {key_prefix}:{id}:items   string: a header byte ("c": the whole history, "p": only its
+                              newest items, "w": a write in flight), then the items' JSON
+                              texts joined by ","
+    {key_prefix}:{id}:state   hash: g = generation (a random token, replaced by every write),
+                              w = writers in flight, c = the header, e = where each item ends
+                              in the string (4-byte big-endian offsets)
 
-Everything of a session is one key, so eviction or expiry drops it whole. A read is one reply
-holding one JSON array (redis-py parses one string, not one element per item).
+A full read is one native ``GETEX`` whose reply is parsed as one JSON array; a read with a
+limit is one Lua script that returns only the newest items' bytes. Bulk data never passes
+through Lua on the read path (Lua copies cost ~2 µs per KB).
 
-Protocol (each step one Lua script, one round trip):
+Protocol:
 
 - Read: serve the cached items when they cover the request and no write is in flight.
   Otherwise hand out the current generation, read SQL, then fill the cache only if the
   generation is still the one handed out: any write that began in between replaced it, so a
   stale fill is refused. No generation is handed out while a write is in flight.
-- Write: *begin* (count the writer, new generation, shorten the key's expiry to a lease), the SQL
-  write, *end* (uncount, new generation; apply the change to the cached items in place only when
-  this writer was the only one from begin to end, else drop them). A writer whose *end* never
-  arrives leaves the count up: readers bypass the cache until the lease expires the key.
+- Write: *begin* (count the writer, new generation, header "w", shorten the keys' expiry to a
+  lease), the SQL write, *end* (uncount, new generation; apply the change to the cached items
+  in place only when this writer was the only one from begin to end, else drop them). A writer
+  whose *end* never arrives leaves the header "w": readers bypass the cache until the lease
+  expires the keys or a later call finds the writer gone and drops the orphan.
 """
 
 from __future__ import annotations
@@ -69,125 +72,163 @@ logger = logging.getLogger("agentmem")
 
 T = TypeVar("T")
 
-_EXPIRE = """
+_COMMON = """
 local function expire(ttl)
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+  for _, key in ipairs(KEYS) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
 end
 local function ends_at(e, i)
   return (struct.unpack('>I4', e, (i - 1) * 4 + 1))
 end
+-- Whether the string holds exactly the items that the offsets describe.
+local function intact(e)
+  local n = #e / 4
+  return redis.call('STRLEN', KEYS[1]) == (n > 0 and ends_at(e, n) or 1)
+end
 """
 
-# ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the items as one JSON array}
-# (hit), {2, generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
+# KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
+# items' joined JSON} (hit), {2, generation} (miss: fill with it) or {0} (a write in flight:
+# read SQL, fill nothing).
 _READ = _Script(
-    _EXPIRE
+    _COMMON
     + """
-local s = redis.call('HMGET', KEYS[1], 'w', 'c', 'e')
-if tonumber(s[1] or '0') > 0 then return {0} end
+local st = redis.call('HMGET', KEYS[2], 'w', 'c', 'e')
+if tonumber(st[1] or '0') > 0 then return {0} end
 local ttl = tonumber(ARGV[3])
-if s[2] then
-  local n = #s[3] / 4
+local head = redis.call('GETRANGE', KEYS[1], 0, 0)
+if head == 'w' then
+  redis.call('DEL', KEYS[1])  -- left by a writer that never ended
+elseif head ~= '' and head == st[2] and intact(st[3]) then
+  local n = #st[3] / 4
   local limit = tonumber(ARGV[1])
-  if s[2] == 'c' or (limit >= 0 and limit <= n) then
+  if head == 'c' or (limit >= 0 and limit <= n) then
     expire(ttl)
-    local d = redis.call('HGET', KEYS[1], 'd')
-    if limit < 0 or limit >= n then return {1, '[' .. d .. ']'} end
-    return {1, '[' .. string.sub(d, ends_at(s[3], n - limit) + 2) .. ']'}
+    local start = (limit < 0 or limit >= n) and 1 or ends_at(st[3], n - limit) + 1
+    return {1, redis.call('GETRANGE', KEYS[1], start, -1)}
   end
 end
-local gen = redis.call('HGET', KEYS[1], 'g')
+local gen = redis.call('HGET', KEYS[2], 'g')
 if not gen then
   gen = ARGV[2]
-  redis.call('HSET', KEYS[1], 'g', gen)
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  redis.call('HSET', KEYS[2], 'g', gen)
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
 return {2, gen}
 """
 )
 
-# ARGV: generation handed out, ttl ms, "c" or "p", joined items, their ends.
+# KEYS: items, state. ARGV: generation handed out, ttl ms, header, the string, its offsets.
 _FILL = _Script(
-    _EXPIRE
+    _COMMON
     + """
-if redis.call('HGET', KEYS[1], 'g') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'c', ARGV[3], 'd', ARGV[4], 'e', ARGV[5])
+if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[2], 'c', ARGV[3], 'e', ARGV[5])
 expire(tonumber(ARGV[2]))
 return 1
 """
 )
 
-# ARGV: new generation, lease ms.
+# KEYS: items, state. ARGV: new generation, lease ms.
 _BEGIN = _Script(
     """
-redis.call('HINCRBY', KEYS[1], 'w', 1)
-redis.call('HSET', KEYS[1], 'g', ARGV[1])
+local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
+redis.call('HSET', KEYS[2], 'g', ARGV[1])
 local lease = tonumber(ARGV[2])
-local left = redis.call('PTTL', KEYS[1])
-if left == -1 or left > lease then redis.call('PEXPIRE', KEYS[1], lease) end
+for _, key in ipairs(KEYS) do
+  local left = redis.call('PTTL', key)
+  if left == -1 or left > lease then redis.call('PEXPIRE', key, lease) end
+end
+local head = redis.call('GETRANGE', KEYS[1], 0, 0)
+if head == 'w' and writers == 1 then
+  redis.call('DEL', KEYS[1])  -- left by a writer that never ended
+elseif head ~= '' then
+  redis.call('SETRANGE', KEYS[1], 0, 'w')
+end
 return 1
 """
 )
 
-# ARGV: began (1/0), the generation begin set, a new generation, ttl ms, max cached items,
-# op ("add", "pop", "clear" or "" = drop the cached items); for "add": joined items, their ends.
+# KEYS: items, state. ARGV: began (1/0), the generation begin set, a new generation, ttl ms,
+# max cached items, op ("add", "pop", "clear" or "" = drop the cached items); for "add": the
+# new items joined, their offsets in that text.
 _END = _Script(
-    _EXPIRE
+    _COMMON
     + """
 local sole = false
 if ARGV[1] == '1' then
-  local writers = redis.call('HINCRBY', KEYS[1], 'w', -1)
-  if writers <= 0 then redis.call('HDEL', KEYS[1], 'w') end
-  sole = writers == 0 and redis.call('HGET', KEYS[1], 'g') == ARGV[2]
+  local writers = redis.call('HINCRBY', KEYS[2], 'w', -1)
+  if writers <= 0 then redis.call('HDEL', KEYS[2], 'w') end
+  sole = writers == 0 and redis.call('HGET', KEYS[2], 'g') == ARGV[2]
 end
-redis.call('HSET', KEYS[1], 'g', ARGV[3])
+redis.call('HSET', KEYS[2], 'g', ARGV[3])
 local op = ARGV[6]
+local st = redis.call('HMGET', KEYS[2], 'c', 'e')
+local c, e = st[1], st[2]
 if sole and op == 'clear' then
-  redis.call('HSET', KEYS[1], 'c', 'c', 'd', '', 'e', '')
-elseif sole and (op == 'add' or op == 'pop') and redis.call('HEXISTS', KEYS[1], 'c') == 1 then
-  local s = redis.call('HMGET', KEYS[1], 'c', 'd', 'e')
-  local c, d, e = s[1], s[2], s[3]
+  redis.call('SET', KEYS[1], 'c')
+  redis.call('HSET', KEYS[2], 'c', 'c', 'e', '')
+elseif sole and (op == 'add' or op == 'pop') and c
+    and redis.call('GETRANGE', KEYS[1], 0, 0) == 'w' and intact(e) then
   local n = #e / 4
-  if op == 'pop' then
+  if op == 'pop' and n > 0 then
+    local size = n > 1 and ends_at(e, n - 1) or 1
+    redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], 0, size - 1))
+    e = string.sub(e, 1, (n - 1) * 4)
+  elseif op == 'add' then
+    local base = redis.call('STRLEN', KEYS[1])
     if n > 0 then
-      d = string.sub(d, 1, n > 1 and ends_at(e, n - 1) or 0)
-      e = string.sub(e, 1, (n - 1) * 4)
+      redis.call('APPEND', KEYS[1], ',')
+      base = base + 1
     end
-  else
-    local base = #d > 0 and #d + 1 or 0
+    redis.call('APPEND', KEYS[1], ARGV[7])
     local ends = {e}
-    for i = 1, #ARGV[8] / 4 do
-      ends[#ends + 1] = struct.pack('>I4', base + ends_at(ARGV[8], i))
-    end
-    d = base > 0 and d .. ',' .. ARGV[7] or ARGV[7]
+    for i = 1, #ARGV[8] / 4 do ends[#ends + 1] = struct.pack('>I4', base + ends_at(ARGV[8], i)) end
     e = table.concat(ends)
     n = #e / 4
     local max = tonumber(ARGV[5])
-    if n > max then
-      local cut = ends_at(e, n - max) + 1
+    if n > max + math.floor(max / 4) then  -- trim with slack: a rewrite per max/4 adds
+      local cut = ends_at(e, n - max)
+      redis.call('SET', KEYS[1], 'p' .. redis.call('GETRANGE', KEYS[1], cut + 1, -1))
       local kept = {}
       for i = n - max + 1, n do kept[#kept + 1] = struct.pack('>I4', ends_at(e, i) - cut) end
-      c, d, e = 'p', string.sub(d, cut + 1), table.concat(kept)
+      c, e = 'p', table.concat(kept)
     end
   end
-  redis.call('HSET', KEYS[1], 'c', c, 'd', d, 'e', e)
+  redis.call('SETRANGE', KEYS[1], 0, c)
+  redis.call('HSET', KEYS[2], 'c', c, 'e', e)
 else
-  redis.call('HDEL', KEYS[1], 'c', 'd', 'e')
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[2], 'c', 'e')
 end
-if redis.call('HEXISTS', KEYS[1], 'w') == 0 then expire(tonumber(ARGV[4])) end
+if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
 return 1
 """
 )
 
 
-def _joined(texts: list[str]) -> tuple[str, bytes]:
-    """``texts`` joined by "," and the byte offset where each ends, packed for the scripts."""
+def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
+    """``texts`` joined by "," and where each ends (counting from ``start``), packed."""
     ends = []
-    end = -1
+    end = start - 1
     for text in texts:
         end += 1 + (len(text) if text.isascii() else len(text.encode()))
         ends.append(end)
     return ",".join(texts), struct.pack(f">{len(ends)}I", *ends)
+
+
+def _array(joined: bytes | str, skip: int = 0) -> list[SessionItem]:
+    """Decode items joined by "," (after ``skip`` header characters) as one JSON array."""
+    if isinstance(joined, str):
+        items: list[SessionItem] = orjson.loads(f"[{joined[skip:]}]")
+        return items
+    buffer = bytearray(b"[")
+    buffer += memoryview(joined)[skip:]
+    buffer.append(0x5D)  # "]"
+    items = orjson.loads(buffer)
+    return items
 
 
 def _token() -> str:
@@ -242,12 +283,14 @@ class CachedSession(SessionABC):
             ``get_items()``); the wrapped session's unless given.
         store: The wrapped SQL session.
         ttl: How long an unused session stays cached, or ``None`` for no expiry.
-        cache_key: The Redis key of the session's cache (a hash).
+        items_key: The Redis key of the cached items (a string).
+        state_key: The Redis key of the cache's state (a hash).
     """
 
     store: SQLSessionBase
     ttl: timedelta | None
-    cache_key: str
+    items_key: str
+    state_key: str
 
     def __init__(
         self,
@@ -324,8 +367,10 @@ class CachedSession(SessionABC):
         self._ttl_ms = _ttl_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
-        self.cache_key = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
-        self._keys = [self.cache_key]
+        base = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
+        self.items_key = f"{base}:items"
+        self.state_key = f"{base}:state"
+        self._keys = [self.items_key, self.state_key]
         self._client_given = client
         self._connection = connection
         self._clients = None if connection is None else _shared.acquire(connection)
@@ -370,11 +415,11 @@ class CachedSession(SessionABC):
         """Whether the cache may be used for this call: true unless this session's cache still
         waits for an invalidation (retried here) that Redis refuses."""
         health = self._server(client)
-        if self.cache_key not in health.pending:
+        if self.state_key not in health.pending:
             return True
         ok, _ = await self._redis(client, lambda: self._end(client, False, "", "", []))
         if ok:
-            health.pending.discard(self.cache_key)
+            health.pending.discard(self.state_key)
         return ok
 
     def _end(
@@ -417,12 +462,20 @@ class CachedSession(SessionABC):
         try:
             ended, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
         except BaseException:
-            pending.add(self.cache_key)
+            pending.add(self.state_key)
             raise
         if ended:
-            pending.discard(self.cache_key)
+            pending.discard(self.state_key)
         else:
-            pending.add(self.cache_key)
+            pending.add(self.state_key)
+
+    async def _get_whole(self, client: Redis) -> bytes | str | None:
+        """The cached string (header first), its expiry refreshed, in one native command."""
+        if self._ttl_ms:
+            whole: bytes | str | None = await client.getex(self.items_key, px=self._ttl_ms)
+        else:
+            whole = await client.get(self.items_key)
+        return whole
 
     async def _load(self, limit: int | None) -> list[str]:
         """The newest ``limit`` items' JSON from the store (all with ``None``), oldest first."""
@@ -449,18 +502,24 @@ class CachedSession(SessionABC):
         client = self._client()
         reply: Any = None
         if await self._settle(client):
+            if limit is None:
+                ok, whole = await self._redis(client, lambda: self._get_whole(client))
+                if whole is not None and whole[:1] in (b"c", "c"):
+                    return _array(whole, skip=1)
+                if not ok:
+                    return [decode_item(data) for data in await self._load(None)]
             args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
             _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
         if reply is not None and reply[0] == 1:
-            items: list[SessionItem] = orjson.loads(reply[1])
-            return items
+            return _array(reply[1])
         if reply is None or reply[0] == 0:
             return [decode_item(data) for data in await self._load(limit)]
         # A miss: load enough to fill the cache's window too, and learn whether it is complete.
         window = self.max_cached_items
         rows = await self._load(None if limit is None else max(limit, window + 1))
-        fill = [reply[1], self._ttl_ms, "c" if len(rows) <= window else "p"]
-        fill.extend(_joined(rows[-window:]))
+        header = "c" if len(rows) <= window else "p"
+        joined, ends = _joined(rows[-window:], start=1)
+        fill: list[Any] = [reply[1], self._ttl_ms, header, header + joined, ends]
         await self._redis(client, lambda: _FILL(client, self._keys, fill))
         if limit is not None:
             rows = rows[-limit:]
