@@ -155,7 +155,7 @@ async def test_in_place_updates_match_sql_at_every_limit(
                 expected if limit is None else expected[-limit:]
             ), (step, limit)
         cached = await cached_list(redis_client, session)
-        assert cached is not None and len(cached) - 1 <= 7
+        assert cached is not None and len(cached) - 1 <= 7 + 7 // 4  # the window's slack
 
 
 async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:

@@ -323,8 +323,9 @@ class CachedSession(SessionABC):
                 ``None`` never expires.
             key_prefix: Prefix of the cache's keys. Use one prefix per SQL database: two
                 databases behind one prefix would share cached copies of equal session ids.
-            max_cached_items: How many of a session's newest items the cache holds; a read of
-                more than that from a longer history goes to SQL.
+            max_cached_items: How many of a session's newest items a fill caches (appends let
+                the window grow a quarter beyond it before trimming it back); a read of more
+                than the window from a longer history goes to SQL.
             session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them); the
                 store's by default.
             max_connections: Size of the Redis connection pool; callers beyond it wait.
