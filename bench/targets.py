@@ -146,6 +146,37 @@ class AgentmemRedis(Target):
         await self._client.aclose()
 
 
+class AgentmemCached(Target):
+    """CachedSession: PostgreSQL (the store of record) with the Redis read cache in front."""
+
+    kind, backend, family = "agentmem", "cached", "postgres"
+
+    async def start(self, env: Env) -> None:
+        from agentmem import CachedSession, SQLAlchemySession
+        from agentmem.migrate import upgrade
+
+        self._cached, self._sql = CachedSession, SQLAlchemySession
+        self._engine = _engine(env, True, "")
+        # Its own tables: the session ids of a run are the same for every target.
+        await upgrade(self._engine, table_prefix="cached_")
+        self._client = _redis_client(env)
+        self._key_prefix = f"{env.tag}-cache"
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._cached(
+            self._sql(self._engine, session_id, table_prefix="cached_"),
+            client=self._client,
+            key_prefix=self._key_prefix,
+        )
+
+    async def release(self, session: BenchSession) -> None:
+        await session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+        await self._engine.dispose()
+
+
 # --- OpenAI Agents SDK -------------------------------------------------------------------------
 
 
@@ -470,13 +501,14 @@ def _redis_client(env: Env) -> Any:
 
 
 def all_targets() -> list[Target]:
-    """Every target, agentmem's first; the cached mode is added once it exists."""
+    """Every target, agentmem's first."""
     return [
         AgentmemSQLite(on_file=False),
         AgentmemSQLite(on_file=True),
         AgentmemSQLAlchemy(on_postgres=False),
         AgentmemSQLAlchemy(on_postgres=True),
         AgentmemRedis(),
+        AgentmemCached(),
         SdkSQLite(on_file=False),
         SdkSQLite(on_file=True),
         SdkSQLAlchemy(on_postgres=False),
@@ -497,4 +529,5 @@ COMPARISONS: dict[str, tuple[str, str]] = {
     "sqlalchemy-sqlite": ("sdk/sqlalchemy-sqlite", "floor/sqlite-file"),
     "postgres": ("sdk/postgres", "floor/postgres"),
     "redis": ("sdk/redis", "floor/redis"),
+    "cached": ("sdk/postgres", "floor/postgres"),
 }
