@@ -41,7 +41,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from agentmem._deps import missing
-from agentmem.providers.redis import (
+from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
     _Connection,

@@ -13,15 +13,26 @@ have the script yet).
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, Self
 
-from agentmem._deps import missing
+from agentmem.providers._redis import (
+    DEFAULT_URL,
+    TTL,
+    Redis,
+    _Connection,
+    _decode_tag,
+    _glob_escape,
+    _key,
+    _LoopClients,
+    _Script,
+    _shared,
+    _ttl_ms,
+    _validate_prefixes,
+)
 from agentmem.session import (
     SessionABC,
     SessionClosedError,
@@ -31,23 +42,10 @@ from agentmem.session import (
     validate_session_id,
 )
 
-try:
-    from redis.asyncio import BlockingConnectionPool, Redis
-    from redis.asyncio.connection import parse_url
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import NoScriptError
-except ImportError:
-    raise missing("redis", "redis") from None
-
 __all__ = ["RedisSession", "RedisSessionManager"]
 
-DEFAULT_URL: Final = "redis://localhost:6379"
 DEFAULT_SESSION_PREFIX: Final = "agentmem:session"
 DEFAULT_MESSAGES_PREFIX: Final = "agentmem:messages"
-
-TTL = int | timedelta
-"""Seconds (``int``) or a ``timedelta``."""
 
 _SCAN_COUNT = 1000
 # Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
@@ -87,173 +85,8 @@ return item
 """
 
 
-class _Script:
-    """A Lua script run with EVALSHA, and with EVAL when the server does not know it yet."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
 _ADD = _Script(_ADD_SOURCE)
 _POP = _Script(_POP_SOURCE)
-
-
-# --- keys --------------------------------------------------------------------------------------
-
-
-def _encode_tag(session_id: str) -> str:
-    # No braces inside keeps the tag a tag; encoding '%' too keeps the mapping one-to-one.
-    return session_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
-def _decode_tag(tag: str) -> str:
-    return tag.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
-
-
-def _validate_prefix(name: str, prefix: object) -> str:
-    if not isinstance(prefix, str):
-        raise TypeError(f"{name} must be a str, got {type(prefix).__name__}")
-    if not prefix:
-        raise ValueError(f"{name} must not be empty")
-    if "{" in prefix or "}" in prefix:
-        raise ValueError(f"{name} must not contain '{{' or '}}' (they delimit the hash tag)")
-    return prefix
-
-
-def _validate_prefixes(session_prefix: object, messages_prefix: object) -> tuple[str, str]:
-    session_prefix = _validate_prefix("session_prefix", session_prefix)
-    messages_prefix = _validate_prefix("messages_prefix", messages_prefix)
-    if session_prefix == messages_prefix:
-        raise ValueError("session_prefix and messages_prefix must differ")
-    return session_prefix, messages_prefix
-
-
-def _key(prefix: str, session_id: str) -> str:
-    return f"{prefix}:{{{_encode_tag(session_id)}}}"
-
-
-def _ttl_ms(ttl: object, name: str = "ttl") -> int:
-    """``ttl`` in milliseconds; 0 means no expiry."""
-    if ttl is None:
-        return 0
-    if isinstance(ttl, timedelta):
-        ms = ttl // timedelta(milliseconds=1)
-    elif isinstance(ttl, int) and not isinstance(ttl, bool):
-        ms = ttl * 1000
-    else:
-        raise TypeError(f"{name} must be an int (seconds), a timedelta or None")
-    if ms <= 0:
-        raise ValueError(f"{name} must be at least one millisecond, got {ttl!r}")
-    return ms
-
-
-# --- clients -----------------------------------------------------------------------------------
-
-
-class _Connection:
-    """How to reach one Redis: a URL plus connection options, checked up front."""
-
-    def __init__(
-        self,
-        redis_url: str,
-        db: int | None,
-        *,
-        max_connections: int,
-        socket_timeout: float | None,
-        socket_connect_timeout: float | None,
-        pool_timeout: float | None,
-    ) -> None:
-        if not isinstance(redis_url, str):
-            raise TypeError(f"redis_url must be a str, got {type(redis_url).__name__}")
-        url_db = parse_url(redis_url).get("db")
-        if db is not None and url_db is not None and db != url_db:
-            raise ValueError(f"db={db} contradicts the database {url_db} named in redis_url")
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
-        self.url = redis_url
-        self.options: dict[str, Any] = {
-            "db": db or 0,
-            "max_connections": max_connections,
-            "timeout": pool_timeout,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-        }
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.url, repr(sorted(self.options.items()))
-
-    def build(self) -> Redis:
-        # A blocking pool queues callers when every connection is busy, where the default pool
-        # raises MaxConnectionsError. No automatic retries: a write whose reply was lost could
-        # otherwise be applied twice (or a pop lose an item), so the error goes to the caller.
-        pool = BlockingConnectionPool.from_url(
-            self.url, retry=Retry(NoBackoff(), 0), **self.options
-        )
-        return Redis.from_pool(pool)
-
-
-class _LoopClients:
-    """One client per event loop: redis.asyncio connections belong to the loop that opened them."""
-
-    def __init__(self, connection: _Connection) -> None:
-        self._connection = connection
-        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
-
-    def get(self) -> Redis:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            for stale in [other for other in self._clients if other.is_closed()]:
-                del self._clients[stale]
-            client = self._clients[loop] = self._connection.build()
-        return client
-
-    async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        loop = asyncio.get_running_loop()
-        for client_loop, client in clients.items():
-            # A client of another (finished) loop cannot be awaited from here; its sockets go
-            # with it.
-            if client_loop is loop:
-                await client.aclose()
-
-
-class _SharedClients:
-    """Clients of sessions built from a URL: shared by every session with the same URL and
-    options, closed when the last of them closes."""
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[_LoopClients, int]] = {}
-
-    def acquire(self, connection: _Connection) -> _LoopClients:
-        clients, refs = self._entries.get(connection.key, (None, 0))
-        if clients is None:
-            clients = _LoopClients(connection)
-        self._entries[connection.key] = (clients, refs + 1)
-        return clients
-
-    async def release(self, connection: _Connection) -> None:
-        clients, refs = self._entries[connection.key]
-        if refs > 1:
-            self._entries[connection.key] = (clients, refs - 1)
-            return
-        del self._entries[connection.key]
-        await clients.aclose()
-
-
-_shared = _SharedClients()
 
 
 # --- the session -------------------------------------------------------------------------------
