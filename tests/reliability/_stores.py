@@ -4,8 +4,7 @@ opened into sessions in this process or in spawned children, from any event loop
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from hypothesis import settings
 
@@ -22,14 +21,16 @@ PROFILE = settings.get_profile(os.environ.get("AGENTMEM_RELIABILITY_PROFILE", "c
 
 @dataclass(frozen=True)
 class Store:
-    """One backend's store: ``kind`` is "sqlite-memory", "sqlite-file", "postgres" or "redis";
-    ``target`` the file path or server URL; ``prefix`` the Redis key prefix."""
+    """One backend's store: ``kind`` is "sqlite-memory", "sqlite-file", "postgres", "redis" or
+    "cached" (PostgreSQL behind a Redis cache); ``target`` the file path or server URL (for
+    "cached", the PostgreSQL URL); ``redis_url`` and ``prefix`` the Redis server and key prefix
+    of "redis" and "cached"."""
 
     kind: str
     target: str = ""
+    redis_url: str = ""
     prefix: str = ""
     pool_size: int = 5
-    options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def shared(self) -> bool:
@@ -42,24 +43,31 @@ class Store:
             from agentmem import SQLiteSession
 
             return SQLiteSession(session_id, self.target or ":memory:")
-        if self.kind == "postgres":
-            from agentmem import SQLAlchemySession
+        if self.kind in ("postgres", "cached"):
+            from agentmem import CachedSession, SQLAlchemySession
 
             kwargs = {
                 "pool_size": self.pool_size,
                 "max_overflow": 0,
                 "connect_args": {"server_settings": {"application_name": application_name}},
             }
-            return SQLAlchemySession.from_url(session_id, url=self.target, engine_kwargs=kwargs)
+            store = SQLAlchemySession.from_url(session_id, url=self.target, engine_kwargs=kwargs)
+            if self.kind == "postgres":
+                return store
+            return CachedSession(
+                store,
+                self.redis_url,
+                key_prefix=f"{self.prefix}:cache",
+                max_connections=self.pool_size,
+            )
         if self.kind == "redis":
             from agentmem import RedisSession
 
             return RedisSession(
                 session_id,
-                self.target,
+                self.redis_url,
                 session_prefix=f"{self.prefix}:session",
                 messages_prefix=f"{self.prefix}:messages",
                 max_connections=self.pool_size,
-                **self.options,
             )
         raise ValueError(f"unknown store kind {self.kind!r}")

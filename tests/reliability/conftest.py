@@ -32,7 +32,7 @@ def redis_store() -> Iterator[Store]:
         client.close()
         server_unavailable(f"Redis at {REDIS_URL}", exc)
     prefix = f"{REDIS_PREFIX}:rel"
-    yield Store("redis", REDIS_URL, prefix)
+    yield Store("redis", redis_url=REDIS_URL, prefix=prefix)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     for start in range(0, len(keys), 1000):
         client.unlink(*keys[start : start + 1000])
@@ -43,6 +43,7 @@ SHARED_STORES = [
     pytest.param("sqlite-file", marks=pytest.mark.sqlite, id="sqlite-file"),
     pytest.param("postgres", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+    pytest.param("cached", marks=pytest.mark.cached, id="cached"),
 ]
 """The stores several session objects and processes share."""
 
@@ -59,8 +60,10 @@ def _store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
         return Store(kind, str(tmp_path / "reliability.db"))
     if kind == "postgres":
         return Store(kind, request.getfixturevalue("postgres_url"))
-    store: Store = request.getfixturevalue("redis_store")
-    return store
+    redis: Store = request.getfixturevalue("redis_store")
+    if kind == "redis":
+        return redis
+    return Store(kind, request.getfixturevalue("postgres_url"), redis.redis_url, redis.prefix)
 
 
 @pytest.fixture(params=SHARED_STORES)
@@ -104,10 +107,12 @@ def _missing(what: str) -> None:
 
 
 class PrivateRedis:
-    """A redis-server of this test alone (no persistence), on a free port."""
+    """A redis-server of this test alone, on a free port, writing every command to its
+    append-only file before replying (so a restart keeps what was acknowledged)."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path) -> None:
         self.port = free_port()
+        self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -115,26 +120,28 @@ class PrivateRedis:
         self.process = subprocess.Popen(
             [
                 *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
+                *("--dir", str(self.directory), "--save", ""),
+                *("--appendonly", "yes", "--appendfsync", "always"),
             ],
             stdout=subprocess.DEVNULL,
         )
         _wait_for_port(self.port)
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to do anything more."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
 
 
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         _missing("redis-server")
-    server = PrivateRedis()
+    server = PrivateRedis(tmp_path)
     server.start()
     yield server
-    server.stop()
+    server.kill()
 
 
 class PrivatePostgres:

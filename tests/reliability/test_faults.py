@@ -9,12 +9,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.exceptions
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agentmem import SQLAlchemySession
+from agentmem import RedisSession, SQLAlchemySession
 from tests.conftest import unique_id
 from tests.reliability import _load
-from tests.reliability.conftest import PrivatePostgres
+from tests.reliability.conftest import PrivatePostgres, PrivateRedis
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 
@@ -143,9 +145,8 @@ async def test_a_restarted_postgres_server(private_postgres: PrivatePostgres) ->
             await sessions[0].get_items()
         await asyncio.to_thread(private_postgres.start)
         await asyncio.sleep(0.5)
-        for task in writers:
-            task.cancel()
-        await asyncio.gather(*writers, return_exceptions=True)
+        outcome.stop = True
+        await asyncio.gather(*writers)
         # Up again: the next call works and the history is what the writers were told.
         history = await sessions[0].get_items()
         assert history[0] == {"before": True}
@@ -157,3 +158,106 @@ async def test_a_restarted_postgres_server(private_postgres: PrivatePostgres) ->
         await sessions[0].clear_session()
     finally:
         await engine.dispose()
+
+
+# --- Redis (a private server: the shared one is never restarted or flushed) --------------------
+
+
+def _redis_sessions(server: PrivateRedis, session_id: str, count: int) -> list[RedisSession]:
+    return [
+        RedisSession(session_id, server.url, max_connections=4, socket_connect_timeout=1)
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.redis
+async def test_redis_clients_killed_under_load_lose_and_duplicate_nothing(
+    private_redis: PrivateRedis,
+) -> None:
+    sessions = _redis_sessions(private_redis, unique_id("killed"), 8)
+    outcome = _load.Outcome()
+    done = asyncio.Event()
+    killed = 0
+
+    async def load() -> None:
+        await asyncio.gather(
+            *(_load.write(s, f"w{n}", 100, outcome) for n, s in enumerate(sessions[:6])),
+            *(_load.pop(s, 100, outcome) for s in sessions[6:]),
+        )
+        done.set()
+
+    async def kill() -> None:
+        nonlocal killed
+        async with Redis.from_url(private_redis.url) as admin:
+            while not done.is_set():
+                await asyncio.sleep(0.02)
+                killed += await admin.client_kill_filter(_type="normal", skipme=True)
+
+    await asyncio.gather(load(), kill())
+    assert killed > 0
+    history = await sessions[0].get_items()
+    _load.check_history(history + outcome.popped, outcome)
+    _load.check_order(history)
+    for error in outcome.errors:
+        assert isinstance(error, redis.exceptions.ConnectionError), repr(error)
+    for session in sessions:
+        await session.close()
+
+
+@pytest.mark.redis
+async def test_redis_down_raises_clear_errors_and_a_restart_keeps_what_was_acknowledged(
+    private_redis: PrivateRedis,
+) -> None:
+    sessions = _redis_sessions(private_redis, unique_id("restart"), 3)
+    outcome = _load.Outcome()
+    writers = [
+        asyncio.create_task(_load.write(s, f"w{n}", 1_000_000, outcome, size=3))
+        for n, s in enumerate(sessions)
+    ]
+    await asyncio.sleep(0.3)
+    private_redis.kill()
+    for call in (
+        sessions[0].get_items(),
+        sessions[0].add_items([{"x": 1}]),
+        sessions[0].pop_item(),
+    ):
+        with pytest.raises(redis.exceptions.ConnectionError, match=str(private_redis.port)):
+            await call
+    await asyncio.to_thread(private_redis.start)
+    await asyncio.sleep(0.3)
+    outcome.stop = True
+    await asyncio.gather(*writers)
+    history = await sessions[1].get_items()
+    _load.check_history(history, outcome, size=3)
+    _load.check_order(history)
+    assert any(outcome.failed.values()), "the restart interrupted no write"
+    await sessions[0].add_items([{"after": True}])
+    assert await sessions[2].pop_item() == {"after": True}
+    for session in sessions:
+        await session.close()
+
+
+@pytest.mark.redis
+async def test_flushall_and_script_flush_mid_run(private_redis: PrivateRedis) -> None:
+    """Writes go on without an error; what remains is, per writer, the batches acknowledged after
+    the flush, whole and in order (the flushed ones are gone, as Redis was told)."""
+    sessions = _redis_sessions(private_redis, unique_id("flush"), 4)
+    outcome = _load.Outcome()
+    writers = [
+        asyncio.create_task(_load.write(s, f"w{n}", 300, outcome)) for n, s in enumerate(sessions)
+    ]
+    async with Redis.from_url(private_redis.url) as admin:
+        await asyncio.sleep(0.1)
+        await admin.flushall()
+        await admin.script_flush()  # the next EVALSHA falls back to EVAL
+    await asyncio.gather(*writers)
+    assert outcome.errors == []
+    history = await sessions[0].get_items()
+    _load.check_order(history)
+    for writer, numbers in outcome.stored.items():
+        kept = sorted({item["b"] for item in history if item["w"] == writer})
+        assert kept == numbers[len(numbers) - len(kept) :], f"{writer} lost a batch after the flush"
+    assert len(history) % _load.BATCH == 0
+    assert 0 < len(history) < 4 * 300 * _load.BATCH
+    for session in sessions:
+        await session.close()
