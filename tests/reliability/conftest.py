@@ -72,6 +72,12 @@ def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return _store(request.param, request, tmp_path)
 
 
+@pytest.fixture(params=SHARED_STORES[:2])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The SQL stores processes share: a SQLite file, then PostgreSQL."""
+    return _store(request.param, request, tmp_path)
+
+
 @pytest.fixture(params=ALL_STORES)
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     """Each store, in turn, including the private in-memory SQLite."""
