@@ -393,3 +393,46 @@ def test_a_writer_killed_mid_batch_leaves_whole_batches(sql_store: Store, delay:
             await session.clear_session()
 
     run_in_new_loop(check)
+
+
+# --- the cached mode through Redis faults ------------------------------------------------------
+
+
+@pytest.mark.cached
+async def test_the_cached_mode_works_from_sql_while_redis_dies_restarts_and_is_flushed(
+    private_redis: PrivateRedis, postgres_url: str
+) -> None:
+    store = Store("cached", postgres_url, private_redis.url, unique_id("rel"))
+    session_id = unique_id("cached")
+    sessions = [store.open(session_id) for _ in range(3)]
+    outcome = _load.Outcome()
+    writers = [
+        asyncio.create_task(_load.write(s, f"w{n}", 1_000_000, outcome))
+        for n, s in enumerate(sessions)
+    ]
+    seen: list[int] = []
+    for fault in (private_redis.kill, private_redis.start, None):
+        await asyncio.sleep(0.3)
+        seen.append(len(await sessions[0].get_items()))  # served throughout
+        if fault is None:
+            async with Redis.from_url(private_redis.url) as admin:
+                await admin.flushall()
+        else:
+            await asyncio.to_thread(fault)
+    await asyncio.sleep(0.3)
+    outcome.stop = True
+    await asyncio.gather(*writers)
+    assert outcome.errors == []
+    assert seen == sorted(seen)
+    history = await sessions[1].get_items()
+    async with (
+        store.open(session_id) as fresh,
+        Store("postgres", postgres_url).open(session_id) as sql,
+    ):  # type: ignore[attr-defined]
+        assert await fresh.get_items() == history
+        assert await sql.get_items() == history  # the cache agrees with the store of record
+    _load.check_history(history, outcome)
+    _load.check_order(history)
+    await sessions[0].clear_session()
+    for session in sessions:
+        await session.close()  # type: ignore[attr-defined]
