@@ -127,7 +127,9 @@ def pytest_counts(backends: list[str]) -> dict[str, Counter[str]]:
         text=True,
     )
     counts: dict[str, Counter[str]] = defaultdict(Counter)
-    line_re = re.compile(r"^(PASSED|FAILED|XFAIL|XPASS|SKIPPED|ERROR) (\S+)")
+    line_re = re.compile(
+        r"^(PASSED|FAILED|XFAIL|XPASS|SKIPPED|ERROR) (\S+?::[^\[\s]+(?:\[.*?\])?)(?: - |$)"
+    )
     for line in result.stdout.splitlines():
         match = line_re.match(line)
         if match is None:
