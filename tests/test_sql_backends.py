@@ -230,3 +230,27 @@ async def test_a_callers_sqlite_engine_gets_wal_and_a_busy_timeout(tmp_path: Pat
         await engine.dispose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.sqlite
+async def test_a_loop_of_in_memory_calls_can_be_cancelled_and_lets_others_run() -> None:
+    async with SQLiteSession(unique_id()) as session:
+        others_ran = 0
+
+        async def loop() -> None:
+            while True:
+                await session.add_items([{"n": 1}])
+
+        async def other() -> None:
+            nonlocal others_ran
+            for _ in range(5):
+                others_ran += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(loop())
+        await asyncio.gather(other(), asyncio.sleep(0.01))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert others_ran == 5
+        assert all(item == {"n": 1} for item in await session.get_items())

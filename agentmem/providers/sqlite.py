@@ -142,7 +142,9 @@ class _ThreadOperations(Operations):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self.database.target == MEMORY:
             # A private in-memory database never waits on I/O or on another connection's lock:
-            # running inline costs less than the hop to a worker thread.
+            # running inline costs less than the hop to a worker thread. Yielding first keeps
+            # the call a point where other tasks run and a cancellation lands (before any work).
+            await asyncio.sleep(0)
             return self.database.run(fn, self.sql, self.session_id, *args)
         call = partial(self.database.run, fn, self.sql, self.session_id, *args)
         return await asyncio.get_running_loop().run_in_executor(None, call)

@@ -330,8 +330,7 @@ async def test_a_cancelled_caller_is_cancelled(
 ) -> None:
     """``task.cancel()`` during a loop of calls ends the loop with ``CancelledError``.
 
-    (Not on the in-memory SQLite session: its calls run inline and never suspend, so a loop of
-    them is never interrupted, as with any code that does not await.)
+    (The in-memory SQLite session is not a shared store; tests/test_sql_backends.py covers it.)
     """
     if shared_store.kind == "redis" and sys.version_info < (3, 12):
         request.applymarker(pytest.mark.xfail(strict=True, reason=LOST_CANCEL))
