@@ -326,15 +326,12 @@ LOST_CANCEL = (
 
 
 async def test_a_cancelled_caller_is_cancelled(
-    shared_store: Store, request: pytest.FixtureRequest
+    any_store: Store, request: pytest.FixtureRequest
 ) -> None:
-    """``task.cancel()`` during a loop of calls ends the loop with ``CancelledError``.
-
-    (The in-memory SQLite session is not a shared store; tests/test_sql_backends.py covers it.)
-    """
-    if shared_store.kind == "redis" and sys.version_info < (3, 12):
+    """``task.cancel()`` during a loop of calls ends the loop with ``CancelledError``."""
+    if any_store.kind == "redis" and sys.version_info < (3, 12):
         request.applymarker(pytest.mark.xfail(strict=True, reason=LOST_CANCEL))
-    session = shared_store.open(unique_id("cancel"))
+    session = any_store.open(unique_id("cancel"))
     finished = 0
     try:
         for _ in range(10):
