@@ -25,6 +25,7 @@ __all__ = [
     "TTL",
     "Redis",
     "_Connection",
+    "_connection_unless_given",
     "_LoopClients",
     "_Script",
     "_SharedClients",
@@ -155,6 +156,31 @@ class _Connection:
             self.url, retry=Retry(NoBackoff(), 0), **self.options
         )
         return Redis.from_pool(pool)
+
+
+def _connection_unless_given(
+    client: object,
+    redis_url: str,
+    db: int | None,
+    *,
+    max_connections: int,
+    socket_timeout: float | None,
+    socket_connect_timeout: float | None,
+    pool_timeout: float | None,
+) -> _Connection | None:
+    """How to connect when no ``client`` was given (``None`` when one was); checks both."""
+    if client is not None:
+        if not isinstance(client, Redis):
+            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        return None
+    return _Connection(
+        redis_url,
+        db,
+        max_connections=max_connections,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        pool_timeout=pool_timeout,
+    )
 
 
 class _LoopClients:

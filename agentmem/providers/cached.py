@@ -44,7 +44,7 @@ from agentmem._deps import missing
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
-    _Connection,
+    _connection_unless_given,
     _key,
     _Script,
     _shared,
@@ -348,18 +348,15 @@ class CachedSession(SessionABC):
             )
         if not isinstance(max_cached_items, int) or max_cached_items < 1:
             raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
-        connection = None
-        if client is None:
-            connection = _Connection(
-                redis_url,
-                db,
-                max_connections=max_connections,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                pool_timeout=pool_timeout,
-            )
-        elif not isinstance(client, Redis):
-            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        connection = _connection_unless_given(
+            client,
+            redis_url,
+            db,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            pool_timeout=pool_timeout,
+        )
         super().__init__(
             store.session_id,
             store.session_settings if session_settings is None else session_settings,

@@ -24,6 +24,7 @@ from agentmem.providers._redis import (
     TTL,
     Redis,
     _Connection,
+    _connection_unless_given,
     _decode_tag,
     _glob_escape,
     _key,
@@ -156,18 +157,15 @@ class RedisSession(SessionABC):
         Raises:
             TypeError, ValueError: a bad id, prefix, ttl, URL or client.
         """
-        connection = None
-        if client is None:
-            connection = _Connection(
-                redis_url,
-                db,
-                max_connections=max_connections,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                pool_timeout=pool_timeout,
-            )
-        elif not isinstance(client, Redis):
-            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        connection = _connection_unless_given(
+            client,
+            redis_url,
+            db,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            pool_timeout=pool_timeout,
+        )
         self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
         self._client_given = client
         self._manager: RedisSessionManager | None = None
