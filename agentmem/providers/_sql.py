@@ -12,10 +12,12 @@ so message ids, which define the order, are assigned in commit order.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -114,6 +116,27 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
         clear_messages=f"DELETE FROM {m} WHERE session_id = ?",
         clear_session=f"DELETE FROM {s} WHERE session_id = ?",
     )
+
+
+def sqlite_use_wal(cursor: Any, timeout: float = 30.0) -> None:
+    """Switch the database to WAL (a lasting property of the file) unless it already is.
+
+    Changing the journal mode needs the database to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, while another connection holds it (as when
+    several processes open a new file together): retry until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 # --- SQLite operations: each runs whole in the thread that owns ``conn`` -----------------------

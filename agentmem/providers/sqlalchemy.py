@@ -133,9 +133,9 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     ``synchronous=NORMAL`` (with WAL: durable across process crashes, no flush per commit), and
     a 30 s wait for another process's write lock."""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _sql.sqlite_use_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 

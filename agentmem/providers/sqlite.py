@@ -38,7 +38,7 @@ def _connect(target: str) -> sqlite3.Connection:
         target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
     )
     if target != MEMORY:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _sql.sqlite_use_wal(conn.cursor(), BUSY_TIMEOUT_SECONDS)
         conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
