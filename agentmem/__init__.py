@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
     from agentmem.providers.cached import CachedSession
     from agentmem.providers.redis import RedisSession, RedisSessionManager
-    from agentmem.providers.sqlalchemy import SQLAlchemySession
-    from agentmem.providers.sqlite import SQLiteSession
+    from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
+    from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
 
 __all__ = [
     "CachedSession",
@@ -25,7 +25,9 @@ __all__ = [
     "RedisSession",
     "RedisSessionManager",
     "SQLAlchemySession",
+    "SQLAlchemySessionManager",
     "SQLiteSession",
+    "SQLiteSessionManager",
     "SchemaError",
     "Session",
     "SessionABC",
@@ -38,6 +40,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "SQLAlchemySession": "agentmem.providers.sqlalchemy",
     "SQLiteSession": "agentmem.providers.sqlite",
+    "SQLiteSessionManager": "agentmem.providers.sqlite",
+    "SQLAlchemySessionManager": "agentmem.providers.sqlalchemy",
     "RedisSession": "agentmem.providers.redis",
     "RedisSessionManager": "agentmem.providers.redis",
     "SchemaError": "agentmem.migrate",

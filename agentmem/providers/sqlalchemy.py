@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -20,11 +20,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from agentmem import migrate
+from agentmem.manager import (
+    DEFAULT_PAGE_SIZE,
+    Conversation,
+    SessionInfo,
+    SessionManagerABC,
+    SessionPage,
+    decode_cursor,
+    page_of,
+    validate_page_size,
+)
 from agentmem.models import validate_table_prefix
 from agentmem.providers import _sql
-from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
+from agentmem.providers import _sql_manage as _manage
+from agentmem.session import (
+    EncodedItem,
+    SessionABC,
+    SessionItem,
+    decode_item,
+    encode_items,
+    validate_session_id,
+)
 
-__all__ = ["Operations", "SQLAlchemySession", "SQLSessionBase"]
+__all__ = ["Operations", "SQLAlchemySession", "SQLAlchemySessionManager", "SQLSessionBase"]
 
 T = TypeVar("T")
 
@@ -449,3 +467,210 @@ class _AiosqliteOperations(_EngineOperations):
 
     async def clear(self) -> None:
         await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=True)
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+
+class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
+    """Hands out ``SQLAlchemySession`` objects on one engine, and manages the store as a whole.
+
+    Example:
+        >>> async with SQLAlchemySessionManager(engine) as manager:
+        ...     session = manager.get_session("user_123")
+        ...     page = await manager.find_sessions(limit=20)
+
+    The manager borrows an engine it is given (``close()`` leaves it open); one built by
+    :meth:`from_url` is shared with the sessions it hands out (one engine per event loop) and
+    disposed with the last of them.
+
+    Args:
+        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
+        create_tables: Bring the database to agentmem's current schema on first use.
+        table_prefix: Prefix of agentmem's table names.
+
+    Raises:
+        TypeError, ValueError: a bad engine, driver or prefix.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, create_tables: bool = False, table_prefix: str = ""
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(
+                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
+            )
+        self._setup(engine.dialect.name, engine.dialect.driver, create_tables, table_prefix)
+        self._engine: AsyncEngine | None = engine
+        self._url: str | None = None
+        self._engine_options: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> SQLAlchemySessionManager:
+        """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
+        aiosqlite), shared with every session of that URL; ``close()`` releases it."""
+        if not isinstance(url, str) or not url:
+            raise ValueError("url must be a database URL such as postgresql://user@host/db")
+        self = cls.__new__(cls)
+        async_url = migrate.async_url(url)
+        parsed = make_url(async_url)
+        self._setup(
+            parsed.get_backend_name(), parsed.get_driver_name(), create_tables, table_prefix
+        )
+        self._engine = None
+        self._url = async_url
+        self._engine_options = dict(engine_kwargs or {})
+        return self
+
+    def _setup(self, dialect: str, driver: str, create_tables: bool, table_prefix: str) -> None:
+        self._kind = f"{dialect}+{driver}"
+        if self._kind not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+            raise ValueError(f"SQLAlchemySessionManager supports {_SUPPORTED}, not {self._kind}")
+        self._table_prefix = validate_table_prefix(table_prefix)
+        self._create_tables = create_tables
+        self._engine_keys: list[Any] = []
+        self._closed = False
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of the store's table names."""
+        return self._table_prefix
+
+    async def engine(self) -> AsyncEngine:
+        """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
+        with agentmem's schema checked (or created, with ``create_tables``)."""
+        self._check_open()
+        if self._engine is not None:
+            engine = self._engine
+        else:
+            assert self._url is not None
+            key, engine = _shared_engines.acquire(self._url, self._engine_options)
+            if key in self._engine_keys:
+                await _shared_engines.release(key)  # already counted for this manager
+            else:
+                self._engine_keys.append(key)
+        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
+        return engine
+
+    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLAlchemySession:
+        """A session on the manager's engine.
+
+        Raises:
+            SessionClosedError: the manager was closed.
+        """
+        self._check_open()
+        if self._engine is not None:
+            session = SQLAlchemySession(
+                self._engine,
+                session_id,
+                create_tables=self._create_tables,
+                table_prefix=self._table_prefix,
+                session_settings=session_settings,
+            )
+        else:
+            assert self._url is not None
+            session = SQLAlchemySession.from_url(
+                session_id,
+                url=self._url,
+                create_tables=self._create_tables,
+                table_prefix=self._table_prefix,
+                engine_kwargs=self._engine_options,
+                session_settings=session_settings,
+            )
+        return self._handed_out(session)
+
+    async def _run(
+        self,
+        on_postgres: Callable[..., Awaitable[T]],
+        on_sqlite: Callable[..., T],
+        *args: Any,
+        retry: bool,
+    ) -> T:
+        """One manager operation on a pooled connection, in the driver's fast path."""
+        self._check_open()
+        holder: Any = self  # ``_with_driver`` needs ``engine()`` and ``table_prefix``
+        if self._kind == "postgresql+asyncpg":
+            return await _with_driver(
+                holder, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
+            )
+
+        async def use(driver: Any) -> T:
+            result: T = await driver._execute(
+                lambda: on_sqlite(driver._conn, self._table_prefix, *args)
+            )
+            return result
+
+        return await _with_driver(holder, use, retry=retry)
+
+    async def list_sessions(self) -> list[str]:
+        """The ids of every stored session, sorted."""
+        return await self._run(_manage.postgres_ids, _manage.sqlite_ids, retry=True)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """Item count and timestamps of one session; ``None`` if it is not stored."""
+        session_id = validate_session_id(session_id)
+        return await self._run(_manage.postgres_info, _manage.sqlite_info, session_id, retry=True)
+
+    async def find_sessions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> SessionPage:
+        """One page of the stored sessions, most recently updated first (a keyset range on
+        ``updated_at``: every page costs the same)."""
+        size = validate_page_size(limit)
+        after = None if cursor is None else decode_cursor(cursor)
+        infos = await self._run(
+            _manage.postgres_page, _manage.sqlite_page, size + 1, after, retry=True
+        )
+        return page_of(infos, size)
+
+    async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Those of ``session_ids`` that are stored."""
+        ids = [validate_session_id(i) for i in session_ids]
+        if not ids:
+            return set()
+        return await self._run(
+            _manage.postgres_existing,
+            _manage.sqlite_existing,
+            ids,
+            retry=True,
+        )
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete one session and its history; whether it existed."""
+        session_id = validate_session_id(session_id)
+        return await self._run(
+            _manage.postgres_delete, _manage.sqlite_delete, session_id, retry=False
+        )
+
+    async def read_conversation(self, session_id: str) -> Conversation | None:
+        """One whole conversation, read in one transaction; ``None`` if it is not stored."""
+        session_id = validate_session_id(session_id)
+        return await self._run(_manage.postgres_read, _manage.sqlite_read, session_id, retry=True)
+
+    async def write_conversation(self, conversation: Conversation) -> None:
+        """Store ``conversation`` whole with its timestamps, replacing any session of the same
+        id, in one transaction."""
+        conversation = conversation.validated()
+        encoded = encode_items(conversation.items)
+        created, updated = conversation.stamped()
+        await self._run(
+            _manage.postgres_write,
+            _manage.sqlite_write,
+            conversation.session_id,
+            encoded,
+            created,
+            updated,
+            retry=False,
+        )
+
+    async def _close(self) -> None:
+        keys, self._engine_keys = self._engine_keys, []
+        for key in keys:
+            await _shared_engines.release(key)
