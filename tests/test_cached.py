@@ -176,8 +176,9 @@ async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
 async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None:
     session = make("a{b}%c")
     assert session.session_id == "a{b}%c"
-    assert session.items_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:items"
-    assert session.state_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:state"
+    tag = session.store_tag
+    assert session.items_key == f"{PREFIX}:{tag}:{{a%7Bb%7D%25c}}:items"
+    assert session.state_key == f"{PREFIX}:{tag}:{{a%7Bb%7D%25c}}:state"
     await session.close()
     assert session.store.closed  # the cached session owns its store
     async with make() as other:
@@ -189,6 +190,40 @@ async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None
         CachedSession(SQLiteSession("x"))
     with pytest.raises(ValueError, match="max_cached_items"):
         CachedSession(bare(session, postgres_engine), max_cached_items=0)
+
+
+async def test_two_table_prefixes_in_one_database_never_share_cached_copies(
+    make: Any, postgres_engine: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    def cached(table_prefix: str) -> CachedSession:
+        store = SQLAlchemySession(
+            postgres_engine, "u1", table_prefix=table_prefix, create_tables=True
+        )
+        return CachedSession(store, REDIS_URL, key_prefix=PREFIX)
+
+    a, b = cached("ta_"), cached("tb_")
+    try:
+        await a.add_items([{"tenant": "a"}])
+        assert await a.get_items() == [{"tenant": "a"}]  # cached
+        assert await b.get_items() == []
+        await b.add_items([{"tenant": "b"}])
+        assert await a.get_items() == [{"tenant": "a"}]
+        assert await b.get_items() == [{"tenant": "b"}]
+    finally:
+        for session in (a, b):
+            await session.clear_session()
+            await session.close()
+    # One store spelled two ways is one tag: every process must agree on the keys.
+    same = SQLAlchemySession.from_url("u1", url=postgres_url, table_prefix="ta_")
+    assert CachedSession(same, key_prefix=PREFIX).store_tag == a.store_tag
+    path = tmp_path / "t.db"
+    lite = CachedSession(SQLiteSession("u1", path), key_prefix=PREFIX)
+    via_engine = SQLAlchemySession.from_url("u1", url=f"sqlite:///{path}")
+    assert CachedSession(via_engine, key_prefix=PREFIX).store_tag == lite.store_tag
+    other_file = CachedSession(SQLiteSession("u1", tmp_path / "u.db"), key_prefix=PREFIX)
+    assert len({a.store_tag, b.store_tag, lite.store_tag, other_file.store_tag}) == 4
+    for session in (same, lite, via_engine, other_file):
+        await session.close()
 
 
 async def test_session_settings_default_to_the_stores(postgres_engine: Any) -> None:

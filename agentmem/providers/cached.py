@@ -1,15 +1,16 @@
 """``CachedSession``: a SQL session (the store of record) with a Redis read cache in front.
 
 Every write goes to SQL first; Redis holds a copy of the newest items of recently used sessions.
-Two keys per session (``id`` = the session id, percent-encoded as in
-:mod:`agentmem.providers.redis`; ``{id}`` is their shared hash tag)::
+Two keys per session (``store`` = a hash of the SQL store's kind, database and table prefix;
+``id`` = the session id, percent-encoded as in :mod:`agentmem.providers.redis`; ``{id}`` is
+their shared hash tag)::
 
-    {key_prefix}:{id}:items   string: a header byte ("c": the whole history, "p": only its
-                              newest items, "w": a write in flight), then the items' JSON
-                              texts joined by ","
-    {key_prefix}:{id}:state   hash: g = generation (a random token, replaced by every write),
-                              w = writers in flight, c = the header, e = where each item ends
-                              in the string (4-byte big-endian offsets)
+    {key_prefix}:{store}:{id}:items   string: a header byte ("c": the whole history, "p":
+                                      only its newest items, "w": a write in flight), then
+                                      the items' JSON texts joined by ","
+    {key_prefix}:{store}:{id}:state   hash: g = generation (a random token, replaced by every
+                                      write), w = writers in flight, c = the header, e = where
+                                      each item ends in the string (4-byte big-endian offsets)
 
 A full read is one native ``GETEX`` whose reply is parsed as one JSON array; a read with a
 limit is one Lua script that returns only the newest items' bytes. Bulk data never passes
@@ -30,15 +31,18 @@ Protocol:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import orjson
+from sqlalchemy.engine import make_url
 
 from agentmem._deps import missing
 from agentmem.providers._redis import (
@@ -51,7 +55,8 @@ from agentmem.providers._redis import (
     _ttl_ms,
     _validate_prefix,
 )
-from agentmem.providers.sqlalchemy import SQLSessionBase
+from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLSessionBase
+from agentmem.providers.sqlite import SQLiteSession
 from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
 
 try:
@@ -231,6 +236,25 @@ def _array(joined: bytes | str, skip: int = 0) -> list[SessionItem]:
     return items
 
 
+def _store_tag(store: SQLSessionBase) -> str:
+    """A short hash naming the store of record: its kind, database and table prefix.
+
+    Spelled the same by every process on that database: the database's name (a SQLite file's
+    resolved path), never the host, whose spelling may differ between processes (two spellings
+    of one database in two cache keys would let one process's writes miss the other's copy).
+    """
+    if isinstance(store, SQLiteSession):
+        identity = ("sqlite", store.db_path, store._database.table_prefix)
+    else:
+        assert isinstance(store, SQLAlchemySession)
+        url = store._engine.url if store._engine is not None else make_url(str(store._url))
+        database = url.database or ""
+        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+            database = str(Path(database).expanduser().resolve())
+        identity = (url.get_backend_name(), database, store.table_prefix)
+    return hashlib.sha256("\0".join(identity).encode()).hexdigest()[:12]
+
+
 def _token() -> str:
     return secrets.token_hex(8)
 
@@ -283,12 +307,15 @@ class CachedSession(SessionABC):
             ``get_items()``); the wrapped session's unless given.
         store: The wrapped SQL session.
         ttl: How long an unused session stays cached, or ``None`` for no expiry.
+        store_tag: A short hash of the store's kind, database name (a SQLite file's path) and
+            table prefix, part of every key.
         items_key: The Redis key of the cached items (a string).
         state_key: The Redis key of the cache's state (a hash).
     """
 
     store: SQLSessionBase
     ttl: timedelta | None
+    store_tag: str
     items_key: str
     state_key: str
 
@@ -321,8 +348,10 @@ class CachedSession(SessionABC):
                 never closed by the session.
             ttl: How long (seconds or ``timedelta``) a session stays cached after its last use;
                 ``None`` never expires.
-            key_prefix: Prefix of the cache's keys. Use one prefix per SQL database: two
-                databases behind one prefix would share cached copies of equal session ids.
+            key_prefix: Prefix of the cache's keys. The keys also name the store (see
+                ``store_tag``), so two table prefixes or two databases of different names never
+                share cached copies; two servers holding databases of the same name need a
+                ``key_prefix`` each.
             max_cached_items: How many of a session's newest items a fill caches (appends let
                 the window grow a quarter beyond it before trimming it back); a read of more
                 than the window from a longer history goes to SQL.
@@ -336,7 +365,7 @@ class CachedSession(SessionABC):
         Raises:
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
         """
-        if not isinstance(store, SQLSessionBase):
+        if not isinstance(store, SQLAlchemySession | SQLiteSession):
             raise TypeError(
                 "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
                 f"got {type(store).__name__}"
@@ -365,7 +394,9 @@ class CachedSession(SessionABC):
         self._ttl_ms = _ttl_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
-        base = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
+        self.store_tag = _store_tag(store)
+        prefix = _validate_prefix("key_prefix", key_prefix)
+        base = _key(f"{prefix}:{self.store_tag}", self.session_id)
         self.items_key = f"{base}:items"
         self.state_key = f"{base}:state"
         self._keys = [self.items_key, self.state_key]
