@@ -61,7 +61,8 @@ from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
 
 try:
     from redis.asyncio import Redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import OutOfMemoryError, RedisError
 except ImportError:  # pragma: no cover - agentmem.providers.redis raised already
     raise missing("redis", "redis") from None
 
@@ -94,8 +95,8 @@ end
 """
 
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
-# items' joined JSON} (hit), {2, generation} (miss: fill with it) or {0} (a write in flight:
-# read SQL, fill nothing).
+# items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
+# generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
 _READ = _Script(
     _COMMON
     + """
@@ -109,7 +110,6 @@ elseif head ~= '' and head == st[2] and intact(st[3]) then
   local n = #st[3] / 4
   local limit = tonumber(ARGV[1])
   if head == 'c' or (limit >= 0 and limit <= n) then
-    expire(ttl)
     local start = (limit < 0 or limit >= n) and 1 or ends_at(st[3], n - limit) + 1
     return {1, redis.call('GETRANGE', KEYS[1], start, -1)}
   end
@@ -136,9 +136,10 @@ return 1
 """
 )
 
-# KEYS: items, state. ARGV: new generation, lease ms.
+# KEYS: items, state. ARGV: new generation, lease ms. Runs when Redis is over its maxmemory
+# (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from marking it.
 _BEGIN = _Script(
-    """
+    """#!lua flags=allow-oom
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
 redis.call('HSET', KEYS[2], 'g', ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -156,10 +157,13 @@ return 1
 """
 )
 
-# KEYS: items, state. ARGV: began (1/0), the generation begin set, a new generation, ttl ms,
-# max cached items, op ("add", "pop", "clear" or "" = drop the cached items); for "add": the
-# new items joined, their offsets in that text.
-_END = _Script(
+# KEYS: items, state. ARGV: began ("1": uncount this writer; "0": it never began; "h": keep
+# it counted, so readers bypass the cache until the lease ends: a failed SQL write that may
+# still commit), the generation begin set, a new generation, ttl ms, max cached items, op
+# ("add", "pop", "clear" or "" = drop the cached items); for "add": the new items joined, their
+# offsets in that text. Refused as a whole when Redis is over its maxmemory (an update in place
+# may add much); _END_OOM is the same script for op "" (drop), which runs then.
+_END_SOURCE = (
     _COMMON
     + """
 local sole = false
@@ -212,6 +216,8 @@ if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
 return 1
 """
 )
+_END = _Script("#!lua\n" + _END_SOURCE)
+_END_OOM = _Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
@@ -420,8 +426,8 @@ class CachedSession(SessionABC):
 
     async def _redis(
         self, client: Redis, call: Callable[[], Awaitable[T]]
-    ) -> tuple[bool, T | None]:
-        """Run one cache call: ``(True, result)``, or ``(False, None)`` when Redis failed."""
+    ) -> tuple[BaseException | None, T | None]:
+        """Run one cache call: ``(None, result)``, or ``(the error, None)`` when Redis failed."""
         health = self._server(client)
         try:
             result = await call()
@@ -434,76 +440,105 @@ class CachedSession(SessionABC):
                     type(exc).__name__,
                     exc,
                 )
-            return False, None
+            return exc, None
         if health.down:
             health.down = False
             logger.info("Redis cache reachable again; CachedSession uses it")
-        return True, result
+        return None, result
+
+    async def _owed(self, client: Redis) -> BaseException | None:
+        """Perform the invalidation this process owes for the session, if any: ``None`` when
+        none is owed (any more), else why Redis refused it."""
+        health = self._server(client)
+        if self.state_key not in health.pending:
+            return None
+        error, _ = await self._redis(client, lambda: self._end(client, "0", "", "", []))
+        if error is None:
+            health.pending.discard(self.state_key)
+        return error
 
     async def _settle(self, client: Redis) -> bool:
         """Whether the cache may be used for this call: true unless this session's cache still
         waits for an invalidation (retried here) that Redis refuses."""
-        health = self._server(client)
-        if self.state_key not in health.pending:
+        return await self._owed(client) is None
+
+    async def _begin(self, client: Redis, gen: str) -> bool:
+        """Mark a write in flight before it goes to SQL: true when marked, false when Redis
+        cannot be reached (the write goes on; this process owes the invalidation).
+
+        Raises:
+            RedisError: Redis answered with an error or gave no reply in ``socket_timeout``
+                (writes paused, a stopped server, a read-only replica): it may serve this
+                session's copy to other processes later, so the write must not go on unmarked.
+        """
+        error = await self._owed(client)
+        if error is None:
+            error, _ = await self._redis(
+                client, lambda: _BEGIN(client, self._keys, [gen, WRITE_LEASE_MS])
+            )
+        if error is None:
             return True
-        ok, _ = await self._redis(client, lambda: self._end(client, False, "", "", []))
-        if ok:
-            health.pending.discard(self.state_key)
-        return ok
+        if isinstance(error, RedisError) and not isinstance(error, RedisConnectionError):
+            logger.warning(
+                "CachedSession refused a write to session %r: Redis did not accept its cache "
+                "mark (%s: %s); nothing was written",
+                self.session_id,
+                type(error).__name__,
+                error,
+            )
+            raise error
+        return False
 
     def _end(
-        self, client: Redis, began: bool, gen: str, op: str, payload: list[Any]
+        self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
     ) -> Awaitable[Any]:
-        args: list[Any] = [
-            int(began),
-            gen,
-            _token(),
-            self._ttl_ms,
-            self.max_cached_items,
-            op,
-            *payload,
-        ]
+        args: list[Any] = [began, gen, _token(), self._ttl_ms, self.max_cached_items, op, *payload]
         return _END(client, self._keys, args)
 
     async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[Any]) -> T:
         """SQL first, the cache around it (see the module docstring)."""
         client = self._client()
-        began = False
         gen = _token()
-        if await self._settle(client):
-            began, _ = await self._redis(
-                client, lambda: _BEGIN(client, self._keys, [gen, WRITE_LEASE_MS])
-            )
+        began = await self._begin(client, gen)
         try:
             result = await write()
         except BaseException:
-            # The write may or may not have committed: invalidate.
-            await self._finish(client, began, gen, "", [])
+            # It may have committed. A SQLite file's call is over when it raises; a server's
+            # may still commit: keep it counted, so readers stay on SQL until the lease ends.
+            held = "1" if isinstance(self.store, SQLiteSession) else "h"
+            await self._finish(client, held if began else "0", gen, "", [])
             raise
-        await self._finish(client, began, gen, op, payload)
+        await self._finish(client, "1" if began else "0", gen, op, payload)
         return result
 
     async def _finish(
-        self, client: Redis, began: bool, gen: str, op: str, payload: list[Any]
+        self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
     ) -> None:
         """End a write; until an end succeeds, this process bypasses the session's cache."""
         pending = self._server(client).pending
         try:
-            ended, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
+            error, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
+            if isinstance(error, OutOfMemoryError):  # no update in place: drop the copy
+                args: list[str | int] = [
+                    began,
+                    gen,
+                    _token(),
+                    self._ttl_ms,
+                    self.max_cached_items,
+                    "",
+                ]
+                error, _ = await self._redis(client, lambda: _END_OOM(client, self._keys, args))
         except BaseException:
             pending.add(self.state_key)
             raise
-        if ended:
+        if error is None:
             pending.discard(self.state_key)
         else:
             pending.add(self.state_key)
 
     async def _get_whole(self, client: Redis) -> bytes | str | None:
-        """The cached string (header first), its expiry refreshed, in one native command."""
-        if self._ttl_ms:
-            whole: bytes | str | None = await client.getex(self.items_key, px=self._ttl_ms)
-        else:
-            whole = await client.get(self.items_key)
+        """The cached string (header first), in one native command (its expiry left as is)."""
+        whole: bytes | str | None = await client.get(self.items_key)
         return whole
 
     async def _load(self, limit: int | None) -> list[str]:
@@ -532,10 +567,10 @@ class CachedSession(SessionABC):
         reply: Any = None
         if await self._settle(client):
             if limit is None:
-                ok, whole = await self._redis(client, lambda: self._get_whole(client))
+                error, whole = await self._redis(client, lambda: self._get_whole(client))
                 if whole is not None and whole[:1] in (b"c", "c"):
                     return _array(whole, skip=1)
-                if not ok:
+                if error is not None:
                     return [decode_item(data) for data in await self._load(None)]
             args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
             _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
