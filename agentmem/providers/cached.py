@@ -12,7 +12,7 @@ their shared hash tag)::
                                       write), w = writers in flight, c = the header, e = where
                                       each item ends in the string (4-byte big-endian offsets)
 
-A full read is one native ``GETEX`` whose reply is parsed as one JSON array; a read with a
+A full read is one native ``GET`` whose reply is parsed as one JSON array; a read with a
 limit is one Lua script that returns only the newest items' bytes. Bulk data never passes
 through Lua on the read path (Lua copies cost ~2 µs per KB).
 
@@ -27,6 +27,17 @@ Protocol:
   in place only when this writer was the only one from begin to end, else drop them). A writer
   whose *end* never arrives leaves the header "w": readers bypass the cache until the lease
   expires the keys or a later call finds the writer gone and drops the orphan.
+- No write reaches SQL unmarked while Redis answers: *begin* runs even over ``maxmemory``
+  (``allow-oom``: it adds a few bytes; *end* then drops the copy instead of updating it), and
+  when Redis replies with an error or not at all within ``socket_timeout`` (writes paused by
+  ``CLIENT PAUSE WRITE`` or ``FAILOVER``, a stopped server, a read-only replica) the write
+  raises that error before touching SQL. Only when no connection can be had (refused, reset,
+  no free pooled connection) does it go on unmarked; its process then owes the invalidation.
+- A failed or cancelled SQL write may have committed. On a SQLite file it is over when it
+  raises (the thread is waited for), so *end* drops the copy; on a server it may still commit,
+  so *end* keeps the writer counted and readers stay on SQL until the lease ends.
+- Only fills and writes set the keys' expiry; a hit leaves it. A copy that a write missed
+  (the unmarked case above) is gone ``ttl`` after its fill or last write, however often read.
 """
 
 from __future__ import annotations
@@ -312,7 +323,8 @@ class CachedSession(SessionABC):
         session_settings: OpenAI Agents SDK ``SessionSettings`` (``limit`` is the default of
             ``get_items()``); the wrapped session's unless given.
         store: The wrapped SQL session.
-        ttl: How long an unused session stays cached, or ``None`` for no expiry.
+        ttl: How long a copy stays cached after its fill or last write (reads do not extend
+            it), or ``None`` for no expiry.
         store_tag: A short hash of the store's kind, database name (a SQLite file's path) and
             table prefix, part of every key.
         items_key: The Redis key of the cached items (a string).
@@ -352,8 +364,8 @@ class CachedSession(SessionABC):
             db: The Redis database number, if the URL does not name one (default 0).
             client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
                 never closed by the session.
-            ttl: How long (seconds or ``timedelta``) a session stays cached after its last use;
-                ``None`` never expires.
+            ttl: How long (seconds or ``timedelta``) a copy stays cached after it was filled or
+                last written (reads do not extend it); ``None`` never expires.
             key_prefix: Prefix of the cache's keys. The keys also name the store (see
                 ``store_tag``), so two table prefixes or two databases of different names never
                 share cached copies; two servers holding databases of the same name need a
@@ -594,6 +606,9 @@ class CachedSession(SessionABC):
 
         Raises:
             TypeError, ValueError: an item is not a JSON object; nothing is written.
+            redis.RedisError: Redis answered with an error or not in time and did not take the
+                cache's write mark (writes paused, a read-only replica); nothing is written.
+                ``pop_item`` and ``clear_session`` raise the same.
             SessionClosedError: the session was closed.
         """
         self._check_open()
