@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.exceptions
 from redis.asyncio import Redis
 
 from agentmem import CachedSession, SQLAlchemySession, SQLiteSession
@@ -158,7 +159,7 @@ async def test_in_place_updates_match_sql_at_every_limit(
         assert cached is not None and len(cached) - 1 <= 7 + 7 // 4  # the window's slack
 
 
-async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
+async def test_ttl_is_set_by_fills_and_writes_never_by_hits(make: Any, redis_client: Redis) -> None:
     session = make(ttl=100)
     await session.add_items([{"n": 1}])
     await session.get_items()
@@ -166,8 +167,11 @@ async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
         assert 0 < await redis_client.pttl(key) <= 100_000
     for limit in (None, 1):
         await redis_client.pexpire(session.items_key, 5_000)
-        await session.get_items(limit)  # a hit refreshes the expiry
-        assert await redis_client.pttl(session.items_key) > 5_000
+        assert await session.get_items(limit) == [{"n": 1}]  # a hit
+        # It leaves the expiry: a copy that a write missed is never kept alive by reading it.
+        assert await redis_client.pttl(session.items_key) <= 5_000
+    await session.add_items([{"n": 2}])  # a write sets it again
+    assert await redis_client.pttl(session.items_key) > 5_000
     forever = make(ttl=None)
     await forever.get_items()
     assert await redis_client.pttl(forever.items_key) == -1
@@ -176,8 +180,9 @@ async def test_ttl_is_set_and_refreshed(make: Any, redis_client: Redis) -> None:
 async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None:
     session = make("a{b}%c")
     assert session.session_id == "a{b}%c"
-    assert session.items_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:items"
-    assert session.state_key == f"{PREFIX}:{{a%7Bb%7D%25c}}:state"
+    tag = session.store_tag
+    assert session.items_key == f"{PREFIX}:{tag}:{{a%7Bb%7D%25c}}:items"
+    assert session.state_key == f"{PREFIX}:{tag}:{{a%7Bb%7D%25c}}:state"
     await session.close()
     assert session.store.closed  # the cached session owns its store
     async with make() as other:
@@ -189,6 +194,40 @@ async def test_key_layout_and_ownership(make: Any, postgres_engine: Any) -> None
         CachedSession(SQLiteSession("x"))
     with pytest.raises(ValueError, match="max_cached_items"):
         CachedSession(bare(session, postgres_engine), max_cached_items=0)
+
+
+async def test_two_table_prefixes_in_one_database_never_share_cached_copies(
+    make: Any, postgres_engine: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    def cached(table_prefix: str) -> CachedSession:
+        store = SQLAlchemySession(
+            postgres_engine, "u1", table_prefix=table_prefix, create_tables=True
+        )
+        return CachedSession(store, REDIS_URL, key_prefix=PREFIX)
+
+    a, b = cached("ta_"), cached("tb_")
+    try:
+        await a.add_items([{"tenant": "a"}])
+        assert await a.get_items() == [{"tenant": "a"}]  # cached
+        assert await b.get_items() == []
+        await b.add_items([{"tenant": "b"}])
+        assert await a.get_items() == [{"tenant": "a"}]
+        assert await b.get_items() == [{"tenant": "b"}]
+    finally:
+        for session in (a, b):
+            await session.clear_session()
+            await session.close()
+    # One store spelled two ways is one tag: every process must agree on the keys.
+    same = SQLAlchemySession.from_url("u1", url=postgres_url, table_prefix="ta_")
+    assert CachedSession(same, key_prefix=PREFIX).store_tag == a.store_tag
+    path = tmp_path / "t.db"
+    lite = CachedSession(SQLiteSession("u1", path), key_prefix=PREFIX)
+    via_engine = SQLAlchemySession.from_url("u1", url=f"sqlite:///{path}")
+    assert CachedSession(via_engine, key_prefix=PREFIX).store_tag == lite.store_tag
+    other_file = CachedSession(SQLiteSession("u1", tmp_path / "u.db"), key_prefix=PREFIX)
+    assert len({a.store_tag, b.store_tag, lite.store_tag, other_file.store_tag}) == 4
+    for session in (same, lite, via_engine, other_file):
+        await session.close()
 
 
 async def test_session_settings_default_to_the_stores(postgres_engine: Any) -> None:
@@ -240,6 +279,10 @@ async def test_a_failed_sql_write_invalidates_instead_of_updating(
     with pytest.raises(Exception, match="closed"):
         await session.add_items([{"n": 2}])
     assert await cached_list(redis_client, session) is None
+    # A server may still commit a failed (or cancelled) write: it stays counted, so readers
+    # stay on SQL until its lease ends.
+    assert await redis_client.hget(session.state_key, "w") == b"1"
+    assert 0 < await redis_client.pttl(session.state_key) <= 60_000
     assert await bare(session, postgres_engine).get_items() == [{"n": 1}]
 
 
@@ -375,7 +418,12 @@ async def test_a_writer_that_dies_after_its_commit_leaves_readers_on_sql(
 
 
 def _child_write(
-    postgres_url: str, prefix: str, session_id: str, items: list[Any], crash: bool
+    postgres_url: str,
+    prefix: str,
+    session_id: str,
+    items: list[Any],
+    crash: bool,
+    redis_url: str = REDIS_URL,
 ) -> None:
     """In a spawned process: one cached add_items; with ``crash``, die after the SQL commit."""
 
@@ -385,7 +433,7 @@ def _child_write(
 
     async def run() -> None:
         store = SQLAlchemySession.from_url(session_id, url=postgres_url)
-        async with (Crash if crash else CachedSession)(store, REDIS_URL, key_prefix=prefix) as s:
+        async with (Crash if crash else CachedSession)(store, redis_url, key_prefix=prefix) as s:
             await s.add_items(items)
 
     asyncio.run(run())
@@ -598,3 +646,144 @@ async def test_killed_connections_are_survived(
         assert (await session.get_items())[-1] == {"n": 2 + step}
     assert await session.get_items() == await bare(session, postgres_engine).get_items()
     await client.aclose()
+
+
+# --- 5. Redis that answers but refuses writes: over maxmemory, writes paused --------------------
+
+
+def _client(url: str) -> Redis:
+    """A client of its own (one process's), which never resends a command."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Redis.from_url(url, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
+async def test_over_maxmemory_every_process_sees_a_write_once_it_returns(
+    make: Any, postgres_url: str, postgres_engine: Any, private_redis: Any
+) -> None:
+    server = private_redis()
+    admin = Redis.from_url(server.url)
+    reader = make(redis_url=server.url)
+    writer = make(reader.session_id, client=_client(server.url))
+    await reader.add_items([{"n": 1}, {"n": 2}])
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # cached
+    await admin.config_set("maxmemory", 1)  # the default policy: noeviction
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            await admin.set(f"{PREFIX}:probe", "x")
+        # Another process writes: it returns normally, the cache knows.
+        assert (
+            await _in_child(postgres_url, PREFIX, reader.session_id, [{"n": 3}], False, server.url)
+            == 0
+        )
+        expected = [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert await reader.get_items() == expected
+        assert await reader.get_items(limit=1) == [{"n": 3}]
+        assert await writer.pop_item() == {"n": 3}
+        assert await reader.get_items() == expected[:2]
+        await writer.clear_session()
+        assert await reader.get_items() == []
+        await writer.add_items([{"n": 4}])
+        assert await reader.get_items(limit=5) == [{"n": 4}]
+    finally:
+        await admin.config_set("maxmemory", 0)
+    assert await reader.get_items() == [{"n": 4}]  # filled again
+    assert await cached_list(admin, reader) == ["c", '{"n":4}']
+    assert await bare(reader, postgres_engine).get_items() == [{"n": 4}]
+    await writer._client_given.aclose()
+    await admin.aclose()
+
+
+async def test_with_writes_paused_a_write_is_refused_before_sql(
+    make: Any, postgres_engine: Any, private_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = private_redis()
+    admin = Redis.from_url(server.url)
+    reader = make(client=_client(server.url))
+    writer = make(reader.session_id, client=_client(server.url))
+    await writer.add_items([{"n": 1}])
+    assert await reader.get_items() == [{"n": 1}]  # cached
+    await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")  # as FAILOVER does
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await writer.add_items([{"n": 2}])
+        assert "nothing was written" in caplog.records[-1].getMessage()
+        assert await bare(reader, postgres_engine).get_items() == [{"n": 1}]
+        assert await reader.get_items() == [{"n": 1}]  # true: the write did not happen
+        assert await reader.get_items(limit=1) == [{"n": 1}]  # SQL, after socket_timeout
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+    assert await reader.get_items() == [{"n": 1}]
+    await writer.add_items([{"n": 2}])
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    for session in (reader, writer):
+        await session._client_given.aclose()
+    await admin.aclose()
+
+
+# --- 6. a cancelled write on a SQLite file ------------------------------------------------------
+
+
+def _child_read(path: str, prefix: str, session_id: str, out: str) -> None:
+    """In a spawned process: one cached get_items on a SQLite file, written to ``out``."""
+
+    async def run() -> list[Any]:
+        store = SQLiteSession(session_id, path)
+        async with CachedSession(store, REDIS_URL, key_prefix=prefix) as session:
+            return await session.get_items()
+
+    Path(out).write_bytes(orjson.dumps(asyncio.run(run())))
+
+
+async def test_a_cancelled_write_on_a_sqlite_file_never_commits_behind_the_cache(
+    tmp_path: Path, redis_client: Redis
+) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "cancel.db")
+    session = CachedSession(SQLiteSession(unique_id(), path), REDIS_URL, key_prefix=PREFIX)
+    await session.add_items([{"n": 1}])
+    assert await session.get_items() == [{"n": 1}]  # cached
+    started = asyncio.Event()
+    add = session.store._ops.add
+
+    async def add_noting_the_start(items: Any) -> None:
+        started.set()
+        await add(items)
+
+    session.store._ops.add = add_noting_the_start  # type: ignore[method-assign]
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the write's thread waits for this lock
+    try:
+        task = asyncio.create_task(session.add_items([{"n": 2}]))
+        await started.wait()
+        task.cancel()
+        # Another process reads while the cancelled write's thread still waits to commit.
+        out = tmp_path / "read.json"
+        process = multiprocessing.get_context("spawn").Process(
+            target=_child_read, args=(path, PREFIX, session.session_id, str(out))
+        )
+        process.start()
+        await asyncio.to_thread(process.join, 60)
+        assert process.exitcode == 0
+        assert orjson.loads(out.read_bytes()) == [{"n": 1}]
+        heard_early = task.done()
+    finally:
+        lock.rollback()
+        lock.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    session.store._ops.add = add  # type: ignore[method-assign]
+    await session.add_items([{"n": 3}])  # a later write that returns normally
+    other = CachedSession(SQLiteSession(session.session_id, path), REDIS_URL, key_prefix=PREFIX)
+    lite = SQLiteSession(session.session_id, path)
+    from_sql = await lite.get_items()
+    await lite.close()
+    assert from_sql == [{"n": 1}, {"n": 2}, {"n": 3}]  # the cancelled write committed, whole
+    assert await other.get_items() == from_sql
+    assert await session.get_items() == from_sql
+    assert not heard_early  # cancelled, but its caller heard only once the call was over
+    await session.clear_session()
+    await session.close()
+    await other.close()

@@ -338,6 +338,21 @@ async def test_list_sessions_returns_exactly_its_own(
     await elsewhere.close()
 
 
+async def test_list_sessions_skips_keys_that_are_not_agentmems(
+    manager: RedisSessionManager, redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    session_id = unique_id()
+    await manager.get_session(session_id).add_items([{"n": 1}])
+    # Foreign hashes under the prefix: a name that is not UTF-8, a tag that is no session id.
+    await redis_client.hset(SESSION_PREFIX.encode() + b":{\xff\xfe}", "k", "v")
+    await redis_client.hset(f"{SESSION_PREFIX}:{{{'x' * 300}}}", "k", "v")
+    with caplog.at_level("WARNING", logger="agentmem"):
+        assert await manager.list_sessions() == [session_id]
+    assert manager.skipped_keys == 2
+    [warning] = [r for r in caplog.records if r.name == "agentmem"]
+    assert "skipped 2 key(s)" in warning.getMessage()
+
+
 async def test_glob_characters_in_prefixes_are_literal(redis_client: Redis) -> None:
     def manager(prefix: str) -> RedisSessionManager:
         return RedisSessionManager(

@@ -1,17 +1,18 @@
 """``CachedSession``: a SQL session (the store of record) with a Redis read cache in front.
 
 Every write goes to SQL first; Redis holds a copy of the newest items of recently used sessions.
-Two keys per session (``id`` = the session id, percent-encoded as in
-:mod:`agentmem.providers.redis`; ``{id}`` is their shared hash tag)::
+Two keys per session (``store`` = a hash of the SQL store's kind, database and table prefix;
+``id`` = the session id, percent-encoded as in :mod:`agentmem.providers.redis`; ``{id}`` is
+their shared hash tag)::
 
-    {key_prefix}:{id}:items   string: a header byte ("c": the whole history, "p": only its
-                              newest items, "w": a write in flight), then the items' JSON
-                              texts joined by ","
-    {key_prefix}:{id}:state   hash: g = generation (a random token, replaced by every write),
-                              w = writers in flight, c = the header, e = where each item ends
-                              in the string (4-byte big-endian offsets)
+    {key_prefix}:{store}:{id}:items   string: a header byte ("c": the whole history, "p":
+                                      only its newest items, "w": a write in flight), then
+                                      the items' JSON texts joined by ","
+    {key_prefix}:{store}:{id}:state   hash: g = generation (a random token, replaced by every
+                                      write), w = writers in flight, c = the header, e = where
+                                      each item ends in the string (4-byte big-endian offsets)
 
-A full read is one native ``GETEX`` whose reply is parsed as one JSON array; a read with a
+A full read is one native ``GET`` whose reply is parsed as one JSON array; a read with a
 limit is one Lua script that returns only the newest items' bytes. Bulk data never passes
 through Lua on the read path (Lua copies cost ~2 µs per KB).
 
@@ -26,19 +27,33 @@ Protocol:
   in place only when this writer was the only one from begin to end, else drop them). A writer
   whose *end* never arrives leaves the header "w": readers bypass the cache until the lease
   expires the keys or a later call finds the writer gone and drops the orphan.
+- No write reaches SQL unmarked while Redis answers: *begin* runs even over ``maxmemory``
+  (``allow-oom``: it adds a few bytes; *end* then drops the copy instead of updating it), and
+  when Redis replies with an error or not at all within ``socket_timeout`` (writes paused by
+  ``CLIENT PAUSE WRITE`` or ``FAILOVER``, a stopped server, a read-only replica) the write
+  raises that error before touching SQL. Only when no connection can be had (refused, reset,
+  no free pooled connection) does it go on unmarked; its process then owes the invalidation.
+- A failed or cancelled SQL write may have committed. On a SQLite file it is over when it
+  raises (the thread is waited for), so *end* drops the copy; on a server it may still commit,
+  so *end* keeps the writer counted and readers stay on SQL until the lease ends.
+- Only fills and writes set the keys' expiry; a hit leaves it. A copy that a write missed
+  (the unmarked case above) is gone ``ttl`` after its fill or last write, however often read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import orjson
+from sqlalchemy.engine import make_url
 
 from agentmem._deps import missing
 from agentmem.providers._redis import (
@@ -51,12 +66,14 @@ from agentmem.providers._redis import (
     _ttl_ms,
     _validate_prefix,
 )
-from agentmem.providers.sqlalchemy import SQLSessionBase
+from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLSessionBase
+from agentmem.providers.sqlite import SQLiteSession
 from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
 
 try:
     from redis.asyncio import Redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import OutOfMemoryError, RedisError
 except ImportError:  # pragma: no cover - agentmem.providers.redis raised already
     raise missing("redis", "redis") from None
 
@@ -89,8 +106,8 @@ end
 """
 
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
-# items' joined JSON} (hit), {2, generation} (miss: fill with it) or {0} (a write in flight:
-# read SQL, fill nothing).
+# items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
+# generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
 _READ = _Script(
     _COMMON
     + """
@@ -104,7 +121,6 @@ elseif head ~= '' and head == st[2] and intact(st[3]) then
   local n = #st[3] / 4
   local limit = tonumber(ARGV[1])
   if head == 'c' or (limit >= 0 and limit <= n) then
-    expire(ttl)
     local start = (limit < 0 or limit >= n) and 1 or ends_at(st[3], n - limit) + 1
     return {1, redis.call('GETRANGE', KEYS[1], start, -1)}
   end
@@ -131,9 +147,10 @@ return 1
 """
 )
 
-# KEYS: items, state. ARGV: new generation, lease ms.
+# KEYS: items, state. ARGV: new generation, lease ms. Runs when Redis is over its maxmemory
+# (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from marking it.
 _BEGIN = _Script(
-    """
+    """#!lua flags=allow-oom
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
 redis.call('HSET', KEYS[2], 'g', ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -151,10 +168,13 @@ return 1
 """
 )
 
-# KEYS: items, state. ARGV: began (1/0), the generation begin set, a new generation, ttl ms,
-# max cached items, op ("add", "pop", "clear" or "" = drop the cached items); for "add": the
-# new items joined, their offsets in that text.
-_END = _Script(
+# KEYS: items, state. ARGV: began ("1": uncount this writer; "0": it never began; "h": keep
+# it counted, so readers bypass the cache until the lease ends: a failed SQL write that may
+# still commit), the generation begin set, a new generation, ttl ms, max cached items, op
+# ("add", "pop", "clear" or "" = drop the cached items); for "add": the new items joined, their
+# offsets in that text. Refused as a whole when Redis is over its maxmemory (an update in place
+# may add much); _END_OOM is the same script for op "" (drop), which runs then.
+_END_SOURCE = (
     _COMMON
     + """
 local sole = false
@@ -207,6 +227,8 @@ if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
 return 1
 """
 )
+_END = _Script("#!lua\n" + _END_SOURCE)
+_END_OOM = _Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
@@ -229,6 +251,25 @@ def _array(joined: bytes | str, skip: int = 0) -> list[SessionItem]:
     buffer.append(0x5D)  # "]"
     items = orjson.loads(buffer)
     return items
+
+
+def _store_tag(store: SQLSessionBase) -> str:
+    """A short hash naming the store of record: its kind, database and table prefix.
+
+    Spelled the same by every process on that database: the database's name (a SQLite file's
+    resolved path), never the host, whose spelling may differ between processes (two spellings
+    of one database in two cache keys would let one process's writes miss the other's copy).
+    """
+    if isinstance(store, SQLiteSession):
+        identity = ("sqlite", store.db_path, store._database.table_prefix)
+    else:
+        assert isinstance(store, SQLAlchemySession)
+        url = store._engine.url if store._engine is not None else make_url(str(store._url))
+        database = url.database or ""
+        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+            database = str(Path(database).expanduser().resolve())
+        identity = (url.get_backend_name(), database, store.table_prefix)
+    return hashlib.sha256("\0".join(identity).encode()).hexdigest()[:12]
 
 
 def _token() -> str:
@@ -282,13 +323,17 @@ class CachedSession(SessionABC):
         session_settings: OpenAI Agents SDK ``SessionSettings`` (``limit`` is the default of
             ``get_items()``); the wrapped session's unless given.
         store: The wrapped SQL session.
-        ttl: How long an unused session stays cached, or ``None`` for no expiry.
+        ttl: How long a copy stays cached after its fill or last write (reads do not extend
+            it), or ``None`` for no expiry.
+        store_tag: A short hash of the store's kind, database name (a SQLite file's path) and
+            table prefix, part of every key.
         items_key: The Redis key of the cached items (a string).
         state_key: The Redis key of the cache's state (a hash).
     """
 
     store: SQLSessionBase
     ttl: timedelta | None
+    store_tag: str
     items_key: str
     state_key: str
 
@@ -319,10 +364,12 @@ class CachedSession(SessionABC):
             db: The Redis database number, if the URL does not name one (default 0).
             client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
                 never closed by the session.
-            ttl: How long (seconds or ``timedelta``) a session stays cached after its last use;
-                ``None`` never expires.
-            key_prefix: Prefix of the cache's keys. Use one prefix per SQL database: two
-                databases behind one prefix would share cached copies of equal session ids.
+            ttl: How long (seconds or ``timedelta``) a copy stays cached after it was filled or
+                last written (reads do not extend it); ``None`` never expires.
+            key_prefix: Prefix of the cache's keys. The keys also name the store (see
+                ``store_tag``), so two table prefixes or two databases of different names never
+                share cached copies; two servers holding databases of the same name need a
+                ``key_prefix`` each.
             max_cached_items: How many of a session's newest items a fill caches (appends let
                 the window grow a quarter beyond it before trimming it back); a read of more
                 than the window from a longer history goes to SQL.
@@ -336,7 +383,7 @@ class CachedSession(SessionABC):
         Raises:
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
         """
-        if not isinstance(store, SQLSessionBase):
+        if not isinstance(store, SQLAlchemySession | SQLiteSession):
             raise TypeError(
                 "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
                 f"got {type(store).__name__}"
@@ -365,7 +412,9 @@ class CachedSession(SessionABC):
         self._ttl_ms = _ttl_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
-        base = _key(_validate_prefix("key_prefix", key_prefix), self.session_id)
+        self.store_tag = _store_tag(store)
+        prefix = _validate_prefix("key_prefix", key_prefix)
+        base = _key(f"{prefix}:{self.store_tag}", self.session_id)
         self.items_key = f"{base}:items"
         self.state_key = f"{base}:state"
         self._keys = [self.items_key, self.state_key]
@@ -389,8 +438,8 @@ class CachedSession(SessionABC):
 
     async def _redis(
         self, client: Redis, call: Callable[[], Awaitable[T]]
-    ) -> tuple[bool, T | None]:
-        """Run one cache call: ``(True, result)``, or ``(False, None)`` when Redis failed."""
+    ) -> tuple[BaseException | None, T | None]:
+        """Run one cache call: ``(None, result)``, or ``(the error, None)`` when Redis failed."""
         health = self._server(client)
         try:
             result = await call()
@@ -403,76 +452,105 @@ class CachedSession(SessionABC):
                     type(exc).__name__,
                     exc,
                 )
-            return False, None
+            return exc, None
         if health.down:
             health.down = False
             logger.info("Redis cache reachable again; CachedSession uses it")
-        return True, result
+        return None, result
+
+    async def _owed(self, client: Redis) -> BaseException | None:
+        """Perform the invalidation this process owes for the session, if any: ``None`` when
+        none is owed (any more), else why Redis refused it."""
+        health = self._server(client)
+        if self.state_key not in health.pending:
+            return None
+        error, _ = await self._redis(client, lambda: self._end(client, "0", "", "", []))
+        if error is None:
+            health.pending.discard(self.state_key)
+        return error
 
     async def _settle(self, client: Redis) -> bool:
         """Whether the cache may be used for this call: true unless this session's cache still
         waits for an invalidation (retried here) that Redis refuses."""
-        health = self._server(client)
-        if self.state_key not in health.pending:
+        return await self._owed(client) is None
+
+    async def _begin(self, client: Redis, gen: str) -> bool:
+        """Mark a write in flight before it goes to SQL: true when marked, false when Redis
+        cannot be reached (the write goes on; this process owes the invalidation).
+
+        Raises:
+            RedisError: Redis answered with an error or gave no reply in ``socket_timeout``
+                (writes paused, a stopped server, a read-only replica): it may serve this
+                session's copy to other processes later, so the write must not go on unmarked.
+        """
+        error = await self._owed(client)
+        if error is None:
+            error, _ = await self._redis(
+                client, lambda: _BEGIN(client, self._keys, [gen, WRITE_LEASE_MS])
+            )
+        if error is None:
             return True
-        ok, _ = await self._redis(client, lambda: self._end(client, False, "", "", []))
-        if ok:
-            health.pending.discard(self.state_key)
-        return ok
+        if isinstance(error, RedisError) and not isinstance(error, RedisConnectionError):
+            logger.warning(
+                "CachedSession refused a write to session %r: Redis did not accept its cache "
+                "mark (%s: %s); nothing was written",
+                self.session_id,
+                type(error).__name__,
+                error,
+            )
+            raise error
+        return False
 
     def _end(
-        self, client: Redis, began: bool, gen: str, op: str, payload: list[Any]
+        self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
     ) -> Awaitable[Any]:
-        args: list[Any] = [
-            int(began),
-            gen,
-            _token(),
-            self._ttl_ms,
-            self.max_cached_items,
-            op,
-            *payload,
-        ]
+        args: list[Any] = [began, gen, _token(), self._ttl_ms, self.max_cached_items, op, *payload]
         return _END(client, self._keys, args)
 
     async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[Any]) -> T:
         """SQL first, the cache around it (see the module docstring)."""
         client = self._client()
-        began = False
         gen = _token()
-        if await self._settle(client):
-            began, _ = await self._redis(
-                client, lambda: _BEGIN(client, self._keys, [gen, WRITE_LEASE_MS])
-            )
+        began = await self._begin(client, gen)
         try:
             result = await write()
         except BaseException:
-            # The write may or may not have committed: invalidate.
-            await self._finish(client, began, gen, "", [])
+            # It may have committed. A SQLite file's call is over when it raises; a server's
+            # may still commit: keep it counted, so readers stay on SQL until the lease ends.
+            held = "1" if isinstance(self.store, SQLiteSession) else "h"
+            await self._finish(client, held if began else "0", gen, "", [])
             raise
-        await self._finish(client, began, gen, op, payload)
+        await self._finish(client, "1" if began else "0", gen, op, payload)
         return result
 
     async def _finish(
-        self, client: Redis, began: bool, gen: str, op: str, payload: list[Any]
+        self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
     ) -> None:
         """End a write; until an end succeeds, this process bypasses the session's cache."""
         pending = self._server(client).pending
         try:
-            ended, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
+            error, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
+            if isinstance(error, OutOfMemoryError):  # no update in place: drop the copy
+                args: list[str | int] = [
+                    began,
+                    gen,
+                    _token(),
+                    self._ttl_ms,
+                    self.max_cached_items,
+                    "",
+                ]
+                error, _ = await self._redis(client, lambda: _END_OOM(client, self._keys, args))
         except BaseException:
             pending.add(self.state_key)
             raise
-        if ended:
+        if error is None:
             pending.discard(self.state_key)
         else:
             pending.add(self.state_key)
 
     async def _get_whole(self, client: Redis) -> bytes | str | None:
-        """The cached string (header first), its expiry refreshed, in one native command."""
-        if self._ttl_ms:
-            whole: bytes | str | None = await client.getex(self.items_key, px=self._ttl_ms)
-        else:
-            whole = await client.get(self.items_key)
+        """The cached string (header first), in one native command (its expiry left as is)."""
+        whole: bytes | str | None = await client.get(self.items_key)
         return whole
 
     async def _load(self, limit: int | None) -> list[str]:
@@ -501,10 +579,10 @@ class CachedSession(SessionABC):
         reply: Any = None
         if await self._settle(client):
             if limit is None:
-                ok, whole = await self._redis(client, lambda: self._get_whole(client))
+                error, whole = await self._redis(client, lambda: self._get_whole(client))
                 if whole is not None and whole[:1] in (b"c", "c"):
                     return _array(whole, skip=1)
-                if not ok:
+                if error is not None:
                     return [decode_item(data) for data in await self._load(None)]
             args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
             _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
@@ -528,6 +606,9 @@ class CachedSession(SessionABC):
 
         Raises:
             TypeError, ValueError: an item is not a JSON object; nothing is written.
+            redis.RedisError: Redis answered with an error or not in time and did not take the
+                cache's write mark (writes paused, a read-only replica); nothing is written.
+                ``pop_item`` and ``clear_session`` raise the same.
             SessionClosedError: the session was closed.
         """
         self._check_open()

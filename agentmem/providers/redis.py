@@ -13,6 +13,7 @@ have the script yet).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,8 @@ DEFAULT_MESSAGES_PREFIX: Final = "agentmem:messages"
 
 _SCAN_COUNT = 1000
 _PIPELINE_CHUNK = 500
+
+logger = logging.getLogger("agentmem")
 # Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
 _RPUSH_CHUNK = 1000
 
@@ -307,7 +310,13 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             session = manager.get_session("user_123")
             await session.add_items([{"role": "user", "content": "Hi"}])
             print(await manager.list_sessions())
+
+    Attributes:
+        skipped_keys: How many keys under ``session_prefix`` the last ``list_sessions()``
+            skipped as not agentmem's.
     """
+
+    skipped_keys: int
 
     def __init__(
         self,
@@ -354,6 +363,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             pool_timeout=pool_timeout,
         )
         self._clients = _LoopClients(connection)
+        self.skipped_keys = 0
         self._closed = False
 
     def get_session(
@@ -383,7 +393,9 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """Return the ids of the sessions under this manager's ``session_prefix``, sorted.
 
         Uses SCAN (never KEYS), so it does not block the server however many keys it holds.
-        Expired and deleted sessions are not listed.
+        Expired and deleted sessions are not listed. Keys under the prefix that agentmem did
+        not write (a name that is not UTF-8 or not a valid session id) are skipped, counted in
+        ``skipped_keys`` and reported by one warning on the ``agentmem`` logger.
         """
         self._check_open()
         head = f"{self.session_prefix}:{{"
@@ -392,11 +404,27 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         keys: AsyncIterator[bytes | str] = self._clients.get().scan_iter(
             match=pattern, count=_SCAN_COUNT, _type="hash"
         )
+        skipped = 0
         async for raw in keys:
-            key = raw.decode() if isinstance(raw, bytes) else raw
+            try:
+                key = raw.decode() if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError:
+                skipped += 1  # not a name agentmem writes
+                continue
             tag = key[len(head) : -1]
             if key.startswith(head) and key.endswith("}") and "{" not in tag and "}" not in tag:
-                ids.add(_decode_tag(tag))
+                try:
+                    ids.add(validate_session_id(_decode_tag(tag)))
+                except (TypeError, ValueError):
+                    skipped += 1
+        self.skipped_keys = skipped
+        if skipped:
+            logger.warning(
+                "list_sessions skipped %d key(s) under %r that are not agentmem session keys "
+                "(not UTF-8, or not a valid session id)",
+                skipped,
+                f"{self.session_prefix}:",
+            )
         return sorted(ids)
 
     async def delete_session(self, session_id: str) -> bool:

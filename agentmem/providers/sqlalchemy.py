@@ -435,7 +435,9 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def clear(self) -> None:
         sql = self.session._pg.clear
-        await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=True)
+        # Never resent once sent: a DELETE repeated after a lost reply would remove items that
+        # other clients added (and were told were stored) in between.
+        await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
 
 
 class _AiosqliteOperations(_EngineOperations):
@@ -466,7 +468,7 @@ class _AiosqliteOperations(_EngineOperations):
         )
 
     async def clear(self) -> None:
-        await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=True)
+        await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=False)
 
 
 # --- the manager -------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ It runs the SQL provider's statements (:mod:`agentmem.providers._sql`) on the st
 module, holding one connection per database file per process (WAL, a 30 s busy timeout,
 ``BEGIN IMMEDIATE`` writes): each operation on a file is one call into a worker thread; on a
 private in-memory database it runs inline. It works from any event loop, one after another.
+A cancelled call on a file raises ``CancelledError`` only once its thread's call has finished,
+so when the caller hears of the cancel the call is over: applied whole or not at all.
 A file is brought to the current schema by agentmem's Alembic migrations on first use; an
 in-memory database is a copy of a database migrated the same way.
 """
@@ -11,6 +13,7 @@ in-memory database is a copy of a database migrated the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -163,7 +166,18 @@ class _ThreadOperations(Operations):
             await asyncio.sleep(0)
             return self.database.run(fn, self.sql, self.session_id, *args)
         call = partial(self.database.run, fn, self.sql, self.session_id, *args)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the cancel is raised once the call has finished (or
+            # failed), so a cancelled call never commits after its caller heard of the cancel.
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # retrieved: the caller hears of the cancel instead
+            raise
 
     async def get(self, limit: int | None) -> list[str]:
         return await self._run(_sql.sqlite_get, limit)
