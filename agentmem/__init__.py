@@ -14,13 +14,14 @@ from agentmem.session import Session, SessionABC, SessionClosedError
 
 if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
-    from agentmem.providers.cached import CachedSession
+    from agentmem.providers.cached import CachedSession, CachedSessionManager
     from agentmem.providers.redis import RedisSession, RedisSessionManager
     from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
     from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
 
 __all__ = [
     "CachedSession",
+    "CachedSessionManager",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -46,6 +47,7 @@ _LAZY = {
     "RedisSessionManager": "agentmem.providers.redis",
     "SchemaError": "agentmem.migrate",
     "CachedSession": "agentmem.providers.cached",
+    "CachedSessionManager": "agentmem.providers.cached",
 }
 
 

@@ -99,6 +99,19 @@ async def redis_manager(redis_client: Any) -> AsyncIterator[ManagerCase]:
         yield case
 
 
+@pytest.fixture
+async def cached_manager(postgres_engine: Any, redis_client: Any) -> AsyncIterator[ManagerCase]:
+    from agentmem import CachedSessionManager, SQLAlchemySessionManager
+
+    manager = CachedSessionManager(
+        SQLAlchemySessionManager(postgres_engine),
+        REDIS_URL,
+        key_prefix=f"{REDIS_PREFIX}:cache",
+    )
+    async for case in _case(manager):
+        yield case
+
+
 MANAGERS = [
     pytest.param("sqlite_memory_manager", marks=pytest.mark.sqlite, id="sqlite-memory"),
     pytest.param("sqlite_file_manager", marks=pytest.mark.sqlite, id="sqlite-file"),
@@ -106,6 +119,7 @@ MANAGERS = [
     pytest.param("postgres_manager", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("postgres_url_manager", marks=pytest.mark.postgres, id="postgres-url"),
     pytest.param("redis_manager", marks=pytest.mark.redis, id="redis"),
+    pytest.param("cached_manager", marks=pytest.mark.cached, id="cached"),
 ]
 
 
@@ -285,3 +299,40 @@ async def test_close_closes_the_manager_and_its_sessions(case: ManagerCase) -> N
     with pytest.raises(SessionClosedError):
         await session.get_items()
     await manager.close()  # idempotent
+
+
+@pytest.mark.cached
+async def test_cached_manager_writes_never_leave_a_stale_copy(
+    postgres_engine: Any, redis_client: Any
+) -> None:
+    """A whole-conversation write or a delete through the manager is seen by a session whose
+    copy was cached before it."""
+    from agentmem import CachedSessionManager, SQLAlchemySessionManager
+
+    manager = CachedSessionManager(
+        SQLAlchemySessionManager(postgres_engine), REDIS_URL, key_prefix=f"{REDIS_PREFIX}:cache"
+    )
+    async with manager:
+        session_id = unique_id("cm")
+        reader = manager.get_session(session_id)
+        await reader.add_items([{"n": 1}])
+        assert await reader.get_items() == [{"n": 1}]  # cached now
+        assert await redis_client.exists(reader.items_key)
+        await manager.write_conversation(Conversation(session_id, [{"n": 2}, {"n": 3}]))
+        assert await reader.get_items() == [{"n": 2}, {"n": 3}]
+        assert await reader.get_items() == [{"n": 2}, {"n": 3}]  # refilled, hit
+        assert await manager.delete_session(session_id) is True
+        assert await reader.get_items() == []
+        assert await manager.session_info(session_id) is None
+
+
+async def test_a_cached_manager_refuses_an_in_memory_store() -> None:
+    pytest.importorskip("redis")
+    from agentmem import CachedSessionManager, SQLiteSessionManager
+
+    store = SQLiteSessionManager()
+    with pytest.raises(ValueError, match="in-memory"):
+        CachedSessionManager(store)
+    with pytest.raises(TypeError, match="SQL manager"):
+        CachedSessionManager(object())  # type: ignore[arg-type]
+    await store.close()

@@ -12,6 +12,7 @@ import asyncio
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -158,9 +159,19 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 class SQLSessionBase(SessionABC):
-    """The history operations of the SQL sessions, delegated to ``self._ops``."""
+    """The history operations of the SQL sessions, delegated to ``self._ops``.
+
+    Besides the Session protocol it offers the history as stored (JSON text, encoded once), for
+    what composes a SQL session: :class:`agentmem.CachedSession` keeps that text as is.
+    """
 
     _ops: Operations
+
+    @property
+    @abstractmethod
+    def store_identity(self) -> tuple[str, str, str]:
+        """``(backend, database, table prefix)``: the same for every session object of this
+        store in any process (a SQLite file's resolved path; a server database's name)."""
 
     async def get_items(self, limit: int | None = None) -> list[SessionItem]:
         self._check_open()
@@ -170,16 +181,33 @@ class SQLSessionBase(SessionABC):
         rows = await self._ops.get(resolved)
         return [decode_item(row) for row in rows]
 
+    async def get_stored_items(self, limit: int | None = None) -> list[str]:
+        """The newest ``limit`` items (all with ``None``; ``session_settings`` do not apply) as
+        stored: each item's JSON text, oldest first."""
+        self._check_open()
+        return await self._ops.get(limit)
+
     async def add_items(self, items: list[SessionItem]) -> None:
         self._check_open()
         encoded = encode_items(items)
         if encoded:
             await self._ops.add(encoded)
 
+    async def add_encoded_items(self, items: list[EncodedItem]) -> None:
+        """Append items already checked and encoded by :func:`agentmem.session.encode_items`."""
+        self._check_open()
+        if items:
+            await self._ops.add(items)
+
     async def pop_item(self) -> SessionItem | None:
         self._check_open()
-        row = await self._ops.pop()
+        row = await self.pop_stored_item()
         return None if row is None else decode_item(row)
+
+    async def pop_stored_item(self) -> str | None:
+        """Remove the newest item and return its JSON text as stored; ``None`` when empty."""
+        self._check_open()
+        return await self._ops.pop()
 
     async def clear_session(self) -> None:
         self._check_open()
@@ -295,6 +323,16 @@ class SQLAlchemySession(SQLSessionBase):
     def table_prefix(self) -> str:
         """The prefix of this session's table names."""
         return self._table_prefix
+
+    @property
+    def store_identity(self) -> tuple[str, str, str]:
+        """``(backend, database, table prefix)``: the database's name, never its host, whose
+        spelling may differ between processes (a SQLite file's resolved path)."""
+        url = self._engine.url if self._engine is not None else make_url(str(self._url))
+        database = url.database or ""
+        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+            database = str(Path(database).expanduser().resolve())
+        return url.get_backend_name(), database, self._table_prefix
 
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""

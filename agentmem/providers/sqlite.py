@@ -256,6 +256,16 @@ class SQLiteSession(SQLSessionBase):
         self._ops = _ThreadOperations(database, self.session_id)
         return self
 
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of this session's table names."""
+        return self._database.table_prefix
+
+    @property
+    def store_identity(self) -> tuple[str, str, str]:
+        """``("sqlite", resolved file path or ":memory:", table prefix)``."""
+        return "sqlite", self.db_path, self._database.table_prefix
+
     async def _close(self) -> None:
         if _files.release(self._database):
             await asyncio.get_running_loop().run_in_executor(None, self._database.close)
