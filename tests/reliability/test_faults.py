@@ -20,11 +20,11 @@ import redis.exceptions
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agentmem import RedisSession, SQLAlchemySession
+from agentmem import CallTimeoutError, RedisSession, SQLAlchemySession
 from tests.conftest import run_in_new_loop, unique_id
 from tests.reliability import _children, _load
 from tests.reliability._stores import Store
-from tests.reliability.conftest import PrivatePostgres, PrivateRedis
+from tests.reliability.conftest import PrivatePostgres, PrivateRedis, stop_postgres_processes
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 
@@ -165,6 +165,57 @@ async def test_a_restarted_postgres_server(private_postgres: PrivatePostgres) ->
         assert await sessions[1].pop_item() == {"after": True}
         await sessions[0].clear_session()
     finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_stopped_postgres_server_times_out_one_call_and_keeps_the_rest_of_the_pool(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """SIGSTOP on the whole server: a read gets ``CallTimeoutError`` after ``call_timeout``
+    (once: not retried), only its connection is dropped, and after SIGCONT calls work again on
+    the pool's other connection."""
+    name = unique_id("app")
+    engine = _engine(private_postgres.url, name, pool_size=2)
+    session = SQLAlchemySession(engine, unique_id("stopped"), call_timeout=2)
+    admin = await asyncpg.connect(_plain(private_postgres.url), timeout=10)
+
+    async def backends() -> set[int]:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", name
+        )
+        return {row[0] for row in rows}
+
+    try:
+        await session.add_items([{"n": 0}])
+        await asyncio.gather(session.get_items(), session.get_items())  # two pooled connections
+        before = await backends()
+        assert len(before) == 2
+        stop_postgres_processes(private_postgres, signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(60):  # the safety net, far above call_timeout
+                started = time.monotonic()
+                with pytest.raises(CallTimeoutError) as raised:
+                    await session.get_items()
+                waited = time.monotonic() - started
+        finally:
+            stop_postgres_processes(private_postgres, signal.SIGCONT)
+        assert isinstance(raised.value, TimeoutError)
+        message = str(raised.value)
+        assert "call_timeout=2 s" in message and f"127.0.0.1:{private_postgres.port}" in message
+        assert waited < 2 * 2, f"waited {waited:.1f} s: the timed-out read was retried"
+        # Both connections are checked out: the timed-out one is new, the other one is kept.
+        await session.add_items([{"n": 1}])
+        assert (
+            await asyncio.gather(session.get_items(), session.get_items())
+            == [[{"n": 0}, {"n": 1}]] * 2
+        )
+        after = await backends()
+        assert len(after) == 2
+        assert len(before & after) == 1, "the whole pool was replaced for one slow call"
+        await session.clear_session()
+    finally:
+        await admin.close()
         await engine.dispose()
 
 
