@@ -23,8 +23,6 @@ from agentmem.providers import sqlite as sqlite_provider
 from tests.conftest import run_in_new_loop, unique_id
 from tests.reliability._stores import Store
 
-THREADS = 4
-ROUNDS = 5
 CHILD_TIMEOUT = 60
 """Seconds a forked child may take (a safety net: it needs well under one)."""
 
@@ -35,11 +33,16 @@ def test_one_session_used_from_threads_each_running_its_own_event_loop(
     """Every thread's ``asyncio.run`` gets (and prunes) the per-loop engines and clients of
     one session object; with a thread switch every microsecond, no call fails and nothing is
     lost."""
+    # Each round leaves one PostgreSQL connection per thread until its engine is pruned: few
+    # rounds on the shared server; Redis clients are cheap.
+    threads_count, rounds = (6, 40) if shared_store.kind == "redis" else (4, 8)
     session = shared_store.open(unique_id("threads"))
     errors: list[BaseException] = []
+    together = threading.Barrier(threads_count)
 
     def work(thread: int) -> None:
-        for number in range(ROUNDS):
+        for number in range(rounds):
+            together.wait(60)  # each round's loops start together, the last round's are closed
             try:
                 asyncio.run(session.add_items([{"t": thread, "n": number}]))
             except Exception as exc:
@@ -48,7 +51,7 @@ def test_one_session_used_from_threads_each_running_its_own_event_loop(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_count)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -59,7 +62,7 @@ def test_one_session_used_from_threads_each_running_its_own_event_loop(
         assert not any(thread.is_alive() for thread in threads)
         assert errors == []
         history = run_in_new_loop(session.get_items)
-        expected = [{"t": t, "n": n} for t in range(THREADS) for n in range(ROUNDS)]
+        expected = [{"t": t, "n": n} for t in range(threads_count) for n in range(rounds)]
         assert sorted(history, key=lambda item: (item["t"], item["n"])) == expected
         run_in_new_loop(session.clear_session)
     finally:
@@ -169,8 +172,11 @@ def test_a_child_forked_during_a_sqlite_call_in_flight_uses_its_own_connection(
         blocker.execute("BEGIN IMMEDIATE")  # the write lock: the parent's next write waits
         in_flight = asyncio.run_coroutine_threadsafe(parent.add_items([{"n": 1}]), loop.loop)
         database = parent._database
-        while not database.lock.locked():  # the write is inside SQLite's busy wait
+        for _ in range(6000):  # until the write is inside SQLite's busy wait (60 s at most)
+            if database.lock.locked():
+                break
             threading.Event().wait(0.01)
+        assert database.lock.locked(), "the parent's write never started"
 
         async def child() -> None:
             session: Session = SQLiteSession(session_id, path)
@@ -178,12 +184,14 @@ def test_a_child_forked_during_a_sqlite_call_in_flight_uses_its_own_connection(
             assert await parent.get_items() == [{"n": 0}]
             await session.close()  # type: ignore[attr-defined]
 
-        exitcode = _in_forked_child(child)
-        blocker.rollback()
-        blocker.close()
-        in_flight.result(60)
+        try:
+            exitcode = _in_forked_child(child)
+        finally:
+            blocker.rollback()
+            blocker.close()
         assert exitcode is not None, "the forked child hung"
         assert exitcode == 0
+        in_flight.result(60)
         assert loop.run(parent.get_items()) == [{"n": 0}, {"n": 1}]
     finally:
         loop.run(parent.close())
