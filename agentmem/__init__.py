@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
     from agentmem.providers.cached import CachedSession
     from agentmem.providers.redis import RedisSession, RedisSessionManager
-    from agentmem.providers.sqlalchemy import SQLAlchemySession
+    from agentmem.providers.sqlalchemy import CallTimeoutError, SQLAlchemySession
     from agentmem.providers.sqlite import SQLiteSession
 
 __all__ = [
     "CachedSession",
+    "CallTimeoutError",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SQLAlchemySession": "agentmem.providers.sqlalchemy",
+    "CallTimeoutError": "agentmem.providers.sqlalchemy",
     "SQLiteSession": "agentmem.providers.sqlite",
     "RedisSession": "agentmem.providers.redis",
     "RedisSessionManager": "agentmem.providers.redis",

@@ -9,6 +9,9 @@ statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -24,11 +27,38 @@ from agentmem.models import validate_table_prefix
 from agentmem.providers import _sql
 from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
 
-__all__ = ["Operations", "SQLAlchemySession", "SQLSessionBase"]
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "CallTimeoutError",
+    "Operations",
+    "SQLAlchemySession",
+    "SQLSessionBase",
+]
 
 T = TypeVar("T")
 
 _SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
+
+DEFAULT_CALL_TIMEOUT = 30.0
+"""Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
+
+
+class CallTimeoutError(TimeoutError):
+    """A PostgreSQL call got no answer within the session's ``call_timeout``.
+
+    The connection it used is closed (the rest of the pool is kept) and the call is not
+    retried. A write that timed out may or may not have been applied.
+    """
+
+
+def _validate_call_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"call_timeout must be seconds (a number) or None, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"call_timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 class _SchemaCache:
@@ -36,16 +66,19 @@ class _SchemaCache:
     (or upgrade) once per table prefix."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # around mutations only, never across an await
         self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        ready = self._ready.get(engine.sync_engine)
+        with self._lock:
+            ready = self._ready.get(engine.sync_engine)
         if ready is not None and table_prefix in ready:
             return
         if ready is None:
             if engine.dialect.name == "sqlite":
                 await _configure_sqlite_engine(engine)
-            ready = self._ready.setdefault(engine.sync_engine, set())
+            with self._lock:
+                ready = self._ready.setdefault(engine.sync_engine, set())
         if create:
             await migrate.upgrade(engine, table_prefix=table_prefix)
         else:
@@ -58,7 +91,11 @@ class _SchemaCache:
         ready.add(table_prefix)
 
     def forget(self, engine: AsyncEngine) -> None:
-        self._ready.pop(engine.sync_engine, None)
+        with self._lock:
+            self._ready.pop(engine.sync_engine, None)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
 
 
 _schemas = _SchemaCache()
@@ -69,34 +106,46 @@ class _SharedEngines:
     from that URL in that loop, disposed when the last of those sessions closes.
 
     Pooled async connections belong to the loop that opened them, so a session used from a new
-    loop (a second ``asyncio.run``) gets that loop's engine.
+    loop (a second ``asyncio.run``) gets that loop's engine. Threads (each with its own loop)
+    share the registry: a lock guards its mutations. A forked child starts with an empty
+    registry and a new lock: it never uses (nor closes) the parent's pooled connections.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # around dict mutations only, never across an await
         self._engines: dict[tuple[asyncio.AbstractEventLoop, str, str], list[Any]] = {}
+        self._inherited: list[Any] = []
 
     def acquire(self, url: str, options: dict[str, Any]) -> tuple[Any, AsyncEngine]:
         loop = asyncio.get_running_loop()
         key = (loop, url, repr(sorted(options.items())))
-        entry = self._engines.get(key)
-        if entry is None:
-            kwargs = dict(options)
-            if url.startswith("sqlite"):
-                # Every operation ends its own transaction: skip the pool's rollback on return.
-                kwargs.setdefault("pool_reset_on_return", None)
-            entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
-            self._evict_closed_loops()
-        entry[1] += 1
+        with self._lock:
+            entry = self._engines.get(key)
+            if entry is None:
+                kwargs = dict(options)
+                if url.startswith("sqlite"):
+                    # Every operation ends its own transaction: skip the pool's rollback on return.
+                    kwargs.setdefault("pool_reset_on_return", None)
+                entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
+                stale = [k for k in self._engines if k[0].is_closed()]
+                evicted = [self._engines.pop(k)[0] for k in stale]
+            else:
+                evicted = []
+            entry[1] += 1
+        for engine in evicted:
+            _schemas.forget(engine)
+            engine.sync_engine.dispose(close=False)
         return key, entry[0]
 
     async def release(self, key: Any) -> None:
-        entry = self._engines.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del self._engines[key]
+        with self._lock:
+            entry = self._engines.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._engines[key]
         engine: AsyncEngine = entry[0]
         _schemas.forget(engine)
         try:
@@ -108,14 +157,23 @@ class _SharedEngines:
         else:  # its loop is gone: drop the pool without touching its connections
             await asyncio.to_thread(engine.sync_engine.dispose, close=False)
 
-    def _evict_closed_loops(self) -> None:
-        for key in [key for key in self._engines if key[0].is_closed()]:
-            engine: AsyncEngine = self._engines.pop(key)[0]
-            _schemas.forget(engine)
-            engine.sync_engine.dispose(close=False)
+    def after_fork(self) -> None:
+        """In a forked child: the parent's engines stay referenced (so that no finalizer closes
+        the parent's sockets from here) and are never used again."""
+        self._lock = threading.Lock()
+        self._inherited.append(self._engines)
+        self._engines = {}
 
 
 _shared_engines = _SharedEngines()
+
+
+def _after_fork_in_child() -> None:
+    _schemas.after_fork()
+    _shared_engines.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _configure_sqlite_engine(engine: AsyncEngine) -> None:
@@ -205,6 +263,10 @@ class SQLAlchemySession(SQLSessionBase):
             ``am_messages``), for databases that already have a ``sessions`` table.
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
+        call_timeout: On PostgreSQL, the seconds one call (connection checkout, schema check
+            and statement) may take before it raises :class:`CallTimeoutError`; ``None`` waits
+            forever. On SQLite it does not apply: a call waits at most SQLite's 30 s busy
+            timeout for another writer's lock.
 
     Raises:
         ValueError: the engine's driver is not supported, or an argument is invalid.
@@ -218,6 +280,7 @@ class SQLAlchemySession(SQLSessionBase):
         create_tables: bool = False,
         table_prefix: str = "",
         session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         super().__init__(session_id, session_settings)
         if not isinstance(engine, AsyncEngine):
@@ -230,6 +293,7 @@ class SQLAlchemySession(SQLSessionBase):
         self._url: str | None = None
         self._engine_options: dict[str, Any] = {}
         self._engine_keys: list[Any] = []
+        self._call_timeout = _validate_call_timeout(call_timeout)
         self._bind_store(engine.dialect.name, engine.dialect.driver)
 
     @classmethod
@@ -242,11 +306,13 @@ class SQLAlchemySession(SQLSessionBase):
         table_prefix: str = "",
         engine_kwargs: dict[str, Any] | None = None,
         session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> SQLAlchemySession:
         """A session on its own engine built from ``url`` (shared with other sessions of that URL).
 
         ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
         ``engine_kwargs`` go to ``create_async_engine``. ``close()`` releases the engine.
+        The other arguments are those of the constructor.
         """
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
@@ -258,6 +324,7 @@ class SQLAlchemySession(SQLSessionBase):
         self._url = migrate.async_url(url)
         self._engine_options = dict(engine_kwargs or {})
         self._engine_keys = []
+        self._call_timeout = _validate_call_timeout(call_timeout)
         parsed = make_url(self._url)
         self._bind_store(parsed.get_backend_name(), parsed.get_driver_name())
         return self
@@ -277,6 +344,15 @@ class SQLAlchemySession(SQLSessionBase):
     def table_prefix(self) -> str:
         """The prefix of this session's table names."""
         return self._table_prefix
+
+    @property
+    def call_timeout(self) -> float | None:
+        """Seconds one PostgreSQL call may take (``None``: no limit)."""
+        return self._call_timeout
+
+    def _server(self) -> str:
+        url = self._engine.url if self._engine is not None else make_url(self._url or "")
+        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
@@ -315,7 +391,30 @@ async def _with_driver(
     idempotent operation once on a new connection after such a failure; any operation is
     repeated when the failure proves that nothing reached the server. Pooled connections that
     died while idle (a killed backend, a server restart) are replaced before use.
+
+    On PostgreSQL the whole call, retry included, is bounded by the session's
+    ``call_timeout``: past it the connection in use is closed (only that one) and
+    :class:`CallTimeoutError` is raised, without a retry.
     """
+    timeout = session._call_timeout if isinstance(session._ops, _AsyncpgOperations) else None
+    if timeout is None:
+        return await _attempts(session, use, retry=retry)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await _attempts(session, use, retry=retry)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise CallTimeoutError(
+            f"no answer from PostgreSQL at {session._server()} within call_timeout={timeout:g} s; "
+            "the connection was closed and the call was not retried"
+        ) from None
+
+
+async def _attempts(
+    session: SQLAlchemySession, use: Callable[[Any], Awaitable[T]], *, retry: bool
+) -> T:
     for attempt in (1, 2):
         engine = await session.engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
@@ -336,7 +435,11 @@ async def _with_driver(
             await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
             if attempt == 2 or not (retry or _never_sent(exc)):
                 raise
-        except BaseException:  # cancelled mid-call: the connection's state is unknown
+        except BaseException:  # cancelled or timed out mid-call: the connection's state is unknown
+            # Dropped at once: a graceful close would wait on a server that may not answer.
+            terminate = getattr(driver, "terminate", None)
+            if terminate is not None:
+                terminate()
             await asyncio.shield(greenlet_spawn(pooled.invalidate))
             raise
         else:
