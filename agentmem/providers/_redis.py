@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from agentmem._deps import missing
 
@@ -36,6 +37,7 @@ __all__ = [
     "_encode_tag",
     "_glob_escape",
     "_key",
+    "_settled",
     "_shared",
     "_ttl_ms",
     "_validate_prefix",
@@ -46,6 +48,26 @@ DEFAULT_URL: Final = "redis://localhost:6379"
 
 TTL = int | timedelta
 """Seconds (``int``) or a ``timedelta``."""
+
+
+T = TypeVar("T")
+
+# Python 3.11's asyncio.wait_for, under which redis-py sends every command, returns the result
+# instead of raising when a cancel arrives as the command completes (CPython gh-86296).
+_WAIT_FOR_LOSES_CANCELS: Final = sys.version_info < (3, 12)
+
+
+async def _settled(call: Awaitable[T]) -> T:
+    """Await one redis-py call; a cancel of the calling task that arrived during it and was
+    swallowed (Python 3.11) is raised as ``CancelledError`` once the call has returned."""
+    task = asyncio.current_task() if _WAIT_FOR_LOSES_CANCELS else None
+    if task is None:
+        return await call
+    before = task.cancelling()
+    result = await call
+    if task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
 
 
 class _Script:

@@ -9,7 +9,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -422,25 +421,13 @@ async def test_cancelled_pops_only_ever_remove_the_newest(any_store: Store) -> N
         await session.close()  # type: ignore[attr-defined]
 
 
-LOST_CANCEL = (
-    "redis-py sends each command under asyncio.wait_for(..., socket_timeout), and Python 3.11's "
-    "wait_for drops a cancel that arrives as the send completes (CPython gh-86296, fixed in "
-    "3.12): RedisSession's call then returns normally and a cancelled loop of calls goes on"
-)
-
-
-async def test_a_cancelled_caller_is_cancelled(
-    any_store: Store, request: pytest.FixtureRequest
-) -> None:
+async def test_a_cancelled_caller_is_cancelled(any_store: Store) -> None:
     """``task.cancel()`` during a loop of calls ends the loop with ``CancelledError``.
 
     The cancel comes once the loop has made 3 of its 300 calls, after 0 to 9 more turns of the
     event loop (a different point inside the 4th call each time): at most one call per turn,
     so the loop cannot reach its end first, however fast or slow the machine.
     """
-    if any_store.kind in ("redis", "cached") and sys.version_info < (3, 12):
-        # CachedSession makes the same redis-py calls before and after its SQL write.
-        request.applymarker(pytest.mark.xfail(strict=True, reason=LOST_CANCEL))
     session = any_store.open(unique_id("cancel"))
     finished = 0
     try:
