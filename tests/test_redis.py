@@ -709,7 +709,7 @@ def test_missing_redis_names_the_extra() -> None:
         "    print(exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert 'pip install "agentmem[redis]"' in result.stdout
+    assert 'pip install "agentmem-sessions[redis]"' in result.stdout
     assert issubclass(MissingDependencyError, ImportError)
 
 
