@@ -214,6 +214,13 @@ def test_readme_has_python_blocks() -> None:
     assert len(python_blocks(README.read_text(encoding="utf-8"))) >= 5
 
 
+def test_a_block_marked_no_test_is_left_out_and_needs_a_reason() -> None:
+    text = "```python\nrun()\n```\n<!-- no-test: needs a GPU -->\n```python\nskip()\n```\n"
+    assert python_blocks(text) == [Block(1, "run()\n")]
+    with pytest.raises(AssertionError, match="no-test needs a reason"):
+        python_blocks("<!-- no-test -->\n```python\nskip()\n```\n")
+
+
 @pytest.mark.usefixtures("offline_model")
 @pytest.mark.parametrize("block", params())
 def test_readme_python_block_runs_as_written(
