@@ -85,6 +85,16 @@ def test_keys_of_a_session_share_one_slot(session_id: str) -> None:
     assert key_slot(session.session_key.encode()) == key_slot(session.messages_key.encode())
 
 
+def test_a_cluster_client_is_refused_until_clustering_is_supported() -> None:
+    from redis.asyncio import RedisCluster
+
+    cluster = RedisCluster(host="127.0.0.1", port=6379)  # connects only when first used
+    with pytest.raises(
+        TypeError, match=r"client must be a redis\.asyncio\.Redis, got RedisCluster"
+    ):
+        RedisSession("user_123", client=cluster)
+
+
 def test_ids_never_share_keys() -> None:
     ids = ["a{b}", "a%7Bb%7D", "a%257Bb%257D", "a%b", "a%25b", "{a}", "%7Ba%7D", "a", "a}"]
     keys = {RedisSession(i).session_key for i in ids} | {RedisSession(i).messages_key for i in ids}
@@ -724,7 +734,7 @@ def test_missing_redis_names_the_extra() -> None:
         "    print(exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert 'pip install "agentmem[redis]"' in result.stdout
+    assert 'pip install "agentmem-sessions[redis]"' in result.stdout
     assert issubclass(MissingDependencyError, ImportError)
 
 

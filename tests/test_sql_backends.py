@@ -109,6 +109,25 @@ async def test_many_sessions_share_one_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.sqlite
+async def test_the_reserved_session_columns_are_left_null(tmp_path: Path) -> None:
+    """``sessions.expires_at`` and ``metadata_json`` are reserved: no operation writes them."""
+    import sqlite3
+
+    path = tmp_path / "reserved.db"
+    async with SQLiteSession("s", path) as session:
+        await session.add_items([{"n": 1}, {"n": 2}])
+        await session.pop_item()
+        await session.get_items()
+        await session.clear_session()
+        await session.add_items([{"n": 3}])
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT created_at, updated_at, expires_at, metadata_json FROM sessions")
+        ((created, updated, expires, metadata),) = rows.fetchall()
+    assert created and updated
+    assert (expires, metadata) == (None, None)
+
+
+@pytest.mark.sqlite
 async def test_memory_sessions_are_private_to_their_object() -> None:
     async with SQLiteSession("same") as first, SQLiteSession("same") as second:
         await first.add_items([{"n": 1}])
