@@ -221,14 +221,18 @@ async def test_reads_and_empty_pops_do_not_touch_the_expiry(make: Any, redis_cli
 
 
 async def test_an_expired_session_reads_empty_and_is_not_listed(
-    make: Any, manager: RedisSessionManager
+    make: Any, manager: RedisSessionManager, redis_client: Any
 ) -> None:
-    session = make(ttl=timedelta(milliseconds=200))
+    session = make(ttl=timedelta(minutes=10))
     keeper = make()
     await session.add_items([{"n": 1}])
     await keeper.add_items([{"n": 2}])
     assert session.session_id in await manager.list_sessions()
-    await asyncio.sleep(0.4)  # Redis checks expiry on every access: past the ttl, it is gone
+    # Let the expiry the session set run out now (not by racing a short ttl against the clock):
+    # an expiry time in the past expires the key at once.
+    for key in (session.session_key, session.messages_key):
+        assert 0 < await redis_client.pttl(key) <= 600_000
+        await redis_client.pexpireat(key, 1)
     assert await session.get_items() == []
     assert await session.pop_item() is None
     listed = await manager.list_sessions()
