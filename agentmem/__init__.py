@@ -16,12 +16,17 @@ if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
     from agentmem.providers.cached import CachedSession, CachedSessionManager
     from agentmem.providers.redis import RedisSession, RedisSessionManager
-    from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
+    from agentmem.providers.sqlalchemy import (
+        CallTimeoutError,
+        SQLAlchemySession,
+        SQLAlchemySessionManager,
+    )
     from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
 
 __all__ = [
     "CachedSession",
     "CachedSessionManager",
+    "CallTimeoutError",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -40,6 +45,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SQLAlchemySession": "agentmem.providers.sqlalchemy",
+    "CallTimeoutError": "agentmem.providers.sqlalchemy",
     "SQLiteSession": "agentmem.providers.sqlite",
     "SQLiteSessionManager": "agentmem.providers.sqlite",
     "SQLAlchemySessionManager": "agentmem.providers.sqlalchemy",

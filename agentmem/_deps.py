@@ -10,5 +10,5 @@ class MissingDependencyError(ImportError):
 def missing(extra: str, package: str) -> MissingDependencyError:
     """Build the error for a missing optional ``package`` that ``agentmem[extra]`` installs."""
     return MissingDependencyError(
-        f'{package} is required for this feature: pip install "agentmem[{extra}]"'
+        f'{package} is required for this feature: pip install "agentmem-sessions[{extra}]"'
     )

@@ -20,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmem.models import tables_for_prefix
 
@@ -34,6 +34,9 @@ __all__ = [
     "make_config",
     "upgrade",
 ]
+
+MIGRATION_LOCK = 0x61676E746D656D  # "agntmem": the PostgreSQL advisory lock of migrations
+"""The key of the transaction-level advisory lock that serializes migrations on PostgreSQL."""
 
 UPGRADE_HINT = "run `agentmem upgrade --url URL` (or `alembic upgrade head` in the agentmem repo)"
 
@@ -160,14 +163,22 @@ def sqlite_upgrade(raw: sqlite3.Connection, table_prefix: str = "") -> None:
 async def upgrade(engine: AsyncEngine, revision: str = "head", *, table_prefix: str = "") -> None:
     """Upgrade the engine's database to ``revision`` (default: head).
 
-    On SQLite the migration runs under an exclusive write lock, so concurrent processes
-    migrate a new file exactly once.
+    The migration runs under a lock (on SQLite the exclusive write lock, on PostgreSQL a
+    transaction-level advisory lock) and reads the current revision only once it holds it,
+    so concurrent processes migrate a new database exactly once.
     """
     async with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        await _lock_migrations(connection)
         await connection.run_sync(upgrade_on, revision, table_prefix)
         await connection.commit()
+
+
+async def _lock_migrations(connection: AsyncConnection) -> None:
+    """Begin the migration's transaction holding the database's migration lock."""
+    if connection.dialect.name == "sqlite":
+        await connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base", *, table_prefix: str = "") -> None:

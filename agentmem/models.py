@@ -85,6 +85,7 @@ def _define_tables(prefix: str) -> Tables:
         Column("session_id", String(255), primary_key=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        # Reserved for a later version: nothing reads or writes these two yet.
         Column("expires_at", DateTime(timezone=True), nullable=True),
         Column("metadata_json", Text, nullable=True),
     )
@@ -132,7 +133,11 @@ class Base(DeclarativeBase):
 
 
 class SessionRecord(Base):
-    """One conversation: the ``sessions`` table."""
+    """One conversation: the ``sessions`` table.
+
+    ``expires_at`` and ``metadata_json`` are reserved for a later version: agentmem neither reads
+    nor writes them, so they stay NULL.
+    """
 
     __table__ = DEFAULT_TABLES.sessions
 

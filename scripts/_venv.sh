@@ -10,6 +10,11 @@ fi
 stamp=".venv/.agentmem-$1-$(cksum < pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
+  # A .venv from before the rename holds this project as "agentmem" (on PyPI an unrelated project's
+  # name): remove it first, as both install the same files.
+  if .venv/bin/python -m pip show -q agentmem 2>/dev/null; then
+    .venv/bin/python -m pip uninstall -q -y agentmem
+  fi
   .venv/bin/python -m pip install -q -e ".[$1]"
   touch "$stamp"
 fi

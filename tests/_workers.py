@@ -45,3 +45,23 @@ def pop_until_empty(kind: str, target: str, session_id: str) -> list[Any]:
         return popped
 
     return asyncio.run(run())
+
+
+def first_call_with_create_tables(url: str, session_id: str, barrier: Any) -> str:
+    """Wait at ``barrier``, then make a ``create_tables=True`` session's first call; return
+    ``"ok"`` or the error it raised."""
+
+    async def run() -> str:
+        from agentmem import SQLAlchemySession
+
+        async with SQLAlchemySession.from_url(
+            session_id, url=url, create_tables=True, engine_kwargs={"pool_size": 1}
+        ) as session:
+            barrier.wait(60)
+            try:
+                await session.add_items([{"from": session_id}])
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+        return "ok"
+
+    return asyncio.run(run())

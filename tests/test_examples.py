@@ -131,3 +131,66 @@ async def test_fastapi_app_keeps_one_conversation_per_user(client: Any) -> None:
     assert (await client.get(f"/users/{alice}/messages")).json() == []
     assert len((await client.get(f"/users/{bob}/messages")).json()) == 2
     await client.delete(f"/users/{bob}/messages")
+
+
+LONG_ID = "x" * 251  # with the app's "user:" prefix, one past the longest session id
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("method", "path", "body", "where", "says"),
+    [
+        (
+            "GET",
+            "/users/{alice}/messages?limit=-1",
+            None,
+            ["query", "limit"],
+            "greater than or equal to 0",
+        ),
+        ("GET", "/users/{alice}/messages?limit=ten", None, ["query", "limit"], "valid integer"),
+        (
+            "GET",
+            "/users/{alice}/messages?limit=" + "9" * 30,
+            None,
+            ["query", "limit"],
+            "less than or equal",
+        ),
+        ("GET", f"/users/{LONG_ID}/messages", None, ["path", "user_id"], "at most 250 characters"),
+        (
+            "DELETE",
+            f"/users/{LONG_ID}/messages",
+            None,
+            ["path", "user_id"],
+            "at most 250 characters",
+        ),
+        ("GET", "/users/a%00b/messages", None, ["path", "user_id"], "NUL"),
+        ("POST", f"/users/{LONG_ID}/messages", {"text": "Hi"}, ["path", "user_id"], "at most 250"),
+        ("POST", "/users/a%00b/messages", {"text": "Hi"}, ["path", "user_id"], "NUL"),
+        ("POST", "/users/{alice}/messages", ["Hi"], ["body"], "valid dictionary"),
+        ("POST", "/users/{alice}/messages", "Hi", ["body"], "valid dictionary"),
+        ("POST", "/users/{alice}/messages", {"text": 5}, ["body", "text"], "valid string"),
+        ("POST", "/users/{alice}/messages", {"text": ""}, ["body", "text"], "at least 1 character"),
+        ("POST", "/users/{alice}/messages", {}, ["body", "text"], "Field required"),
+    ],
+)
+async def test_fastapi_app_answers_bad_input_with_422_and_writes_nothing(
+    client: Any, method: str, path: str, body: Any, where: list[str], says: str
+) -> None:
+    alice = unique_id("alice")
+    response = await client.request(method, path.format(alice=alice), json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == where
+    assert says in error["msg"]
+    assert (await client.get(f"/users/{alice}/messages")).json() == []
+
+
+@pytest.mark.postgres
+async def test_fastapi_app_accepts_the_limits_edges(client: Any) -> None:
+    user = unique_id("edge").ljust(250, "u")  # the longest user id the app takes
+    await client.post(f"/users/{user}/messages", json={"text": "What's 2 + 2?"})
+    for limit, expected in ((0, 0), (1, 1), (10_000, 2)):
+        response = await client.get(f"/users/{user}/messages", params={"limit": limit})
+        assert response.status_code == 200
+        assert len(response.json()) == expected
+    assert (await client.delete(f"/users/{user}/messages")).status_code == 204

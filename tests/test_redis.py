@@ -85,6 +85,16 @@ def test_keys_of_a_session_share_one_slot(session_id: str) -> None:
     assert key_slot(session.session_key.encode()) == key_slot(session.messages_key.encode())
 
 
+def test_a_cluster_client_is_refused_until_clustering_is_supported() -> None:
+    from redis.asyncio import RedisCluster
+
+    cluster = RedisCluster(host="127.0.0.1", port=6379)  # connects only when first used
+    with pytest.raises(
+        TypeError, match=r"client must be a redis\.asyncio\.Redis, got RedisCluster"
+    ):
+        RedisSession("user_123", client=cluster)
+
+
 def test_ids_never_share_keys() -> None:
     ids = ["a{b}", "a%7Bb%7D", "a%257Bb%257D", "a%b", "a%25b", "{a}", "%7Ba%7D", "a", "a}"]
     keys = {RedisSession(i).session_key for i in ids} | {RedisSession(i).messages_key for i in ids}
@@ -211,14 +221,18 @@ async def test_reads_and_empty_pops_do_not_touch_the_expiry(make: Any, redis_cli
 
 
 async def test_an_expired_session_reads_empty_and_is_not_listed(
-    make: Any, manager: RedisSessionManager
+    make: Any, manager: RedisSessionManager, redis_client: Any
 ) -> None:
-    session = make(ttl=timedelta(milliseconds=200))
+    session = make(ttl=timedelta(minutes=10))
     keeper = make()
     await session.add_items([{"n": 1}])
     await keeper.add_items([{"n": 2}])
     assert session.session_id in await manager.list_sessions()
-    await asyncio.sleep(0.4)  # Redis checks expiry on every access: past the ttl, it is gone
+    # Let the expiry the session set run out now (not by racing a short ttl against the clock):
+    # an expiry time in the past expires the key at once.
+    for key in (session.session_key, session.messages_key):
+        assert 0 < await redis_client.pttl(key) <= 600_000
+        await redis_client.pexpireat(key, 1)
     assert await session.get_items() == []
     assert await session.pop_item() is None
     listed = await manager.list_sessions()
@@ -724,7 +738,7 @@ def test_missing_redis_names_the_extra() -> None:
         "    print(exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert 'pip install "agentmem[redis]"' in result.stdout
+    assert 'pip install "agentmem-sessions[redis]"' in result.stdout
     assert issubclass(MissingDependencyError, ImportError)
 
 

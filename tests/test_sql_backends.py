@@ -109,6 +109,25 @@ async def test_many_sessions_share_one_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.sqlite
+async def test_the_reserved_session_columns_are_left_null(tmp_path: Path) -> None:
+    """``sessions.expires_at`` and ``metadata_json`` are reserved: no operation writes them."""
+    import sqlite3
+
+    path = tmp_path / "reserved.db"
+    async with SQLiteSession("s", path) as session:
+        await session.add_items([{"n": 1}, {"n": 2}])
+        await session.pop_item()
+        await session.get_items()
+        await session.clear_session()
+        await session.add_items([{"n": 3}])
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT created_at, updated_at, expires_at, metadata_json FROM sessions")
+        ((created, updated, expires, metadata),) = rows.fetchall()
+    assert created and updated
+    assert (expires, metadata) == (None, None)
+
+
+@pytest.mark.sqlite
 async def test_memory_sessions_are_private_to_their_object() -> None:
     async with SQLiteSession("same") as first, SQLiteSession("same") as second:
         await first.add_items([{"n": 1}])
@@ -254,3 +273,48 @@ async def test_a_loop_of_in_memory_calls_can_be_cancelled_and_lets_others_run() 
             await task
         assert others_ran == 5
         assert all(item == {"n": 1} for item in await session.get_items())
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of this test alone, dropped afterwards."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"agentmem_fresh_{unique_id('db').replace('-', '_')}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    run_in_new_loop(lambda: admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        run_in_new_loop(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.postgres
+def test_processes_starting_together_with_create_tables_on_a_fresh_database(
+    fresh_postgres_url: str,
+) -> None:
+    """The migration takes an advisory lock: one process creates the tables, the others wait
+    for it and find them; every first call succeeds."""
+    count = 6
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Manager().Barrier(count)
+    with ProcessPoolExecutor(count, mp_context=context) as pool:
+        futures = [
+            pool.submit(
+                _workers.first_call_with_create_tables, fresh_postgres_url, f"p{n}", barrier
+            )
+            for n in range(count)
+        ]
+        outcomes = [future.result(timeout=300) for future in futures]
+    assert outcomes == ["ok"] * count
+    for n in range(count):
+        assert _read("postgres", fresh_postgres_url, f"p{n}") == [{"from": f"p{n}"}]

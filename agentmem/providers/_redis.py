@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from agentmem._deps import missing
 
@@ -33,6 +37,7 @@ __all__ = [
     "_encode_tag",
     "_glob_escape",
     "_key",
+    "_settled",
     "_shared",
     "_ttl_ms",
     "_validate_prefix",
@@ -43,6 +48,26 @@ DEFAULT_URL: Final = "redis://localhost:6379"
 
 TTL = int | timedelta
 """Seconds (``int``) or a ``timedelta``."""
+
+
+T = TypeVar("T")
+
+# Python 3.11's asyncio.wait_for, under which redis-py sends every command, returns the result
+# instead of raising when a cancel arrives as the command completes (CPython gh-86296).
+_WAIT_FOR_LOSES_CANCELS: Final = sys.version_info < (3, 12)
+
+
+async def _settled(call: Awaitable[T]) -> T:
+    """Await one redis-py call; a cancel of the calling task that arrived during it and was
+    swallowed (Python 3.11) is raised as ``CancelledError`` once the call has returned."""
+    task = asyncio.current_task() if _WAIT_FOR_LOSES_CANCELS else None
+    if task is None:
+        return await call
+    before = task.cancelling()
+    result = await call
+    if task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
 
 
 class _Script:
@@ -184,23 +209,33 @@ def _connection_unless_given(
 
 
 class _LoopClients:
-    """One client per event loop: redis.asyncio connections belong to the loop that opened them."""
+    """One client per event loop: redis.asyncio connections belong to the loop that opened them.
+
+    Threads (each with its own loop) share it: a lock guards the mapping, never across an await.
+    A forked child starts without clients: it never uses the parent's pooled sockets.
+    """
 
     def __init__(self, connection: _Connection) -> None:
         self._connection = connection
+        self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
+        _all_loop_clients.add(self)
 
     def get(self) -> Redis:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            for stale in [other for other in self._clients if other.is_closed()]:
-                del self._clients[stale]
-            client = self._clients[loop] = self._connection.build()
+            with self._lock:
+                client = self._clients.get(loop)
+                if client is None:
+                    for stale in [other for other in self._clients if other.is_closed()]:
+                        del self._clients[stale]
+                    client = self._clients[loop] = self._connection.build()
         return client
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
+        with self._lock:
+            clients, self._clients = self._clients, {}
         loop = asyncio.get_running_loop()
         for client_loop, client in clients.items():
             # A client of another (finished) loop cannot be awaited from here; its sockets go
@@ -208,28 +243,54 @@ class _LoopClients:
             if client_loop is loop:
                 await client.aclose()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's clients stay referenced (so that no finalizer closes
+        the parent's sockets from here) and are never used again."""
+        self._lock = threading.Lock()
+        _inherited.append(self._clients)
+        self._clients = {}
+
 
 class _SharedClients:
     """Clients of sessions built from a URL: shared by every session with the same URL and
     options, closed when the last of them closes."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], tuple[_LoopClients, int]] = {}
 
     def acquire(self, connection: _Connection) -> _LoopClients:
-        clients, refs = self._entries.get(connection.key, (None, 0))
-        if clients is None:
-            clients = _LoopClients(connection)
-        self._entries[connection.key] = (clients, refs + 1)
-        return clients
+        with self._lock:
+            clients, refs = self._entries.get(connection.key, (None, 0))
+            if clients is None:
+                clients = _LoopClients(connection)
+            self._entries[connection.key] = (clients, refs + 1)
+            return clients
 
     async def release(self, connection: _Connection) -> None:
-        clients, refs = self._entries[connection.key]
-        if refs > 1:
-            self._entries[connection.key] = (clients, refs - 1)
-            return
-        del self._entries[connection.key]
+        with self._lock:
+            clients, refs = self._entries[connection.key]
+            if refs > 1:
+                self._entries[connection.key] = (clients, refs - 1)
+                return
+            del self._entries[connection.key]
         await clients.aclose()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_all_loop_clients: weakref.WeakSet[_LoopClients] = weakref.WeakSet()
+_inherited: list[Any] = []
 
 
 _shared = _SharedClients()
+
+
+def _after_fork_in_child() -> None:
+    _shared.after_fork()
+    for clients in list(_all_loop_clients):
+        clients.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -67,6 +67,7 @@ from agentmem.providers._redis import (
     _connection_unless_given,
     _key,
     _Script,
+    _settled,
     _shared,
     _ttl_ms,
     _validate_prefix,
@@ -444,7 +445,7 @@ class CachedSession(SessionABC):
         """Run one cache call: ``(None, result)``, or ``(the error, None)`` when Redis failed."""
         health = self._server(client)
         try:
-            result = await call()
+            result = await _settled(call())
         except (RedisError, OSError) as exc:
             if not health.down:
                 health.down = True

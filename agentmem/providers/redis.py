@@ -40,6 +40,7 @@ from agentmem.providers._redis import (
     _key,
     _LoopClients,
     _Script,
+    _settled,
     _shared,
     _ttl_ms,
     _validate_prefixes,
@@ -246,7 +247,7 @@ class RedisSession(SessionABC):
         if limit == 0:
             return []
         start = 0 if limit is None else -limit
-        raw: list[bytes | str] = await client.lrange(self.messages_key, start, -1)
+        raw: list[bytes | str] = await _settled(client.lrange(self.messages_key, start, -1))
         return [decode_item(data) for data in raw]
 
     async def add_items(self, items: list[SessionItem]) -> None:
@@ -265,7 +266,7 @@ class RedisSession(SessionABC):
             return
         args: list[str | int] = [_now(), self._ttl_ms]
         args.extend(item.json for item in encoded)
-        await _ADD(client, self._keys, args)
+        await _settled(_ADD(client, self._keys, args))
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, atomically, in one round trip (a Lua script).
@@ -274,12 +275,12 @@ class RedisSession(SessionABC):
             The newest item, or ``None`` when the history is empty.
         """
         client = self._client()
-        data: bytes | str | None = await _POP(client, self._keys, [_now(), self._ttl_ms])
+        data: bytes | str | None = await _settled(_POP(client, self._keys, [_now(), self._ttl_ms]))
         return None if data is None else decode_item(data)
 
     async def clear_session(self) -> None:
         """Delete every key of this session (other sessions are untouched)."""
-        await self._client().delete(*self._keys)
+        await _settled(self._client().delete(*self._keys))
 
     async def _close(self) -> None:
         if self._connection is not None:

@@ -9,11 +9,14 @@ statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -43,11 +46,39 @@ from agentmem.session import (
     validate_session_id,
 )
 
-__all__ = ["Operations", "SQLAlchemySession", "SQLAlchemySessionManager", "SQLSessionBase"]
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "CallTimeoutError",
+    "Operations",
+    "SQLAlchemySession",
+    "SQLAlchemySessionManager",
+    "SQLSessionBase",
+]
 
 T = TypeVar("T")
 
 _SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
+
+DEFAULT_CALL_TIMEOUT = 30.0
+"""Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
+
+
+class CallTimeoutError(TimeoutError):
+    """A PostgreSQL call got no answer within the session's ``call_timeout``.
+
+    The connection it used is closed (the rest of the pool is kept) and the call is not
+    retried. A write that timed out may or may not have been applied.
+    """
+
+
+def _validate_call_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"call_timeout must be seconds (a number) or None, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"call_timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 class _SchemaCache:
@@ -55,16 +86,19 @@ class _SchemaCache:
     (or upgrade) once per table prefix."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # around mutations only, never across an await
         self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        ready = self._ready.get(engine.sync_engine)
+        with self._lock:
+            ready = self._ready.get(engine.sync_engine)
         if ready is not None and table_prefix in ready:
             return
         if ready is None:
             if engine.dialect.name == "sqlite":
                 await _configure_sqlite_engine(engine)
-            ready = self._ready.setdefault(engine.sync_engine, set())
+            with self._lock:
+                ready = self._ready.setdefault(engine.sync_engine, set())
         if create:
             await migrate.upgrade(engine, table_prefix=table_prefix)
         else:
@@ -77,7 +111,11 @@ class _SchemaCache:
         ready.add(table_prefix)
 
     def forget(self, engine: AsyncEngine) -> None:
-        self._ready.pop(engine.sync_engine, None)
+        with self._lock:
+            self._ready.pop(engine.sync_engine, None)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
 
 
 _schemas = _SchemaCache()
@@ -88,34 +126,46 @@ class _SharedEngines:
     from that URL in that loop, disposed when the last of those sessions closes.
 
     Pooled async connections belong to the loop that opened them, so a session used from a new
-    loop (a second ``asyncio.run``) gets that loop's engine.
+    loop (a second ``asyncio.run``) gets that loop's engine. Threads (each with its own loop)
+    share the registry: a lock guards its mutations. A forked child starts with an empty
+    registry and a new lock: it never uses (nor closes) the parent's pooled connections.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # around dict mutations only, never across an await
         self._engines: dict[tuple[asyncio.AbstractEventLoop, str, str], list[Any]] = {}
+        self._inherited: list[Any] = []
 
     def acquire(self, url: str, options: dict[str, Any]) -> tuple[Any, AsyncEngine]:
         loop = asyncio.get_running_loop()
         key = (loop, url, repr(sorted(options.items())))
-        entry = self._engines.get(key)
-        if entry is None:
-            kwargs = dict(options)
-            if url.startswith("sqlite"):
-                # Every operation ends its own transaction: skip the pool's rollback on return.
-                kwargs.setdefault("pool_reset_on_return", None)
-            entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
-            self._evict_closed_loops()
-        entry[1] += 1
+        with self._lock:
+            entry = self._engines.get(key)
+            if entry is None:
+                kwargs = dict(options)
+                if url.startswith("sqlite"):
+                    # Every operation ends its own transaction: skip the pool's rollback on return.
+                    kwargs.setdefault("pool_reset_on_return", None)
+                entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
+                stale = [k for k in self._engines if k[0].is_closed()]
+                evicted = [self._engines.pop(k)[0] for k in stale]
+            else:
+                evicted = []
+            entry[1] += 1
+        for engine in evicted:
+            _schemas.forget(engine)
+            engine.sync_engine.dispose(close=False)
         return key, entry[0]
 
     async def release(self, key: Any) -> None:
-        entry = self._engines.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del self._engines[key]
+        with self._lock:
+            entry = self._engines.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._engines[key]
         engine: AsyncEngine = entry[0]
         _schemas.forget(engine)
         try:
@@ -127,14 +177,23 @@ class _SharedEngines:
         else:  # its loop is gone: drop the pool without touching its connections
             await asyncio.to_thread(engine.sync_engine.dispose, close=False)
 
-    def _evict_closed_loops(self) -> None:
-        for key in [key for key in self._engines if key[0].is_closed()]:
-            engine: AsyncEngine = self._engines.pop(key)[0]
-            _schemas.forget(engine)
-            engine.sync_engine.dispose(close=False)
+    def after_fork(self) -> None:
+        """In a forked child: the parent's engines stay referenced (so that no finalizer closes
+        the parent's sockets from here) and are never used again."""
+        self._lock = threading.Lock()
+        self._inherited.append(self._engines)
+        self._engines = {}
 
 
 _shared_engines = _SharedEngines()
+
+
+def _after_fork_in_child() -> None:
+    _schemas.after_fork()
+    _shared_engines.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _configure_sqlite_engine(engine: AsyncEngine) -> None:
@@ -251,6 +310,10 @@ class SQLAlchemySession(SQLSessionBase):
             ``am_messages``), for databases that already have a ``sessions`` table.
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
+        call_timeout: On PostgreSQL, the seconds one call (connection checkout, schema check
+            and statement) may take before it raises :class:`CallTimeoutError`; ``None`` waits
+            forever. On SQLite it does not apply: a call waits at most SQLite's 30 s busy
+            timeout for another writer's lock.
 
     Raises:
         ValueError: the engine's driver is not supported, or an argument is invalid.
@@ -264,6 +327,7 @@ class SQLAlchemySession(SQLSessionBase):
         create_tables: bool = False,
         table_prefix: str = "",
         session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         super().__init__(session_id, session_settings)
         if not isinstance(engine, AsyncEngine):
@@ -276,6 +340,7 @@ class SQLAlchemySession(SQLSessionBase):
         self._url: str | None = None
         self._engine_options: dict[str, Any] = {}
         self._engine_keys: list[Any] = []
+        self._call_timeout = _validate_call_timeout(call_timeout)
         self._bind_store(engine.dialect.name, engine.dialect.driver)
 
     @classmethod
@@ -288,11 +353,13 @@ class SQLAlchemySession(SQLSessionBase):
         table_prefix: str = "",
         engine_kwargs: dict[str, Any] | None = None,
         session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> SQLAlchemySession:
         """A session on its own engine built from ``url`` (shared with other sessions of that URL).
 
         ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
         ``engine_kwargs`` go to ``create_async_engine``. ``close()`` releases the engine.
+        The other arguments are those of the constructor.
         """
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
@@ -304,6 +371,7 @@ class SQLAlchemySession(SQLSessionBase):
         self._url = migrate.async_url(url)
         self._engine_options = dict(engine_kwargs or {})
         self._engine_keys = []
+        self._call_timeout = _validate_call_timeout(call_timeout)
         parsed = make_url(self._url)
         self._bind_store(parsed.get_backend_name(), parsed.get_driver_name())
         return self
@@ -334,6 +402,19 @@ class SQLAlchemySession(SQLSessionBase):
             database = str(Path(database).expanduser().resolve())
         return url.get_backend_name(), database, self._table_prefix
 
+    @property
+    def call_timeout(self) -> float | None:
+        """Seconds one PostgreSQL call may take (``None``: no limit)."""
+        return self._call_timeout
+
+    def _driver_timeout(self) -> float | None:
+        """``call_timeout`` where it applies: on PostgreSQL."""
+        return self._call_timeout if isinstance(self._ops, _AsyncpgOperations) else None
+
+    def _server(self) -> str:
+        url = self._engine.url if self._engine is not None else make_url(self._url or "")
+        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
         self._check_open()
@@ -361,8 +442,21 @@ class _EngineOperations(Operations):
         self.session_id = session.session_id
 
 
+class _EngineUser(Protocol):
+    """What runs calls on an engine's pooled connections: a session or a manager."""
+
+    @property
+    def table_prefix(self) -> str: ...
+
+    async def engine(self) -> AsyncEngine: ...
+
+    def _driver_timeout(self) -> float | None: ...
+
+    def _server(self) -> str: ...
+
+
 async def _with_driver(
-    session: SQLAlchemySession, use: Callable[[Any], Awaitable[T]], *, retry: bool
+    session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool
 ) -> T:
     """Run ``use(driver_connection)`` on a pooled connection.
 
@@ -371,7 +465,28 @@ async def _with_driver(
     idempotent operation once on a new connection after such a failure; any operation is
     repeated when the failure proves that nothing reached the server. Pooled connections that
     died while idle (a killed backend, a server restart) are replaced before use.
+
+    On PostgreSQL the whole call, retry included, is bounded by the session's
+    ``call_timeout``: past it the connection in use is closed (only that one) and
+    :class:`CallTimeoutError` is raised, without a retry.
     """
+    timeout = session._driver_timeout()
+    if timeout is None:
+        return await _attempts(session, use, retry=retry)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await _attempts(session, use, retry=retry)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise CallTimeoutError(
+            f"no answer from PostgreSQL at {session._server()} within call_timeout={timeout:g} s; "
+            "the connection was closed and the call was not retried"
+        ) from None
+
+
+async def _attempts(session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
     for attempt in (1, 2):
         engine = await session.engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
@@ -392,7 +507,11 @@ async def _with_driver(
             await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
             if attempt == 2 or not (retry or _never_sent(exc)):
                 raise
-        except BaseException:  # cancelled mid-call: the connection's state is unknown
+        except BaseException:  # cancelled or timed out mid-call: the connection's state is unknown
+            # Dropped at once: a graceful close would wait on a server that may not answer.
+            terminate = getattr(driver, "terminate", None)
+            if terminate is not None:
+                terminate()
             await asyncio.shield(greenlet_spawn(pooled.invalidate))
             raise
         else:
@@ -528,19 +647,28 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
         create_tables: Bring the database to agentmem's current schema on first use.
         table_prefix: Prefix of agentmem's table names.
+        call_timeout: Seconds one PostgreSQL call of the manager or of its sessions may take
+            (``None``: no limit); see :class:`SQLAlchemySession`.
 
     Raises:
         TypeError, ValueError: a bad engine, driver or prefix.
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, create_tables: bool = False, table_prefix: str = ""
+        self,
+        engine: AsyncEngine,
+        *,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(
                 f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
             )
-        self._setup(engine.dialect.name, engine.dialect.driver, create_tables, table_prefix)
+        self._setup(
+            engine.dialect.name, engine.dialect.driver, create_tables, table_prefix, call_timeout
+        )
         self._engine: AsyncEngine | None = engine
         self._url: str | None = None
         self._engine_options: dict[str, Any] = {}
@@ -553,6 +681,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         create_tables: bool = False,
         table_prefix: str = "",
         engine_kwargs: dict[str, Any] | None = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> SQLAlchemySessionManager:
         """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
         aiosqlite), shared with every session of that URL; ``close()`` releases it."""
@@ -562,19 +691,31 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         async_url = migrate.async_url(url)
         parsed = make_url(async_url)
         self._setup(
-            parsed.get_backend_name(), parsed.get_driver_name(), create_tables, table_prefix
+            parsed.get_backend_name(),
+            parsed.get_driver_name(),
+            create_tables,
+            table_prefix,
+            call_timeout,
         )
         self._engine = None
         self._url = async_url
         self._engine_options = dict(engine_kwargs or {})
         return self
 
-    def _setup(self, dialect: str, driver: str, create_tables: bool, table_prefix: str) -> None:
+    def _setup(
+        self,
+        dialect: str,
+        driver: str,
+        create_tables: bool,
+        table_prefix: str,
+        call_timeout: float | None,
+    ) -> None:
         self._kind = f"{dialect}+{driver}"
         if self._kind not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
             raise ValueError(f"SQLAlchemySessionManager supports {_SUPPORTED}, not {self._kind}")
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
+        self._call_timeout = _validate_call_timeout(call_timeout)
         self._engine_keys: list[Any] = []
         self._closed = False
 
@@ -582,6 +723,13 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     def table_prefix(self) -> str:
         """The prefix of the store's table names."""
         return self._table_prefix
+
+    def _driver_timeout(self) -> float | None:
+        return self._call_timeout if self._kind == "postgresql+asyncpg" else None
+
+    def _server(self) -> str:
+        url = self._engine.url if self._engine is not None else make_url(self._url or "")
+        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
     async def engine(self) -> AsyncEngine:
         """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
@@ -613,6 +761,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
                 create_tables=self._create_tables,
                 table_prefix=self._table_prefix,
                 session_settings=session_settings,
+                call_timeout=self._call_timeout,
             )
         else:
             assert self._url is not None
@@ -623,6 +772,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
                 table_prefix=self._table_prefix,
                 engine_kwargs=self._engine_options,
                 session_settings=session_settings,
+                call_timeout=self._call_timeout,
             )
         return self._handed_out(session)
 
@@ -635,10 +785,9 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     ) -> T:
         """One manager operation on a pooled connection, in the driver's fast path."""
         self._check_open()
-        holder: Any = self  # ``_with_driver`` needs ``engine()`` and ``table_prefix``
         if self._kind == "postgresql+asyncpg":
             return await _with_driver(
-                holder, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
+                self, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
             )
 
         async def use(driver: Any) -> T:
@@ -647,7 +796,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
             )
             return result
 
-        return await _with_driver(holder, use, retry=retry)
+        return await _with_driver(self, use, retry=retry)
 
     async def list_sessions(self) -> list[str]:
         """The ids of every stored session, sorted."""

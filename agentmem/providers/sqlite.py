@@ -8,14 +8,21 @@ A cancelled call on a file raises ``CancelledError`` only once its thread's call
 so when the caller hears of the cancel the call is over: applied whole or not at all.
 A file is brought to the current schema by agentmem's Alembic migrations on first use; an
 in-memory database is a copy of a database migrated the same way.
+
+A forked child process opens its own connections on first use (SQLite forbids using a
+connection across ``fork()``) with new locks, so a call in flight in the parent at the fork
+cannot block it; the parent's connections are left alone. An in-memory session used in a
+child starts from an empty database there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
 from os import PathLike
@@ -75,6 +82,11 @@ class _Templates:
                 self._by_prefix[table_prefix] = template
             template.backup(conn)
 
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        _inherited.append(self._by_prefix)
+        self._by_prefix = {}
+
 
 _templates = _Templates()
 
@@ -88,6 +100,7 @@ class _Database:
         self.lock = threading.Lock()
         self.refs = 0
         self._conn: sqlite3.Connection | None = None
+        _databases.add(self)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self.lock:
@@ -112,6 +125,12 @@ class _Database:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+        if self._conn is not None:
+            _inherited.append(self._conn)
+            self._conn = None
 
 
 class _Files:
@@ -148,8 +167,25 @@ class _Files:
             self._open.pop((database.target, database.table_prefix), None)
             return True
 
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
 
 _files = _Files()
+_databases: weakref.WeakSet[_Database] = weakref.WeakSet()
+_inherited: list[Any] = []
+"""In a forked child, the parent's connections: kept referenced so that they are never closed
+(closing one could checkpoint or remove the parent's WAL) and never used."""
+
+
+def _after_fork_in_child() -> None:
+    _files.after_fork()
+    _templates.after_fork()
+    for database in list(_databases):
+        database.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _ThreadOperations(Operations):

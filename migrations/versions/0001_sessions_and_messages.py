@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column(
             "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
+        # expires_at and metadata_json are reserved: agentmem does not read or write them yet.
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("metadata_json", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("session_id", name=op.f(f"pk_{p}sessions")),

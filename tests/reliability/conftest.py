@@ -225,3 +225,20 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     finally:
         server.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def stop_postgres_processes(server: PrivatePostgres, sig: int) -> list[int]:
+    """Send ``sig`` (SIGSTOP, SIGCONT) to the private server's postmaster and every child of
+    it; return their pids."""
+    postmaster = int((server.directory / "data" / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == postmaster:  # the parent pid
+            pids.append(int(Path(stat).parent.name))
+    for pid in pids:
+        os.kill(pid, sig)
+    return pids
