@@ -327,7 +327,8 @@ async def selected_ids(store: Store, requested: Sequence[str]) -> list[str]:
 async def cmd_export(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     store = await opened(stack, args.url, args)
     ids = await selected_ids(store, args.session_ids)
-    out = stack.enter_context(output_stream(args.output))
+    output = None if args.output == "-" else args.output
+    out = stack.enter_context(output_stream(output))
     sessions = items = 0
     progress = Progress("Exporting", len(ids))
     for session_id in ids:
@@ -340,21 +341,19 @@ async def cmd_export(args: argparse.Namespace, stack: AsyncExitStack) -> int:
         items += len(conversation.items)
     out.flush()
     progress.finish()
-    if args.output:
-        summary = {"sessions": sessions, "items": items, "file": str(args.output)}
+    if output:
+        summary = {"sessions": sessions, "items": items, "file": output}
         if args.json:
             emit_json(summary)
         else:
-            print(
-                f"Exported {count(sessions, 'session')} ({count(items, 'item')}) to {args.output}."
-            )
+            print(f"Exported {count(sessions, 'session')} ({count(items, 'item')}) to {output}.")
     return 0
 
 
 @contextmanager
 def output_stream(path: str | None) -> Iterator[IO[bytes]]:
-    """The export's destination: the file ``path``, else (also for ``-``) stdout."""
-    if path is None or path == "-":
+    """The export's destination: the file ``path``, else stdout."""
+    if path is None:
         yield sys.stdout.buffer
         return
     try:
