@@ -800,8 +800,25 @@ conn.execute("COMMIT")
 """
 
 
+def wait_until_open(process: subprocess.Popen[str], path: Path) -> None:
+    """Return once ``process`` has ``path`` open (Linux: its /proc/PID/fd links)."""
+    import time
+
+    fds = Path(f"/proc/{process.pid}/fd")
+    deadline = time.monotonic() + 120  # a safety net only
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if any(os.path.realpath(fd) == str(path) for fd in fds.iterdir()):
+                return
+        except OSError:  # a descriptor closed while listed
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{process.args} never opened {path} (exit status {process.poll()})")
+
+
 @pytest.mark.slow
 @pytest.mark.sqlite
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
 def test_writes_wait_for_a_sqlite_file_in_use(tmp_path: Path) -> None:
     import time
 
@@ -836,6 +853,8 @@ def test_writes_wait_for_a_sqlite_file_in_use(tmp_path: Path) -> None:
                 ["copy", "--from", source.url, "--to", store.url],
             )
         ]
+        for writer in writers:  # each has reached the database
+            wait_until_open(writer, tmp_path / "busy.db")
         # Well beyond the 5 s a connection without agentmem's settings waits, well within its
         # 30 s: the commands cannot finish while the lock is held, and must not give up.
         time.sleep(10)
