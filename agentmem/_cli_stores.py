@@ -21,10 +21,12 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agentmem import migrate
+from agentmem._redact import mask_credentials
 from agentmem.models import Tables, tables_for_prefix, validate_table_prefix
+from agentmem.providers.sqlalchemy import use_sqlite_settings
 from agentmem.session import SessionABC, decode_item, encode_items, validate_session_id
 
 __all__ = [
@@ -128,6 +130,8 @@ def parse_time(value: object, name: str) -> datetime | None:
         return _utc(datetime.fromisoformat(value))
     except ValueError:
         raise CLIError(f"'{name}' is not an ISO 8601 time: {value!r}") from None
+    except OverflowError:  # its UTC time is before year 1 or after year 9999
+        raise CLIError(f"'{name}' is out of range in UTC: {value!r}") from None
 
 
 def _utc(value: datetime) -> datetime:
@@ -182,7 +186,7 @@ class Store(ABC):
         try:
             yield
         except self.connection_errors as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            reason = mask_credentials(str(getattr(exc, "orig", None) or exc).splitlines()[0])
             raise CLIError(f"cannot use {self.kind} at {self.display_url}: {reason}") from None
 
     async def read(self, session_id: str) -> Conversation | None:
@@ -211,7 +215,12 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
     Raises:
         CLIError: the URL names no supported backend, or an option is invalid.
     """
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if "://" not in url:
+        raise CLIError(
+            f"{mask_credentials(url)!r} is not a URL: for a SQLite file use "
+            f"sqlite:///{mask_credentials(url)}"
+        )
+    scheme = url.partition("://")[0].lower()
     backend = scheme.partition("+")[0]
     try:
         if backend in _REDIS_SCHEMES:
@@ -219,10 +228,10 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
         if backend in _SQL_SCHEMES:
             return SQLStore(url, validate_table_prefix(table_prefix))
     except (TypeError, ValueError, ArgumentError) as exc:
-        raise CLIError(f"bad URL or option: {exc}") from None
+        raise CLIError(f"bad URL or option: {mask_credentials(exc)}") from None
     raise CLIError(
-        f"unsupported URL {url!r}: use sqlite:///FILE.db, postgresql://USER@HOST/DB or "
-        "redis://HOST:PORT/DB"
+        f"unsupported URL {mask_credentials(url)!r}: use sqlite:///FILE.db, "
+        "postgresql://USER@HOST/DB or redis://HOST:PORT/DB"
     )
 
 
@@ -236,9 +245,14 @@ class SQLStore(Store):
         parsed = make_url(migrate.async_url(url))
         self.table_prefix = table_prefix
         self.tables: Tables = tables_for_prefix(table_prefix)
-        self.display_url = make_url(url).render_as_string(hide_password=True)
+        self.display_url = mask_credentials(make_url(url))
         self.sqlite_path: Path | None = None
         if parsed.get_backend_name() == "sqlite":
+            if parsed.host:
+                raise CLIError(
+                    f"{self.display_url} names a host {parsed.host!r}, not a file: use "
+                    f"sqlite:///{parsed.host} (three slashes; four before an absolute path)"
+                )
             if parsed.database in (None, "", ":memory:"):
                 raise CLIError(
                     "an in-memory SQLite database does not outlive the command: "
@@ -253,7 +267,17 @@ class SQLStore(Store):
             options = {"connect_args": {"timeout": CONNECT_TIMEOUT_SECONDS}}
         else:
             raise CLIError(f"unsupported SQL database {parsed.drivername!r}")
-        self.engine: AsyncEngine = create_async_engine(parsed, **options)
+        try:
+            self.engine: AsyncEngine = create_async_engine(parsed, **options)
+        except ImportError as exc:
+            plain = mask_credentials(make_url(url).set(drivername=parsed.get_backend_name()))
+            raise CLIError(
+                f"{parsed.drivername} needs a driver that is not installed ({exc}): use {plain} "
+                f"({'aiosqlite' if self.sqlite_path else 'asyncpg'}, which agentmem installs)"
+            ) from None
+        if self.sqlite_path is not None:
+            # The settings of agentmem's own SQLite connections: WAL, a 30 s busy timeout.
+            use_sqlite_settings(self.engine)
 
     def session(self, session_id: str) -> SessionABC:
         if self.sqlite_path is not None:
@@ -277,10 +301,13 @@ class SQLStore(Store):
                 return
             if not self.sqlite_path.is_file():
                 raise CLIError(f"no SQLite database at {self.sqlite_path}")
-        try:
-            await migrate.check(self.engine, table_prefix=self.table_prefix)
-        except migrate.SchemaError as exc:
-            raise CLIError(f"{self.display_url}: {exc}") from None
+        self.require_head(await migrate.current(self.engine, table_prefix=self.table_prefix))
+
+    def require_head(self, revision: str | None) -> None:
+        """A :class:`CLIError` naming the upgrade command unless ``revision`` is the head."""
+        problem = migrate.describe_schema_state(revision, self.table_prefix, url=self.display_url)
+        if problem is not None:
+            raise CLIError(f"{self.display_url}: {problem}")
 
     async def current(self, *, must_exist: bool = True) -> str | None:
         """The schema revision of the database (``None``: agentmem's tables are absent).
@@ -352,9 +379,19 @@ class SQLStore(Store):
             counts = await self._counts(connection, [session_id])
         return SessionInfo(session_id, counts.get(session_id, 0), *_times(row))
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed at the end; on SQLite it takes the write lock first
+        (``BEGIN IMMEDIATE``), waiting for another process's writer as agentmem's sessions do."""
+        async with self.engine.connect() as connection:
+            if self.sqlite_path is not None:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+            await connection.commit()
+
     async def delete(self, session_id: str) -> int | None:
         s, m = self.tables.sessions, self.tables.messages
-        async with self.engine.begin() as connection:
+        async with self._transaction() as connection:
             removed = await connection.execute(delete(m).where(m.c.session_id == session_id))
             found = await connection.execute(
                 delete(s).where(s.c.session_id == session_id).returning(s.c.session_id)
@@ -370,7 +407,7 @@ class SQLStore(Store):
         created = conversation.created_at or now
         updated = conversation.updated_at or created
         session_id = conversation.session_id
-        async with self.engine.begin() as connection:
+        async with self._transaction() as connection:
             # Deleting the session row first takes its lock (as every writer of the session does).
             await connection.execute(delete(s).where(s.c.session_id == session_id))
             await connection.execute(delete(m).where(m.c.session_id == session_id))
@@ -441,7 +478,7 @@ class RedisStore(Store):
 
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise CLIError(f"bad key prefix {key_prefix!r}: non-empty, without braces")
-        self.display_url = _hide_password(url)
+        self.display_url = mask_credentials(url)
         self.manager = RedisSessionManager(
             url,
             session_prefix=f"{key_prefix}:session",
@@ -533,12 +570,3 @@ def _from_unix(value: bytes | str | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromtimestamp(float(value), UTC)
-
-
-def _hide_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}"

@@ -3,7 +3,8 @@
 Every command takes ``--url`` (default: ``$AGENTMEM_DATABASE_URL``, else
 ``sqlite:///agentmem.db``): ``sqlite:///file.db``, ``postgresql://user@host/db`` or
 ``redis://host:6379/0``. ``--json`` prints machine-readable output. A user error prints one line
-on stderr and exits with status 1.
+on stderr (with ``--json``: ``{"error": "..."}``) and exits with status 1; a usage error exits
+with status 2. Passwords in URLs are masked in everything the command prints.
 
 Example:
     $ agentmem demo
@@ -17,12 +18,14 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import orjson
 
@@ -39,12 +42,14 @@ from agentmem._cli_stores import (
     open_store,
 )
 from agentmem._deps import MissingDependencyError, missing
+from agentmem._redact import mask_credentials
 from agentmem.session import validate_session_id
 
 __all__ = ["main"]
 
 URL_ENV = "AGENTMEM_DATABASE_URL"
 DEMO_SESSION_ID = "demo"
+COMMANDS = ("demo", "upgrade", "current", "check", "sessions")
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -162,15 +167,36 @@ async def cmd_demo(args: argparse.Namespace, stack: AsyncExitStack) -> int:
         print(f"You:       {turn.question}")
         print(f"Assistant: {turn.answer}")
         print()
-    url_option = ""
-    if args.url != DEFAULT_URL:
-        url_option = " --url URL" if "***" in store.display_url else f" --url {args.url}"
+    options = given_store_options(args)
+    again = ["demo", *(["--session", session_id] if session_id != DEMO_SESSION_ID else [])]
     print(f"Stored: {count(after, 'item')} in session {session_id!r} at {store.display_url}")
     print(
-        f"Run `agentmem demo{url_option}` again to continue the conversation, or "
-        f"`agentmem sessions show {session_id}{url_option}` to see what is stored."
+        f"Run `{command_line(*again, *options)}` again to continue the conversation, or "
+        f"`{command_line('sessions', 'show', session_id, *options)}` to see what is stored."
     )
     return 0
+
+
+def default_url() -> str:
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def given_store_options(args: argparse.Namespace) -> list[str]:
+    """The store options of this command line that differ from their defaults, to repeat in a
+    suggested command."""
+    options = []
+    if args.url != default_url():
+        options += ["--url", args.url]
+    if args.table_prefix:
+        options += ["--table-prefix", args.table_prefix]
+    if args.key_prefix != DEFAULT_KEY_PREFIX:
+        options += ["--key-prefix", args.key_prefix]
+    return options
+
+
+def command_line(*words: str) -> str:
+    """An ``agentmem`` command line for the shell, passwords masked."""
+    return shlex.join(["agentmem", *(mask_credentials(word) for word in words)])
 
 
 def sql_store(store: Store) -> SQLStore:
@@ -211,9 +237,7 @@ async def cmd_current(args: argparse.Namespace, stack: AsyncExitStack) -> int:
 
 async def cmd_check(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     store = sql_store(await opened(stack, args.url, args, check=False))
-    problem = migrate.describe_schema_state(await store.current(), store.table_prefix)
-    if problem is not None:
-        raise CLIError(f"{store.display_url}: {problem}")
+    store.require_head(await store.current())
     if args.json:
         emit_json({"url": store.display_url, "at_head": True, "head": migrate.head()})
     else:
@@ -226,6 +250,9 @@ async def cmd_list(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     infos = await store.list_sessions(args.limit, args.offset)
     if args.json:
         emit_json([info.to_json() for info in infos])
+        return 0
+    if args.limit == 0:
+        print("No sessions shown: --limit 0.")
         return 0
     if not infos:
         print(f"No sessions in {store.display_url}" + (" at this offset." if args.offset else "."))
@@ -300,7 +327,8 @@ async def selected_ids(store: Store, requested: Sequence[str]) -> list[str]:
 async def cmd_export(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     store = await opened(stack, args.url, args)
     ids = await selected_ids(store, args.session_ids)
-    out = stack.enter_context(output_stream(args.output))
+    output = None if args.output == "-" else args.output
+    out = stack.enter_context(output_stream(output))
     sessions = items = 0
     progress = Progress("Exporting", len(ids))
     for session_id in ids:
@@ -313,14 +341,12 @@ async def cmd_export(args: argparse.Namespace, stack: AsyncExitStack) -> int:
         items += len(conversation.items)
     out.flush()
     progress.finish()
-    if args.output:
-        summary = {"sessions": sessions, "items": items, "file": str(args.output)}
+    if output:
+        summary = {"sessions": sessions, "items": items, "file": output}
         if args.json:
             emit_json(summary)
         else:
-            print(
-                f"Exported {count(sessions, 'session')} ({count(items, 'item')}) to {args.output}."
-            )
+            print(f"Exported {count(sessions, 'session')} ({count(items, 'item')}) to {output}.")
     return 0
 
 
@@ -338,21 +364,34 @@ def output_stream(path: str | None) -> Iterator[IO[bytes]]:
         yield f
 
 
-def read_export(path: Path) -> Iterator[Conversation]:
-    """The conversations of an export file, one per non-blank line."""
+@contextmanager
+def input_stream(name: str) -> Iterator[IO[bytes]]:
+    """The import's source: the file ``name``, or stdin for ``-``."""
+    if name == "-":
+        yield sys.stdin.buffer
+        return
     try:
-        with path.open("rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield Conversation.from_json(orjson.loads(line))
-                except orjson.JSONDecodeError as exc:
-                    raise CLIError(f"{path}:{number}: not JSON ({exc})") from None
-                except CLIError as exc:
-                    raise CLIError(f"{path}:{number}: {exc}") from None
+        f = Path(name).open("rb")  # noqa: SIM115 (closed below)
     except OSError as exc:
-        raise CLIError(f"cannot read {path}: {exc.strerror}") from None
+        raise CLIError(f"cannot read {name}: {exc.strerror}") from None
+    with f:
+        yield f
+
+
+def read_export(source: IO[bytes], name: str) -> Iterator[tuple[int, bytes, Conversation]]:
+    """(line number, line, conversation) for each non-blank line of an export, read once."""
+    try:
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, line, Conversation.from_json(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise CLIError(f"{name}:{number}: not JSON ({exc})") from None
+            except CLIError as exc:
+                raise CLIError(f"{name}:{number}: {exc}") from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {name}: {exc.strerror}") from None
 
 
 async def write_all(
@@ -384,22 +423,36 @@ async def write_all(
     return sessions, items
 
 
+def spool_export(name: str, spool: IO[bytes]) -> list[str]:
+    """Read the export ``name`` (``-``: stdin) once, checking every line, into ``spool``; the
+    session ids in file order. Nothing is written anywhere else, so a bad file writes nothing."""
+    first_line: dict[str, int] = {}
+    label = "<stdin>" if name == "-" else name
+    with input_stream(name) as source:
+        for number, line, conversation in read_export(source, label):
+            if conversation.session_id in first_line:
+                raise CLIError(
+                    f"{label}:{number}: session {conversation.session_id!r} appears twice "
+                    f"(also on line {first_line[conversation.session_id]})"
+                )
+            first_line[conversation.session_id] = number
+            spool.write(line if line.endswith(b"\n") else line + b"\n")
+    spool.seek(0)
+    return list(first_line)
+
+
 async def cmd_import(args: argparse.Namespace, stack: AsyncExitStack) -> int:
-    path = Path(args.file)
-    ids: list[str] = []
-    seen: set[str] = set()
-    for conversation in read_export(path):  # first pass: validate everything before writing
-        if conversation.session_id in seen:
-            raise CLIError(f"{path}: session {conversation.session_id!r} appears twice")
-        seen.add(conversation.session_id)
-        ids.append(conversation.session_id)
-    store = await opened(stack, args.url, args, writing=True)
-    conversations = read_export(path)
+    # The input is read once (it may be a pipe) into a temporary file, and written from there:
+    # the sessions checked against the store are the sessions written.
+    with tempfile.TemporaryFile() as spool:
+        ids = spool_export(args.file, spool)
+        store = await opened(stack, args.url, args, writing=True)
+        conversations = (Conversation.from_json(orjson.loads(line)) for line in spool)
 
-    async def load(session_id: str) -> Conversation:
-        return next(conversations)  # second pass: the same order as ``ids``
+        async def load(session_id: str) -> Conversation:
+            return next(conversations)  # the same order as ``ids``
 
-    sessions, items = await write_all(store, ids, load, "Importing", args.replace)
+        sessions, items = await write_all(store, ids, load, "Importing", args.replace)
     report(
         args,
         f"Imported {count(sessions, 'session')} ({count(items, 'item')}) into {store.display_url}.",
@@ -472,30 +525,53 @@ def non_negative(text: str) -> int:
     return value
 
 
+class UsageError(Exception):
+    """A command line argparse rejects, raised instead of exiting so that :func:`run` can
+    report it (as JSON with ``--json``)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors raise :class:`UsageError` (subparsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    output = argparse.ArgumentParser(add_help=False)
+    output = Parser(add_help=False)
     output.add_argument("--json", action="store_true", help="print JSON for scripts")
     output.add_argument(
         "--traceback", action="store_true", help="show the full traceback of an error"
     )
-    prefixes = argparse.ArgumentParser(add_help=False)
-    prefixes.add_argument(
-        "--table-prefix", default="", help="prefix of agentmem's SQL table names (e.g. am_)"
-    )
-    prefixes.add_argument(
-        "--key-prefix",
-        default=DEFAULT_KEY_PREFIX,
-        help=f"Redis key prefix (default {DEFAULT_KEY_PREFIX}: {DEFAULT_KEY_PREFIX}:session:…)",
-    )
-    store = argparse.ArgumentParser(add_help=False, parents=[output, prefixes])
-    store.add_argument(
-        "--url",
-        default=os.environ.get(URL_ENV) or DEFAULT_URL,
-        help=f"sqlite:///FILE.db, postgresql://… or redis://… (default ${URL_ENV}, else "
-        f"{DEFAULT_URL})",
+    url_help = (
+        f"sqlite:///FILE.db, postgresql://… or redis://… (default ${URL_ENV}, else {DEFAULT_URL})"
     )
 
-    parser = argparse.ArgumentParser(
+    def store_options(*, redis: bool, url: bool = True) -> Parser:
+        """--url and the prefixes; without ``redis`` the Redis key prefix is accepted (the
+        command then says Redis has no schema) but not listed."""
+        options = Parser(add_help=False, parents=[output])
+        if url:
+            options.add_argument("--url", default=default_url(), help=url_help)
+        options.add_argument(
+            "--table-prefix", default="", help="prefix of agentmem's SQL table names (e.g. am_)"
+        )
+        options.add_argument(
+            "--key-prefix",
+            default=DEFAULT_KEY_PREFIX,
+            help=f"Redis key prefix (default {DEFAULT_KEY_PREFIX}: {DEFAULT_KEY_PREFIX}:session:…)"
+            if redis
+            else argparse.SUPPRESS,
+        )
+        return options
+
+    store = store_options(redis=True)
+
+    parser = Parser(
         prog="agentmem",
         description="Conversation memory for LLM agents: run the demo, migrate, inspect and move "
         "stored conversations.",
@@ -519,9 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("current", cmd_current, "show the database's schema revision"),
         ("check", cmd_check, "exit non-zero unless the database is at the current schema"),
     ]:
-        commands.add_parser(name, parents=[store], help=text, description=text).set_defaults(
-            run=run
-        )
+        commands.add_parser(
+            name, parents=[store_options(redis=False)], help=text, description=text
+        ).set_defaults(run=run)
 
     sessions = commands.add_parser("sessions", help="list, show, delete, export, import, copy")
     actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -542,16 +618,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = actions.add_parser("export", parents=[store], help="sessions as JSON Lines")
     export.add_argument("session_ids", nargs="*", metavar="ID", help="default: every session")
-    export.add_argument("-o", "--output", help="write to this file instead of stdout")
+    export.add_argument("-o", "--output", help="write to this file instead of stdout (-)")
     export.set_defaults(run=cmd_export)
 
     load = actions.add_parser("import", parents=[store], help="sessions from a JSON Lines file")
-    load.add_argument("file", metavar="FILE")
+    load.add_argument("file", metavar="FILE", help="an export file, or - for stdin")
     load.add_argument("--replace", action="store_true", help="overwrite existing sessions")
     load.set_defaults(run=cmd_import)
 
     copy = actions.add_parser(
-        "copy", parents=[output, prefixes], help="copy sessions between two stores"
+        "copy",
+        parents=[store_options(redis=True, url=False)],
+        help="copy sessions between two stores",
     )
     copy.add_argument("--from", dest="source", required=True, metavar="URL")
     copy.add_argument("--to", dest="target", required=True, metavar="URL")
@@ -579,9 +657,42 @@ async def dispatch(args: argparse.Namespace) -> int:
         return await command(args, stack)
 
 
+def misplaced_options(argv: Sequence[str]) -> str | None:
+    """The corrected command line when options come before the command (``agentmem --url X
+    sessions list``), else ``None``."""
+    for index, word in enumerate(argv):
+        if word in COMMANDS:
+            leading = argv[:index]
+            if any(w.startswith("-") and w not in ("-h", "--help", "--version") for w in leading):
+                return command_line(*argv[index:], *leading)
+            return None
+    return None
+
+
+def report_error(message: str, *, as_json: bool) -> None:
+    """One line on stderr: ``agentmem: error: ...``, or ``{"error": "..."}`` for ``--json``."""
+    line = mask_credentials((message.strip().splitlines() or ["error"])[0])
+    if as_json:
+        print(json.dumps({"error": line}, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"agentmem: error: {line}", file=sys.stderr)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv``; returns the exit status (1: error, 2: usage error)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in (words[: words.index("--")] if "--" in words else words)
+    try:
+        args = build_parser().parse_args(words)
+    except UsageError as exc:
+        message = str(exc)
+        fixed = misplaced_options(words)
+        if fixed is not None:
+            message = f"options go after the command: `{fixed}`"
+        if not as_json:
+            exc.parser.print_usage(sys.stderr)
+        report_error(message, as_json=as_json)
+        return 2
     try:
         return asyncio.run(dispatch(args))
     except KeyboardInterrupt:
@@ -589,8 +700,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.traceback:
             raise
-        first_line = (error_message(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"agentmem: error: {first_line}", file=sys.stderr)
+        report_error(error_message(exc) or type(exc).__name__, as_json=args.json)
         return 1
 
 

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agentmem._redact import mask_credentials
 from agentmem.models import tables_for_prefix
 
 __all__ = [
@@ -38,7 +40,15 @@ __all__ = [
 MIGRATION_LOCK = 0x61676E746D656D  # "agntmem": the PostgreSQL advisory lock of migrations
 """The key of the transaction-level advisory lock that serializes migrations on PostgreSQL."""
 
-UPGRADE_HINT = "run `agentmem upgrade --url URL` (or `alembic upgrade head` in the agentmem repo)"
+
+def upgrade_hint(url: object = None, table_prefix: str = "") -> str:
+    """The command that brings the database at ``url`` (password masked) to head."""
+    command = "agentmem upgrade --url " + (
+        "URL" if url is None else shlex.quote(mask_credentials(url))
+    )
+    if table_prefix:
+        command += f" --table-prefix {shlex.quote(table_prefix)}"
+    return f"run `{command}` (or `alembic upgrade head` in the agentmem repo)"
 
 
 class SchemaError(RuntimeError):
@@ -117,17 +127,21 @@ def downgrade_on(connection: Connection, revision: str = "base", table_prefix: s
     command.downgrade(_config_for(connection, table_prefix), revision)
 
 
-def describe_schema_state(revision: str | None, table_prefix: str = "") -> str | None:
-    """``None`` if ``revision`` is head, else the error message for a database at ``revision``."""
+def describe_schema_state(
+    revision: str | None, table_prefix: str = "", *, url: object = None
+) -> str | None:
+    """``None`` if ``revision`` is head, else the error message for a database at ``revision``,
+    naming the command that fixes it for ``url`` (a string or SQLAlchemy ``URL``) when given."""
     if revision == head():
         return None
     tables = tables_for_prefix(table_prefix)
+    hint = upgrade_hint(url, table_prefix)
     if revision is None:
         return (
             f"agentmem's tables ({tables.sessions.name}, {tables.messages.name}) do not exist "
-            f"in this database: {UPGRADE_HINT}"
+            f"in this database: {hint}"
         )
-    return f"the database is at agentmem schema revision {revision}, not {head()}: {UPGRADE_HINT}"
+    return f"the database is at agentmem schema revision {revision}, not {head()}: {hint}"
 
 
 def current_revision_sqlite(raw: sqlite3.Connection, table_prefix: str = "") -> str | None:
@@ -196,6 +210,7 @@ async def current(engine: AsyncEngine, *, table_prefix: str = "") -> str | None:
 
 async def check(engine: AsyncEngine, *, table_prefix: str = "") -> None:
     """Raise :class:`SchemaError` (naming the fix) unless the database is at head."""
-    problem = describe_schema_state(await current(engine, table_prefix=table_prefix), table_prefix)
+    revision = await current(engine, table_prefix=table_prefix)
+    problem = describe_schema_state(revision, table_prefix, url=engine.url)
     if problem is not None:
         raise SchemaError(problem)

@@ -7,6 +7,7 @@ Isolation: SQLite files live in ``tmp_path``; each PostgreSQL test gets a databa
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -601,3 +602,322 @@ def test_readme_main_job_runs_the_demo_from_a_fresh_clone(tmp_path: Path) -> Non
     assert "Assistant: California." in runs[0].stdout
     assert f"at sqlite:///{clone / 'agentmem.db'}" in runs[0].stdout
     assert "Continuing the conversation: 6 items already stored." in runs[1].stdout
+
+
+# --- hints repeat what was given -----------------------------------------------------------------
+
+
+def hinted_commands(output: str) -> list[list[str]]:
+    """The ``agentmem ...`` command lines an output suggests (between backticks), as argv."""
+    import shlex
+
+    return [
+        shlex.split(part)[1:] for part in output.split("`")[1::2] if part.startswith("agentmem")
+    ]
+
+
+def test_demo_hints_repeat_every_option_given(store: Store, tmp_path: Path) -> None:
+    options = [*store.args, "--session", "hinted"]
+    if store.kind == "sqlite":
+        options += ["--table-prefix", "am_"]  # the demo creates its tables on SQLite
+    first = agentmem("demo", *options, "What city is the Golden Gate Bridge in?", cwd=tmp_path)
+
+    again, show = hinted_commands(first.stdout.splitlines()[-1])
+    assert again[0] == "demo"
+    assert show[:3] == ["sessions", "show", "hinted"]
+    continued = agentmem(*again, "What state is it in?", cwd=tmp_path)
+    assert "Continuing the conversation: 2 items already stored." in continued.stdout
+    assert "Assistant: California." in continued.stdout
+    shown = agentmem(*show, cwd=tmp_path)
+    assert "Session 'hinted': 4 items" in shown.stdout
+
+
+@pytest.mark.postgres
+def test_schema_hint_names_the_url_masked_and_the_table_prefix(
+    empty_postgres: str, tmp_path: Path
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    secret_url = make_url(empty_postgres).set(password="s3cret-pw")  # trust auth ignores it
+    url = secret_url.render_as_string(hide_password=False)
+    result = agentmem(
+        "sessions", "list", "--url", url, "--table-prefix", "am_", cwd=tmp_path, ok=False
+    )
+
+    assert_user_error(result, "do not exist")
+    assert "s3cret-pw" not in result.stderr
+    (upgrade,) = hinted_commands(result.stderr)
+    masked = secret_url.render_as_string(hide_password=True)
+    assert upgrade == ["upgrade", "--url", masked, "--table-prefix", "am_"]
+    agentmem(*[url if word == masked else word for word in upgrade], cwd=tmp_path)
+    assert agentmem("sessions", "list", "--url", url, "--table-prefix", "am_", cwd=tmp_path)
+
+
+# --- --json errors, stdin, --limit 0, URL mistakes, help ---------------------------------------
+
+
+def assert_json_error(
+    result: subprocess.CompletedProcess[str], *phrases: str, code: int = 1
+) -> None:
+    """``{"error": "..."}`` as the one line on stderr, nothing on stdout, exit status ``code``."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    error = json.loads(line)
+    assert list(error) == ["error"]
+    for phrase in phrases:
+        assert phrase in error["error"]
+
+
+@pytest.mark.sqlite
+def test_json_errors_on_stderr(sqlite_store: Store, tmp_path: Path) -> None:
+    seed(sqlite_store, tmp_path, [conversation("there", "2025-01-01T00:00:00+00:00", [])])
+    (tmp_path / "bad.jsonl").write_text("{nope\n", encoding="utf-8")
+    for command, phrase in [
+        (["sessions", "show", "missing"], "no session 'missing'"),
+        (["sessions", "delete", "missing"], "no session 'missing'"),
+        (["sessions", "export", "missing"], "no session 'missing'"),
+        (["sessions", "import", "bad.jsonl"], "bad.jsonl:1: not JSON"),
+        (["check", "--table-prefix", "zz_"], "agentmem upgrade --url"),
+        (["sessions", "copy", "--from", sqlite_store.url, "--to", sqlite_store.url], "same store"),
+    ]:
+        url = [] if command[1] == "copy" else ["--url", sqlite_store.url]
+        assert_json_error(agentmem(*command, *url, "--json", cwd=tmp_path, ok=False), phrase)
+    for usage in (["sessions", "list", "--limit", "-1"], ["sessions", "show"], ["nothing"]):
+        assert_json_error(agentmem(*usage, "--json", cwd=tmp_path, ok=False), code=2)
+    plain = agentmem("sessions", "show", "--url", sqlite_store.url, cwd=tmp_path, ok=False)
+    assert plain.returncode == 2
+    assert plain.stderr.startswith("usage: ")
+
+
+@pytest.mark.sqlite
+def test_import_dash_reads_stdin(sqlite_store: Store, tmp_path: Path) -> None:
+    lines = [conversation("piped", "2025-01-01T00:00:00+00:00", [{"n": 1}])]
+    result = subprocess.run(
+        [sys.executable, "-m", "agentmem.cli", "sessions", "import", "-", *sqlite_store.args],
+        input="".join(json.dumps(c) + "\n" for c in lines),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Imported 1 session (1 item)" in result.stdout
+    exported = agentmem("sessions", "export", "-o", "-", *sqlite_store.args, cwd=tmp_path).stdout
+    assert jsonl(exported) == lines
+
+
+def test_export_piped_into_import_of_dev_stdin(store: Store, tmp_path: Path) -> None:
+    originals = [
+        conversation("p1", "2025-01-02T00:00:00+00:00", [{"n": 1}]),
+        conversation("p2", "2025-01-01T00:00:00+00:00", [{"n": 2}, {"n": 3}]),
+    ]
+    seed(store, tmp_path, originals)
+    target = Store("sqlite", f"sqlite:///{tmp_path / 'piped.db'}")
+    command = [sys.executable, "-m", "agentmem.cli", "sessions"]
+
+    exporter = subprocess.Popen(
+        [*command, "export", *store.args], cwd=tmp_path, stdout=subprocess.PIPE
+    )
+    importer = subprocess.run(
+        [*command, "import", "/dev/stdin", *target.args],
+        stdin=exporter.stdout,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert exporter.stdout is not None
+    exporter.stdout.close()
+    assert exporter.wait(timeout=120) == 0
+
+    assert importer.returncode == 0, importer.stderr
+    assert "Imported 2 sessions (3 items)" in importer.stdout
+    assert jsonl(agentmem("sessions", "export", *target.args, cwd=tmp_path).stdout) == originals
+
+
+def test_list_with_limit_zero_does_not_claim_no_sessions(store: Store, tmp_path: Path) -> None:
+    seed(store, tmp_path, [conversation("one", "2025-01-01T00:00:00+00:00", [])])
+
+    result = agentmem("sessions", "list", "--limit", "0", *store.args, cwd=tmp_path)
+
+    assert "No sessions in" not in result.stdout
+    assert "--limit 0" in result.stdout
+    assert listed(store, tmp_path, "--limit", "0") == []
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(
+    ("url", "phrases"),
+    [
+        ("sqlite://rel.db", ["names a host 'rel.db'", "use sqlite:///rel.db"]),
+        ("rel.db", ["is not a URL", "use sqlite:///rel.db"]),
+        ("/srv/data/app.db", ["is not a URL", "use sqlite:////srv/data/app.db"]),
+        (
+            "postgresql+psycopg://app:pw@db/app",
+            ["postgresql+psycopg needs a driver that is not installed", "postgresql://app:***@db"],
+        ),
+    ],
+)
+def test_url_mistakes_get_a_hint(tmp_path: Path, url: str, phrases: list[str]) -> None:
+    if "psycopg" in url and importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg is installed here")
+    result = agentmem("sessions", "list", "--url", url, cwd=tmp_path, ok=False)
+    assert_user_error(result, *phrases)
+
+
+@pytest.mark.sqlite
+def test_options_before_the_command_get_a_hint(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = agentmem("--url", url, "--json", "sessions", "list", cwd=tmp_path, ok=False)
+
+    assert_json_error(result, "options go after the command", code=2)
+    (fixed,) = hinted_commands(json.loads(result.stderr)["error"])
+    assert fixed == ["sessions", "list", "--url", url, "--json"]
+    plain = agentmem("--url", url, "upgrade", cwd=tmp_path, ok=False)
+    assert plain.returncode == 2
+    assert f"`agentmem upgrade --url {url}`" in plain.stderr
+
+
+@pytest.mark.sqlite
+def test_schema_commands_do_not_list_redis_options(tmp_path: Path) -> None:
+    for command in ("upgrade", "current", "check"):
+        assert "--key-prefix" not in agentmem(command, "--help", cwd=tmp_path).stdout
+    assert "--key-prefix" in agentmem("sessions", "list", "--help", cwd=tmp_path).stdout
+
+
+# --- a SQLite file in use, credentials, timestamps ---------------------------------------------
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+def wait_until_open(process: subprocess.Popen[str], path: Path) -> None:
+    """Return once ``process`` has ``path`` open (Linux: its /proc/PID/fd links)."""
+    import time
+
+    fds = Path(f"/proc/{process.pid}/fd")
+    deadline = time.monotonic() + 120  # a safety net only
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if any(os.path.realpath(fd) == str(path) for fd in fds.iterdir()):
+                return
+        except OSError:  # a descriptor closed while listed
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{process.args} never opened {path} (exit status {process.poll()})")
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+def test_writes_wait_for_a_sqlite_file_in_use(tmp_path: Path) -> None:
+    import time
+
+    store = Store("sqlite", f"sqlite:///{tmp_path / 'busy.db'}")
+    seed(store, tmp_path, [conversation(n, "2025-01-01T00:00:00+00:00", []) for n in ("a", "b")])
+    source = Store("sqlite", f"sqlite:///{tmp_path / 'source.db'}")
+    seed(source, tmp_path, [conversation("copied", "2025-01-01T00:00:00+00:00", [{"n": 1}])])
+    export = write_export(
+        tmp_path / "in.jsonl", [conversation("imported", "2025-01-01T00:00:00+00:00", [])]
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(tmp_path / "busy.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    command = [sys.executable, "-m", "agentmem.cli", "sessions"]
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        writers = [
+            subprocess.Popen(
+                [*command, *args],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in (
+                ["delete", "a", *store.args],
+                ["import", str(export), *store.args],
+                ["copy", "--from", source.url, "--to", store.url],
+            )
+        ]
+        for writer in writers:  # each has reached the database
+            wait_until_open(writer, tmp_path / "busy.db")
+        # Well beyond the 5 s a connection without agentmem's settings waits, well within its
+        # 30 s: the commands cannot finish while the lock is held, and must not give up.
+        time.sleep(10)
+        assert [writer.poll() for writer in writers] == [None, None, None]
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=120)
+        assert writer.returncode == 0, stderr
+    assert sorted(s["session_id"] for s in listed(store, tmp_path)) == ["b", "copied", "imported"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://root:SECRET@db/app",
+        "postgresql://postgres:SECRET@127.0.0.1:1/x",
+        "redis://:SECRET@127.0.0.1:1/0",
+        "rediss://user:SECRET@127.0.0.1:1/0",
+        "redis://127.0.0.1:1/0?password=SECRET",
+        "redis://127.0.0.1:1/0?password=SECRET&db=0",
+        "unix:///no/such/redis.sock?password=SECRET",
+        "unix://user:SECRET@/no/such/redis.sock",
+        "postgresql://u:SECRET@[bad",
+    ],
+)
+def test_passwords_are_never_printed(url: str, tmp_path: Path) -> None:
+    result = agentmem("sessions", "list", "--url", url, cwd=tmp_path, ok=False)
+    assert_user_error(result)
+    assert "SECRET" not in result.stderr
+    assert "***" in result.stderr
+    misplaced = agentmem("--url", url, "demo", "--json", cwd=tmp_path, ok=False)
+    assert misplaced.returncode == 2
+    assert "SECRET" not in misplaced.stderr
+    assert "***" in json.loads(misplaced.stderr)["error"]
+
+
+@pytest.mark.postgres
+def test_password_masked_in_output(empty_postgres: str, tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(empty_postgres).set(password="SECRET").render_as_string(hide_password=False)
+    upgraded = agentmem("upgrade", "--url", url, cwd=tmp_path)
+    listed_text = agentmem("sessions", "list", "--url", url, cwd=tmp_path)
+    demo = agentmem("demo", "--url", url, "Hello", cwd=tmp_path)
+
+    for result in (upgraded, listed_text, demo):
+        assert "SECRET" not in result.stdout + result.stderr
+        assert ":***@" in result.stdout
+
+
+def test_timestamp_out_of_range_fails_the_import_naming_the_line(
+    store: Store, tmp_path: Path
+) -> None:
+    good = conversation("fine", "2025-01-01T00:00:00+00:00", [])
+    for value in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+        bad = {**good, "session_id": "bad", "created_at": value}
+        write_export(tmp_path / "range.jsonl", [good, bad])
+        result = agentmem("sessions", "import", "range.jsonl", *store.args, cwd=tmp_path, ok=False)
+        assert_user_error(result, "range.jsonl:2:", "created_at", "out of range")
+    if store.kind != "sqlite":  # a SQLite file that was never written does not exist
+        assert listed(store, tmp_path) == []
+    else:
+        assert not (tmp_path / "store.db").exists()

@@ -53,6 +53,7 @@ __all__ = [
     "SQLAlchemySession",
     "SQLAlchemySessionManager",
     "SQLSessionBase",
+    "use_sqlite_settings",
 ]
 
 T = TypeVar("T")
@@ -199,11 +200,17 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 async def _configure_sqlite_engine(engine: AsyncEngine) -> None:
     """Apply :func:`_configure_sqlite` to the engine's future connections and, through one of
     its present ones, switch the database file to WAL (a lasting property of the file)."""
-    if not event.contains(engine.sync_engine, "connect", _configure_sqlite):
-        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+    use_sqlite_settings(engine)
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()
         await connection.run_sync(lambda _: _configure_sqlite(raw.dbapi_connection, None))
+
+
+def use_sqlite_settings(engine: AsyncEngine) -> None:
+    """Give the connections ``engine`` (``sqlite+aiosqlite``) opens from now on the settings of
+    agentmem's own SQLite connections: WAL, ``synchronous=NORMAL`` and a 30 s busy timeout."""
+    if not event.contains(engine.sync_engine, "connect", _configure_sqlite):
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -554,7 +561,7 @@ def _translate(engine: AsyncEngine, table_prefix: str, exc: Exception) -> Except
     text = str(exc)
     if type(exc).__name__ == "UndefinedTableError" or "no such table" in text:
         _schemas.forget(engine)
-        problem = migrate.describe_schema_state(None, table_prefix)
+        problem = migrate.describe_schema_state(None, table_prefix, url=engine.url)
         return migrate.SchemaError(f"{problem} ({text})")
     return exc
 
