@@ -440,6 +440,12 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         deleted: int = await self._clients.get().delete(*keys)
         return deleted > 0
 
+    async def ping(self) -> bool:
+        """Whether Redis answers (raises ``redis.ConnectionError`` naming the address when it
+        cannot be reached)."""
+        self._check_open()
+        return bool(await self._clients.get().ping())
+
     async def _close(self) -> None:
         await self._clients.aclose()
 

@@ -741,18 +741,32 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     async def engine(self) -> AsyncEngine:
         """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
         with agentmem's schema checked (or created, with ``create_tables``)."""
-        self._check_open()
-        if self._engine is not None:
-            engine = self._engine
-        else:
-            assert self._url is not None
-            key, engine = _shared_engines.acquire(self._url, self._engine_options)
-            if key in self._engine_keys:
-                await _shared_engines.release(key)  # already counted for this manager
-            else:
-                self._engine_keys.append(key)
+        engine = await self._current_engine()
         await _schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine
+
+    async def _current_engine(self) -> AsyncEngine:
+        self._check_open()
+        if self._engine is not None:
+            return self._engine
+        assert self._url is not None
+        key, engine = _shared_engines.acquire(self._url, self._engine_options)
+        if key in self._engine_keys:
+            await _shared_engines.release(key)  # already counted for this manager
+        else:
+            self._engine_keys.append(key)
+        return engine
+
+    async def schema_revision(self) -> str | None:
+        """The agentmem schema revision of the database (``None``: its tables are absent),
+        read without changing anything."""
+        return await migrate.current(await self._current_engine(), table_prefix=self._table_prefix)
+
+    async def upgrade_schema(self) -> None:
+        """Bring the database to agentmem's current schema (runs the migrations)."""
+        engine = await self._current_engine()
+        await migrate.upgrade(engine, table_prefix=self._table_prefix)
+        _schemas.forget(engine)
 
     def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLAlchemySession:
         """A session on the manager's engine.

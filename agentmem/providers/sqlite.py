@@ -310,6 +310,16 @@ class SQLiteSession(SQLSessionBase):
 # --- the manager -------------------------------------------------------------------------------
 
 
+def _read_revision(path: str, table_prefix: str) -> str | None:
+    if not Path(path).is_file():
+        return None
+    conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    try:
+        return migrate.current_revision_sqlite(conn, table_prefix)
+    finally:
+        conn.close()
+
+
 class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
     """Hands out ``SQLiteSession`` objects on one database, and manages it as a whole.
 
@@ -356,6 +366,21 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
             return self._database.run(fn, self.table_prefix, *args)
         call = partial(self._database.run, fn, self.table_prefix, *args)
         return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def schema_revision(self) -> str | None:
+        """The agentmem schema revision of the file (``None``: no file, or no agentmem schema in
+        it), read without creating or migrating it (in memory: the current one)."""
+        self._check_open()
+        if self.db_path == MEMORY:
+            return migrate.head()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _read_revision, self.db_path, self.table_prefix
+        )
+
+    async def upgrade_schema(self) -> None:
+        """Create the file if needed and bring it to agentmem's current schema (what the first
+        use of any of its sessions does)."""
+        await self._run(lambda _conn, _prefix: None)
 
     async def list_sessions(self) -> list[str]:
         """The ids of every stored session, sorted."""
