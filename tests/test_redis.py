@@ -704,12 +704,12 @@ def test_missing_redis_names_the_extra() -> None:
         "import sys; sys.modules['redis'] = None\n"
         "import agentmem\n"
         "try:\n"
-        "    agentmem.RedisSession\n"
+        "    agentmem.RedisSession('s')\n"
         "except agentmem.MissingDependencyError as exc:\n"
         "    print(exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert 'pip install "agentmem[redis]"' in result.stdout
+    assert 'pip install "agentmem-sessions[redis]"' in result.stdout
     assert issubclass(MissingDependencyError, ImportError)
 
 

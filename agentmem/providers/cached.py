@@ -36,11 +36,11 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from agentmem._deps import missing
+from agentmem.providers import _redis
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
@@ -54,11 +54,8 @@ from agentmem.providers._redis import (
 from agentmem.providers.sqlalchemy import SQLSessionBase
 from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
 
-try:
+if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.exceptions import RedisError
-except ImportError:  # pragma: no cover - agentmem.providers.redis raised already
-    raise missing("redis", "redis") from None
 
 __all__ = ["CachedSession"]
 
@@ -394,7 +391,7 @@ class CachedSession(SessionABC):
         health = self._server(client)
         try:
             result = await call()
-        except (RedisError, OSError) as exc:
+        except (_redis.RedisError, OSError) as exc:
             if not health.down:
                 health.down = True
                 logger.warning(

@@ -17,12 +17,11 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
-    Redis,
     _Connection,
     _connection_unless_given,
     _decode_tag,
@@ -42,6 +41,9 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["RedisSession", "RedisSessionManager"]
 
