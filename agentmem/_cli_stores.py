@@ -10,6 +10,7 @@ one MULTI/EXEC (Redis), with its timestamps, so an export/import or copy loses n
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentmem import migrate
+from agentmem._deps import require_driver
 from agentmem.models import Tables, tables_for_prefix, validate_table_prefix
+from agentmem.providers._sql import sqlite_read_only_options, sqlite_uri
 from agentmem.session import SessionABC, decode_item, encode_items, validate_session_id
 
 __all__ = [
@@ -210,9 +213,11 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
 
     Raises:
         CLIError: the URL names no supported backend, or an option is invalid.
+        MissingDependencyError: the URL's driver is not installed.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     backend = scheme.partition("+")[0]
+    require_driver(url)
     try:
         if backend in _REDIS_SCHEMES:
             return RedisStore(url, key_prefix)
@@ -238,6 +243,7 @@ class SQLStore(Store):
         self.tables: Tables = tables_for_prefix(table_prefix)
         self.display_url = make_url(url).render_as_string(hide_password=True)
         self.sqlite_path: Path | None = None
+        self.read_only: dict[str, str] | None = None
         if parsed.get_backend_name() == "sqlite":
             if parsed.database in (None, "", ":memory:"):
                 raise CLIError(
@@ -248,6 +254,12 @@ class SQLStore(Store):
             self.sqlite_path = Path(parsed.database).expanduser().resolve()
             self.display_url = f"sqlite:///{self.sqlite_path}"
             options: dict[str, Any] = {}
+            self.read_only = sqlite_read_only_options(str(self.sqlite_path))
+            if self.read_only is not None:  # a file this process cannot write: read it
+                parsed = parsed.set(
+                    database=sqlite_uri(str(self.sqlite_path)),
+                    query={**self.read_only, "uri": "true"},
+                )
         elif parsed.get_backend_name() == "postgresql":
             self.kind = "PostgreSQL"
             options = {"connect_args": {"timeout": CONNECT_TIMEOUT_SECONDS}}
@@ -273,6 +285,7 @@ class SQLStore(Store):
             if not self.sqlite_path.parent.is_dir():
                 raise CLIError(f"directory {self.sqlite_path.parent} does not exist")
             if writing:  # the embedded default sets itself up, as SQLiteSession does
+                self._require_writable()
                 await migrate.upgrade(self.engine, table_prefix=self.table_prefix)
                 return
             if not self.sqlite_path.is_file():
@@ -281,6 +294,13 @@ class SQLStore(Store):
             await migrate.check(self.engine, table_prefix=self.table_prefix)
         except migrate.SchemaError as exc:
             raise CLIError(f"{self.display_url}: {exc}") from None
+
+    def _require_writable(self) -> None:
+        path = self.sqlite_path
+        if path is None:
+            return
+        if self.read_only is not None or not (path.exists() or os.access(path.parent, os.W_OK)):
+            raise CLIError(f"cannot write {self.display_url}: read-only (permission denied)")
 
     async def current(self, *, must_exist: bool = True) -> str | None:
         """The schema revision of the database (``None``: agentmem's tables are absent).
@@ -353,6 +373,7 @@ class SQLStore(Store):
         return SessionInfo(session_id, counts.get(session_id, 0), *_times(row))
 
     async def delete(self, session_id: str) -> int | None:
+        self._require_writable()
         s, m = self.tables.sessions, self.tables.messages
         async with self.engine.begin() as connection:
             removed = await connection.execute(delete(m).where(m.c.session_id == session_id))
@@ -364,6 +385,7 @@ class SQLStore(Store):
             return int(removed.rowcount)
 
     async def write(self, conversation: Conversation) -> None:
+        self._require_writable()
         s, m = self.tables.sessions, self.tables.messages
         encoded = encode_items(conversation.items)
         now = datetime.now(UTC)
