@@ -332,6 +332,7 @@ class CachedSession(SessionABC):
 
         Raises:
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         if not isinstance(store, SQLSessionBase):
             raise TypeError(

@@ -158,6 +158,7 @@ class RedisSession(SessionABC):
 
         Raises:
             TypeError, ValueError: a bad id, prefix, ttl, URL or client.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         connection = _connection_unless_given(
             client,
@@ -331,6 +332,7 @@ class RedisSessionManager:
 
         Raises:
             TypeError, ValueError: a bad URL, prefix, ttl or pool size.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         self.session_prefix, self.messages_prefix = _validate_prefixes(
             session_prefix, messages_prefix
