@@ -10,6 +10,7 @@ one MULTI/EXEC (Redis), with its timestamps, so an export/import or copy loses n
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,8 +25,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agentmem import migrate
+from agentmem._deps import require_driver
 from agentmem._redact import mask_credentials
 from agentmem.models import Tables, tables_for_prefix, validate_table_prefix
+from agentmem.providers._sql import sqlite_read_only_options, sqlite_uri
 from agentmem.providers.sqlalchemy import use_sqlite_settings
 from agentmem.session import SessionABC, decode_item, encode_items, validate_session_id
 
@@ -214,6 +217,7 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
 
     Raises:
         CLIError: the URL names no supported backend, or an option is invalid.
+        MissingDependencyError: the URL's driver is not installed.
     """
     if "://" not in url:
         raise CLIError(
@@ -222,6 +226,7 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
         )
     scheme = url.partition("://")[0].lower()
     backend = scheme.partition("+")[0]
+    require_driver(url)
     try:
         if backend in _REDIS_SCHEMES:
             return RedisStore(url, key_prefix)
@@ -247,6 +252,7 @@ class SQLStore(Store):
         self.tables: Tables = tables_for_prefix(table_prefix)
         self.display_url = mask_credentials(make_url(url))
         self.sqlite_path: Path | None = None
+        self.read_only: dict[str, str] | None = None
         if parsed.get_backend_name() == "sqlite":
             if parsed.host:
                 raise CLIError(
@@ -262,6 +268,12 @@ class SQLStore(Store):
             self.sqlite_path = Path(parsed.database).expanduser().resolve()
             self.display_url = f"sqlite:///{self.sqlite_path}"
             options: dict[str, Any] = {}
+            self.read_only = sqlite_read_only_options(str(self.sqlite_path))
+            if self.read_only is not None:  # a file this process cannot write: read it
+                parsed = parsed.set(
+                    database=sqlite_uri(str(self.sqlite_path)),
+                    query={**self.read_only, "uri": "true"},
+                )
         elif parsed.get_backend_name() == "postgresql":
             self.kind = "PostgreSQL"
             options = {"connect_args": {"timeout": CONNECT_TIMEOUT_SECONDS}}
@@ -297,6 +309,7 @@ class SQLStore(Store):
             if not self.sqlite_path.parent.is_dir():
                 raise CLIError(f"directory {self.sqlite_path.parent} does not exist")
             if writing:  # the embedded default sets itself up, as SQLiteSession does
+                self._require_writable()
                 await migrate.upgrade(self.engine, table_prefix=self.table_prefix)
                 return
             if not self.sqlite_path.is_file():
@@ -308,6 +321,13 @@ class SQLStore(Store):
         problem = migrate.describe_schema_state(revision, self.table_prefix, url=self.display_url)
         if problem is not None:
             raise CLIError(f"{self.display_url}: {problem}")
+
+    def _require_writable(self) -> None:
+        path = self.sqlite_path
+        if path is None:
+            return
+        if self.read_only is not None or not (path.exists() or os.access(path.parent, os.W_OK)):
+            raise CLIError(f"cannot write {self.display_url}: read-only (permission denied)")
 
     async def current(self, *, must_exist: bool = True) -> str | None:
         """The schema revision of the database (``None``: agentmem's tables are absent).
@@ -390,6 +410,7 @@ class SQLStore(Store):
             await connection.commit()
 
     async def delete(self, session_id: str) -> int | None:
+        self._require_writable()
         s, m = self.tables.sessions, self.tables.messages
         async with self._transaction() as connection:
             removed = await connection.execute(delete(m).where(m.c.session_id == session_id))
@@ -401,6 +422,7 @@ class SQLStore(Store):
             return int(removed.rowcount)
 
     async def write(self, conversation: Conversation) -> None:
+        self._require_writable()
         s, m = self.tables.sessions, self.tables.messages
         encoded = encode_items(conversation.items)
         now = datetime.now(UTC)

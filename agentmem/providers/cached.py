@@ -50,12 +50,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 from sqlalchemy.engine import make_url
 
-from agentmem._deps import missing
+from agentmem.providers import _redis
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
@@ -71,12 +71,8 @@ from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLSessionBase
 from agentmem.providers.sqlite import SQLiteSession
 from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
 
-try:
+if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import OutOfMemoryError, RedisError
-except ImportError:  # pragma: no cover - agentmem.providers.redis raised already
-    raise missing("redis", "redis") from None
 
 __all__ = ["CachedSession"]
 
@@ -383,6 +379,7 @@ class CachedSession(SessionABC):
 
         Raises:
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         if not isinstance(store, SQLAlchemySession | SQLiteSession):
             raise TypeError(
@@ -444,7 +441,7 @@ class CachedSession(SessionABC):
         health = self._server(client)
         try:
             result = await _settled(call())
-        except (RedisError, OSError) as exc:
+        except (_redis.RedisError, OSError) as exc:
             if not health.down:
                 health.down = True
                 logger.warning(
@@ -491,7 +488,9 @@ class CachedSession(SessionABC):
             )
         if error is None:
             return True
-        if isinstance(error, RedisError) and not isinstance(error, RedisConnectionError):
+        if isinstance(error, _redis.RedisError) and not isinstance(
+            error, _redis.RedisConnectionError
+        ):
             logger.warning(
                 "CachedSession refused a write to session %r: Redis did not accept its cache "
                 "mark (%s: %s); nothing was written",
@@ -531,7 +530,7 @@ class CachedSession(SessionABC):
         pending = self._server(client).pending
         try:
             error, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
-            if isinstance(error, OutOfMemoryError):  # no update in place: drop the copy
+            if isinstance(error, _redis.OutOfMemoryError):  # no update in place: drop the copy
                 args: list[str | int] = [
                     began,
                     gen,

@@ -18,12 +18,11 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
-    Redis,
     _Connection,
     _connection_unless_given,
     _decode_tag,
@@ -44,6 +43,9 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["RedisSession", "RedisSessionManager"]
 
@@ -160,6 +162,7 @@ class RedisSession(SessionABC):
 
         Raises:
             TypeError, ValueError: a bad id, prefix, ttl, URL or client.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         connection = _connection_unless_given(
             client,
@@ -339,6 +342,7 @@ class RedisSessionManager:
 
         Raises:
             TypeError, ValueError: a bad URL, prefix, ttl or pool size.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         self.session_prefix, self.messages_prefix = _validate_prefixes(
             session_prefix, messages_prefix
