@@ -1,7 +1,8 @@
 """agentmem: conversation memory for LLM agents, behind the OpenAI Agents SDK's Session protocol.
 
-Backends load on first use, so an optional dependency that is not installed (``redis``,
-``asyncpg``) only matters when its backend is asked for.
+Backends load on first use. An optional dependency that is not installed (``redis``,
+``asyncpg``) only matters when a backend that needs it is built: that raises
+:class:`MissingDependencyError` naming the ``pip install`` line.
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ _LAZY = {
 }
 
 
+# Public submodules, reachable as attributes: ``agentmem.migrate.upgrade(engine)``.
+_SUBMODULES = frozenset({"cli", "migrate", "models", "providers", "session"})
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f"agentmem.{name}")  # importing sets the attribute
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'agentmem' has no attribute {name!r}")
@@ -67,4 +74,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted({*__all__, *_SUBMODULES})

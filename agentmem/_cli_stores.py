@@ -10,6 +10,7 @@ schema revision and upgrade); this module maps URLs, records and errors to the c
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from agentmem import migrate
+from agentmem._deps import require_driver
 from agentmem._redact import mask_credentials
 from agentmem.manager import Conversation, SessionInfo, SessionManagerABC, utc
 from agentmem.models import validate_table_prefix
@@ -185,11 +187,20 @@ class Store:
                 return
             if self.sqlite_path is not None:
                 if writing:  # the embedded default sets itself up, as SQLiteSession does
+                    self._require_writable()
                     await self.upgrade()
                     return
                 if not self.sqlite_path.is_file():
                     raise CLIError(f"no SQLite database at {self.sqlite_path}")
             self.require_head(await self._schema().schema_revision())
+
+    def _require_writable(self) -> None:
+        path = self.sqlite_path
+        if path is None:
+            return
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK)
+        if not (writable and os.access(path.parent, os.W_OK)):
+            raise CLIError(f"cannot write {self.display_url}: read-only (permission denied)")
 
     def require_head(self, revision: str | None) -> None:
         """A :class:`CLIError` naming the upgrade command unless ``revision`` is the head."""
@@ -239,6 +250,7 @@ class Store:
 
     async def delete(self, session_id: str) -> int | None:
         """Delete one session; the number of items it held, ``None`` if it did not exist."""
+        self._require_writable()
         info = await self.info(session_id)
         if info is None or not await self.manager.delete_session(session_id):
             return None
@@ -246,6 +258,7 @@ class Store:
 
     async def write(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole, replacing a session of the same id, atomically."""
+        self._require_writable()
         await self.manager.write_conversation(conversation)
 
     async def read(self, session_id: str) -> Conversation | None:
@@ -277,6 +290,7 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
         )
     scheme = url.partition("://")[0].lower()
     backend = scheme.partition("+")[0]
+    require_driver(url)
     try:
         if backend in _REDIS_SCHEMES:
             return _redis_store(url, key_prefix)

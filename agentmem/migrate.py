@@ -16,15 +16,18 @@ import sqlite3
 from functools import cache
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agentmem._logs import quiet_alembic
 from agentmem._redact import mask_credentials
 from agentmem.models import tables_for_prefix
+
+with quiet_alembic("alembic.runtime.plugins"):  # importing Alembic logs its plugins at INFO
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "SchemaError",
@@ -80,7 +83,8 @@ def make_config(*, table_prefix: str = "") -> Config:
 @cache
 def head() -> str:
     """The head revision of agentmem's migrations."""
-    script = ScriptDirectory.from_config(make_config())
+    with quiet_alembic():
+        script = ScriptDirectory.from_config(make_config())
     heads = script.get_heads()
     if len(heads) != 1:
         raise SchemaError(f"agentmem's migrations have {len(heads)} heads: {heads}")
@@ -113,18 +117,21 @@ def _config_for(connection: Connection, table_prefix: str) -> Config:
 def current_on(connection: Connection, table_prefix: str = "") -> str | None:
     """The revision ``connection``'s database is at, or ``None`` if agentmem's schema is absent."""
     version_table = tables_for_prefix(table_prefix).version_table
-    context = MigrationContext.configure(connection, opts={"version_table": version_table})
-    return context.get_current_revision()
+    with quiet_alembic():
+        context = MigrationContext.configure(connection, opts={"version_table": version_table})
+        return context.get_current_revision()
 
 
 def upgrade_on(connection: Connection, revision: str = "head", table_prefix: str = "") -> None:
     """Upgrade on an open sync connection (inside ``AsyncConnection.run_sync`` for async)."""
-    command.upgrade(_config_for(connection, table_prefix), revision)
+    with quiet_alembic():
+        command.upgrade(_config_for(connection, table_prefix), revision)
 
 
 def downgrade_on(connection: Connection, revision: str = "base", table_prefix: str = "") -> None:
     """Downgrade on an open sync connection."""
-    command.downgrade(_config_for(connection, table_prefix), revision)
+    with quiet_alembic():
+        command.downgrade(_config_for(connection, table_prefix), revision)
 
 
 def describe_schema_state(

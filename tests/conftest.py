@@ -191,6 +191,66 @@ async def sqlalchemy_sqlite_session(tmp_path: Path) -> AsyncIterator[SessionFact
     await engine.dispose()
 
 
+async def _engine_factory(engine: Any) -> AsyncIterator[SessionFactory]:
+    from agentmem import SQLAlchemySession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLAlchemySession(engine, session_id, create_tables=True, **kwargs)
+
+    async for make in _closing_factory(build):
+        yield make
+    await engine.dispose()
+
+
+@pytest.fixture
+async def sqlalchemy_memory_session() -> AsyncIterator[SessionFactory]:
+    """SQLAlchemySession on a caller's in-memory aiosqlite engine (``sqlite+aiosqlite://``)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async for make in _engine_factory(create_async_engine("sqlite+aiosqlite://")):
+        yield make
+
+
+@pytest.fixture
+async def sqlalchemy_shared_cache_session() -> AsyncIterator[SessionFactory]:
+    """SQLAlchemySession on a named shared-cache in-memory database, with a pool of several
+    connections to it."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    url = f"sqlite+aiosqlite:///file:{unique_id('mem')}?mode=memory&cache=shared&uri=true"
+    engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool)
+    async for make in _engine_factory(engine):
+        yield make
+
+
+@pytest.fixture
+async def sqlalchemy_static_pool_session() -> AsyncIterator[SessionFactory]:
+    """SQLAlchemySession on an in-memory engine with an explicit ``StaticPool``: every
+    checkout, concurrent ones too, gets the one connection."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import StaticPool
+
+    engine = create_async_engine("sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
+    async for make in _engine_factory(engine):
+        yield make
+
+
+@pytest.fixture
+async def sqlalchemy_memory_url_session() -> AsyncIterator[SessionFactory]:
+    """``SQLAlchemySession.from_url`` on ``sqlite+aiosqlite:///:memory:``: the sessions share
+    one engine, and so one database, until the last of them closes."""
+    from agentmem import SQLAlchemySession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLAlchemySession.from_url(
+            session_id, url="sqlite+aiosqlite:///:memory:", create_tables=True, **kwargs
+        )
+
+    async for make in _closing_factory(build):
+        yield make
+
+
 # --- Redis: one key prefix per test run ---------------------------------------------------------
 
 REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
@@ -254,6 +314,16 @@ BACKENDS = [
     pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
     pytest.param("sqlite_file_session", marks=pytest.mark.sqlite, id="sqlite-file"),
     pytest.param("sqlalchemy_sqlite_session", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
+    pytest.param("sqlalchemy_memory_session", marks=pytest.mark.sqlite, id="sqlalchemy-memory"),
+    pytest.param(
+        "sqlalchemy_memory_url_session", marks=pytest.mark.sqlite, id="sqlalchemy-memory-url"
+    ),
+    pytest.param(
+        "sqlalchemy_shared_cache_session", marks=pytest.mark.sqlite, id="sqlalchemy-shared-cache"
+    ),
+    pytest.param(
+        "sqlalchemy_static_pool_session", marks=pytest.mark.sqlite, id="sqlalchemy-static-pool"
+    ),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),

@@ -733,7 +733,7 @@ def test_missing_redis_names_the_extra() -> None:
         "import sys; sys.modules['redis'] = None\n"
         "import agentmem\n"
         "try:\n"
-        "    agentmem.RedisSession\n"
+        "    agentmem.RedisSession('s')\n"
         "except agentmem.MissingDependencyError as exc:\n"
         "    print(exc)\n"
     )

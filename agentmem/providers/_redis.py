@@ -15,19 +15,33 @@ from typing import Any, Final, TypeVar
 
 from agentmem._deps import missing
 
+# Without redis-py this module still imports (so do the backends built on it, and
+# ``help(agentmem)``); building a connection or taking a client raises MissingDependencyError.
 try:
     from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.connection import parse_url
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import NoScriptError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
 except ImportError:
-    raise missing("redis", "redis") from None
+    _REDIS_INSTALLED = False
+else:
+    _REDIS_INSTALLED = True
+
+
+def _require_redis() -> None:
+    if not _REDIS_INSTALLED:
+        raise missing("redis", "redis")
+
 
 __all__ = [
     "DEFAULT_URL",
     "TTL",
     "Redis",
+    "OutOfMemoryError",
+    "RedisConnectionError",
+    "RedisError",
     "_Connection",
     "_connection_unless_given",
     "_LoopClients",
@@ -153,6 +167,7 @@ class _Connection:
         socket_connect_timeout: float | None,
         pool_timeout: float | None,
     ) -> None:
+        _require_redis()
         if not isinstance(redis_url, str):
             raise TypeError(f"redis_url must be a str, got {type(redis_url).__name__}")
         url_db = parse_url(redis_url).get("db")
@@ -193,7 +208,12 @@ def _connection_unless_given(
     socket_connect_timeout: float | None,
     pool_timeout: float | None,
 ) -> _Connection | None:
-    """How to connect when no ``client`` was given (``None`` when one was); checks both."""
+    """How to connect when no ``client`` was given (``None`` when one was); checks both.
+
+    Raises:
+        MissingDependencyError: redis-py is not installed.
+    """
+    _require_redis()
     if client is not None:
         if not isinstance(client, Redis):
             raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")

@@ -11,19 +11,26 @@ so message ids, which define the order, are assigned in commit order.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from agentmem.models import Tables, tables_for_prefix
 from agentmem.session import EncodedItem
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def sqlite_now() -> str:
@@ -118,28 +125,94 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
     )
 
 
-def sqlite_use_wal(cursor: Any, timeout: float = 30.0) -> None:
+def sqlite_use_wal(cursor: Any, timeout: float = 30.0) -> str:
     """Switch the database to WAL (a lasting property of the file) unless it already is.
 
     Changing the journal mode needs the database to itself, and SQLite answers "database is
     locked" at once, without its busy handler, while another connection holds it (as when
-    several processes open a new file together): retry until ``timeout``.
+    several processes open a new file together): retry until ``timeout``. SQLite's answer to
+    the switch is final: an in-memory or temporary database keeps its own mode ("memory",
+    "delete"), which is not an error.
+
+    Returns:
+        The journal mode in force afterwards.
     """
     deadline = time.monotonic() + timeout
     while True:
         try:
             cursor.execute("PRAGMA journal_mode")
-            if str(cursor.fetchone()[0]).lower() == "wal":
-                return
+            mode = str(cursor.fetchone()[0]).lower()
+            if mode in ("wal", "memory"):
+                return mode
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.fetchone()
+            return str(cursor.fetchone()[0]).lower()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
-            time.sleep(0.01)
+        time.sleep(0.01)
+
+
+def sqlite_read_only_options(path: str) -> dict[str, str] | None:
+    """How to open the database file ``path`` when this process cannot write it.
+
+    ``None`` when it can (or the file does not exist yet). Otherwise the SQLite URI parameters
+    that read it: ``mode=ro``, or ``immutable=1`` when the directory cannot be written either
+    and holds no WAL index (``-shm``), which SQLite could then neither create nor read. An
+    immutable database is read without locks: nobody can be writing it in WAL mode meanwhile
+    unless they can create that index, in a directory this process may not write.
+    """
+    file = Path(path)
+    if not file.exists():
+        return None
+    directory_writable = os.access(file.parent, os.W_OK)
+    if os.access(file, os.W_OK) and directory_writable:
+        return None
+    if directory_writable or Path(f"{path}-shm").exists():
+        return {"mode": "ro"}
+    return {"immutable": "1"}
+
+
+def sqlite_uri(path: str, options: dict[str, str] | None = None) -> str:
+    """The SQLite URI of the file ``path``, with the parameters ``options``."""
+    uri = f"file:{quote(path)}"
+    return f"{uri}?{urlencode(options)}" if options else uri
+
+
+def sqlite_read_only_error(exc: BaseException, path: str) -> PermissionError | None:
+    """The clear error for SQLite's refusal to write a read-only database (``None`` for any
+    other error)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int) or code & 0xFF != sqlite3.SQLITE_READONLY:
+        return None
+    return PermissionError(f"the SQLite database {path} is read-only: {exc}")
 
 
 # --- SQLite operations: each runs whole in the thread that owns ``conn`` -----------------------
+
+
+def sqlite_run_retrying(
+    fn: Callable[..., T],
+    conn: sqlite3.Connection,
+    *args: Any,
+    timeout: float = BUSY_TIMEOUT_SECONDS,
+) -> T:
+    """``fn(conn, *args)``, run again while another connection of a shared-cache database holds
+    a table lock, until ``timeout``.
+
+    Connections sharing one cache (a named in-memory database) do not wait for each other: SQLite
+    answers "database table is locked" at once, without its busy handler. Each operation is
+    one transaction, rolled back on the error, so running it again is safe.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn(conn, *args)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_LOCKED:
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.001)
 
 
 class _WriteTransaction:

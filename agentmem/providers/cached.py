@@ -49,11 +49,10 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from agentmem._deps import missing
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -61,6 +60,7 @@ from agentmem.manager import (
     SessionManagerABC,
     SessionPage,
 )
+from agentmem.providers import _redis
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
@@ -86,12 +86,8 @@ from agentmem.session import (
     validate_session_id,
 )
 
-try:
+if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import OutOfMemoryError, RedisError
-except ImportError:  # pragma: no cover - agentmem.providers.redis raised already
-    raise missing("redis", "redis") from None
 
 __all__ = ["CachedSession", "CachedSessionManager"]
 
@@ -385,6 +381,7 @@ class CachedSession(SessionABC):
 
         Raises:
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         if not isinstance(store, SQLAlchemySession | SQLiteSession):
             raise TypeError(
@@ -446,7 +443,7 @@ class CachedSession(SessionABC):
         health = self._server(client)
         try:
             result = await _settled(call())
-        except (RedisError, OSError) as exc:
+        except (_redis.RedisError, OSError) as exc:
             if not health.down:
                 health.down = True
                 logger.warning(
@@ -493,7 +490,9 @@ class CachedSession(SessionABC):
             )
         if error is None:
             return True
-        if isinstance(error, RedisError) and not isinstance(error, RedisConnectionError):
+        if isinstance(error, _redis.RedisError) and not isinstance(
+            error, _redis.RedisConnectionError
+        ):
             logger.warning(
                 "CachedSession refused a write to session %r: Redis did not accept its cache "
                 "mark (%s: %s); nothing was written",
@@ -533,7 +532,7 @@ class CachedSession(SessionABC):
         pending = self._server(client).pending
         try:
             error, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
-            if isinstance(error, OutOfMemoryError):  # no update in place: drop the copy
+            if isinstance(error, _redis.OutOfMemoryError):  # no update in place: drop the copy
                 args: list[str | int] = [
                     began,
                     gen,

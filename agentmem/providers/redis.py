@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
@@ -32,7 +32,6 @@ from agentmem.manager import (
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
-    Redis,
     _Connection,
     _connection_unless_given,
     _decode_tag,
@@ -53,6 +52,9 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["RedisSession", "RedisSessionManager"]
 
@@ -170,6 +172,7 @@ class RedisSession(SessionABC):
 
         Raises:
             TypeError, ValueError: a bad id, prefix, ttl, URL or client.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         connection = _connection_unless_given(
             client,
@@ -349,6 +352,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
 
         Raises:
             TypeError, ValueError: a bad URL, prefix, ttl or pool size.
+            MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
         self.session_prefix, self.messages_prefix = _validate_prefixes(
             session_prefix, messages_prefix

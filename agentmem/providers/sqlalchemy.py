@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from agentmem import migrate
+from agentmem._deps import require_driver
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -84,15 +85,32 @@ def _validate_call_timeout(value: object) -> float | None:
 
 class _SchemaCache:
     """Prepares each engine on first use: SQLite connection settings once, then the schema check
-    (or upgrade) once per table prefix."""
+    (or upgrade) once per table prefix.
+
+    Preparation runs one engine at a time per event loop: concurrent first calls on an engine
+    whose pool has one connection (an in-memory SQLite database) would otherwise interleave
+    their transactions on it, and Alembic's migration context is global to the process.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # around mutations only, never across an await
         self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
         with self._lock:
             ready = self._ready.get(engine.sync_engine)
+        if ready is not None and table_prefix in ready:
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            await self._prepare(engine, table_prefix, create)
+
+    async def _prepare(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
+        ready = self._ready.get(engine.sync_engine)
         if ready is not None and table_prefix in ready:
             return
         if ready is None:
@@ -367,6 +385,11 @@ class SQLAlchemySession(SQLSessionBase):
         ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
         ``engine_kwargs`` go to ``create_async_engine``. ``close()`` releases the engine.
         The other arguments are those of the constructor.
+
+        Raises:
+            MissingDependencyError: the URL's driver is not installed (the message names the
+                ``pip install`` line).
+            ValueError: the URL's driver is not supported, or an argument is invalid.
         """
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
@@ -379,6 +402,7 @@ class SQLAlchemySession(SQLSessionBase):
         self._engine_options = dict(engine_kwargs or {})
         self._engine_keys = []
         self._call_timeout = _validate_call_timeout(call_timeout)
+        require_driver(self._url)
         parsed = make_url(self._url)
         self._bind_store(parsed.get_backend_name(), parsed.get_driver_name())
         return self
@@ -611,7 +635,9 @@ class _AiosqliteOperations(_EngineOperations):
         async def use(driver: Any) -> T:
             # aiosqlite runs queued callables in its connection thread; _conn is its sqlite3
             # connection. Both are aiosqlite internals, pinned by the tests.
-            result: T = await driver._execute(lambda: fn(driver._conn, *args))
+            result: T = await driver._execute(
+                lambda: _sql.sqlite_run_retrying(fn, driver._conn, *args)
+            )
             return result
 
         return await _with_driver(self.session, use, retry=retry)

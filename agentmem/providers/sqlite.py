@@ -51,14 +51,19 @@ __all__ = ["SQLiteSession", "SQLiteSessionManager"]
 T = TypeVar("T")
 
 MEMORY = ":memory:"
-BUSY_TIMEOUT_SECONDS = 30.0
+BUSY_TIMEOUT_SECONDS = _sql.BUSY_TIMEOUT_SECONDS
 
 
 def _connect(target: str) -> sqlite3.Connection:
+    read_only = None if target == MEMORY else _sql.sqlite_read_only_options(target)
     conn = sqlite3.connect(
-        target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        target if read_only is None else _sql.sqlite_uri(target, read_only),
+        timeout=BUSY_TIMEOUT_SECONDS,
+        isolation_level=None,
+        check_same_thread=False,
+        uri=read_only is not None,
     )
-    if target != MEMORY:
+    if target != MEMORY and read_only is None:
         _sql.sqlite_use_wal(conn.cursor(), BUSY_TIMEOUT_SECONDS)
         conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
     conn.execute("PRAGMA foreign_keys=ON")
@@ -104,9 +109,15 @@ class _Database:
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self.lock:
-            if self._conn is None:
-                self._conn = self._open()
-            return fn(self._conn, *args)
+            try:
+                if self._conn is None:
+                    self._conn = self._open()
+                return fn(self._conn, *args)
+            except sqlite3.OperationalError as exc:
+                error = _sql.sqlite_read_only_error(exc, self.target)
+                if error is None:
+                    raise
+                raise error from exc
 
     def _open(self) -> sqlite3.Connection:
         conn = _connect(self.target)
@@ -238,6 +249,11 @@ def _resolve(db_path: object) -> str:
     path = Path(target).expanduser().resolve()
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory {path.parent} does not exist (for {db_path})")
+    if not path.exists() and not os.access(path.parent, os.W_OK):
+        raise PermissionError(
+            f"cannot create the SQLite database {path}: directory {path.parent} is "
+            "read-only (permission denied)"
+        )
     return str(path)
 
 
@@ -260,8 +276,12 @@ class SQLiteSession(SQLSessionBase):
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
 
+    A file this process cannot write (or in a directory it cannot write) is opened read-only:
+    reads work, and writes raise :class:`PermissionError`.
+
     Raises:
         FileNotFoundError: the directory of ``db_path`` does not exist.
+        PermissionError: ``db_path`` does not exist and its directory cannot be written.
     """
 
     def __init__(
@@ -313,7 +333,8 @@ class SQLiteSession(SQLSessionBase):
 def _read_revision(path: str, table_prefix: str) -> str | None:
     if not Path(path).is_file():
         return None
-    conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    options = _sql.sqlite_read_only_options(path) or {"mode": "ro"}
+    conn = sqlite3.connect(_sql.sqlite_uri(path, options), uri=True, timeout=BUSY_TIMEOUT_SECONDS)
     try:
         return migrate.current_revision_sqlite(conn, table_prefix)
     finally:
