@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import binascii
 import weakref
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from agentmem.session import (
+    Closing,
     SessionABC,
     SessionClosedError,
     SessionItem,
@@ -147,14 +147,13 @@ def decode_cursor(cursor: object) -> tuple[datetime, str]:
         raise ValueError(f"not a session listing cursor: {cursor!r}") from None
 
 
-class SessionManagerABC(ABC, Generic[S]):
+class SessionManagerABC(Closing, Generic[S]):
     """Base class of agentmem's session managers: one store, shared connections.
 
-    Subclasses implement the store's operations and ``_close``; they call ``self._check_open()``
+    Subclasses implement the store's operations and ``_release``; they call ``self._check_open()``
     first thing in each public method.
     """
 
-    _closed: bool = False
     _sessions: weakref.WeakSet[S] | None = None
 
     def _handed_out(self, session: S) -> S:
@@ -231,41 +230,24 @@ class SessionManagerABC(ABC, Generic[S]):
             cursor = page.next_cursor
 
     @abstractmethod
-    async def _close(self) -> None:
+    async def _release(self) -> None:
         """Release what this manager owns (never what it was handed)."""
 
-    async def close(self) -> None:
-        """Close the sessions this manager handed out, then release the connections it owns.
-        Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         try:
             for session in list(self._sessions or ()):
                 await session.close()
         finally:
-            await self._close()
+            await self._release()
 
-    @property
-    def closed(self) -> bool:
-        """Whether ``close()`` has been called."""
-        return self._closed
+    async def close(self) -> None:
+        """Close the sessions this manager handed out, then release the connections it owns.
+        Idempotent."""
+        await super().close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError(f"{type(self).__name__} is closed")
-
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def page_of(infos: list[SessionInfo], size: int) -> SessionPage:

@@ -271,6 +271,22 @@ def _store_tag(store: SQLSessionBase) -> str:
     return hashlib.sha256("\0".join(store.store_identity).encode()).hexdigest()[:12]
 
 
+def _refuse_memory(database: str) -> None:
+    if database == ":memory:":
+        raise ValueError(
+            "an in-memory SQLite database is private to its process and cannot sit behind a "
+            "shared cache; use a database file"
+        )
+
+
+def _checked_options(max_cached_items: object, ttl: object, key_prefix: object) -> tuple[int, str]:
+    """Check the options of a cached session (and of a cached manager's sessions): the ttl in
+    milliseconds (0: none) and the key prefix."""
+    if not isinstance(max_cached_items, int) or max_cached_items < 1:
+        raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
+    return _ttl_ms(ttl), _validate_prefix("key_prefix", key_prefix)
+
+
 def _token() -> str:
     return secrets.token_hex(8)
 
@@ -388,13 +404,8 @@ class CachedSession(SessionABC):
                 "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
                 f"got {type(store).__name__}"
             )
-        if store.store_identity[1] == ":memory:":
-            raise ValueError(
-                "an in-memory SQLiteSession is private to its object and cannot sit behind a "
-                "shared cache; use a database file"
-            )
-        if not isinstance(max_cached_items, int) or max_cached_items < 1:
-            raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
+        _refuse_memory(store.store_identity[1])
+        ttl_ms, prefix = _checked_options(max_cached_items, ttl, key_prefix)
         connection = _connection_unless_given(
             client,
             redis_url,
@@ -409,11 +420,10 @@ class CachedSession(SessionABC):
             store.session_settings if session_settings is None else session_settings,
         )
         self.store = store
-        self._ttl_ms = _ttl_ms(ttl)
+        self._ttl_ms = ttl_ms
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
         self.store_tag = _store_tag(store)
-        prefix = _validate_prefix("key_prefix", key_prefix)
         base = _key(f"{prefix}:{self.store_tag}", self.session_id)
         self.items_key = f"{base}:items"
         self.state_key = f"{base}:state"
@@ -695,15 +705,9 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
                 "store must be an agentmem SQL manager (SQLAlchemySessionManager or "
                 f"SQLiteSessionManager), got {type(store).__name__}"
             )
-        if isinstance(store, SQLiteSessionManager) and store.db_path == ":memory:":
-            raise ValueError(
-                "an in-memory SQLite database is private to its process and cannot sit behind a "
-                "shared cache; use a database file"
-            )
-        if not isinstance(max_cached_items, int) or max_cached_items < 1:
-            raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
-        _ttl_ms(ttl)
-        _validate_prefix("key_prefix", key_prefix)
+        if isinstance(store, SQLiteSessionManager):
+            _refuse_memory(store.db_path)
+        _checked_options(max_cached_items, ttl, key_prefix)
         # Checked here as the sessions will; holding the shared clients keeps their pool open
         # between sessions.
         self._connection = _connection_unless_given(
@@ -794,7 +798,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             conversation.session_id, lambda: self.store.write_conversation(conversation)
         )
 
-    async def _close(self) -> None:
+    async def _release(self) -> None:
         try:
             await self.store.close()
         finally:

@@ -450,7 +450,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         self._check_open()
         return bool(await self._clients.get().ping())
 
-    async def _close(self) -> None:
+    async def _release(self) -> None:
         await self._clients.aclose()
 
     def _keys_of(self, session_id: str) -> tuple[str, str]:

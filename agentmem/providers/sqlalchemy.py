@@ -906,7 +906,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
             retry=False,
         )
 
-    async def _close(self) -> None:
+    async def _release(self) -> None:
         keys, self._engine_keys = self._engine_keys, []
         for key in keys:
             await _shared_engines.release(key)

@@ -441,6 +441,6 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         encoded = encode_items(conversation.items)
         await self._run(_manage.sqlite_write, conversation.session_id, encoded, created, updated)
 
-    async def _close(self) -> None:
+    async def _release(self) -> None:
         if _files.release(self._database):
             await asyncio.get_running_loop().run_in_executor(None, self._database.close)
