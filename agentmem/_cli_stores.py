@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from agentmem import migrate
-from agentmem._deps import require_driver
+from agentmem._deps import MissingDependencyError, require_driver
 from agentmem._redact import mask_credentials
 from agentmem.manager import Conversation, SessionInfo, SessionManagerABC, utc
 from agentmem.models import validate_table_prefix
@@ -128,40 +128,45 @@ class SchemaOwner(Protocol):
 class Store:
     """The conversations behind one URL: its backend's session manager, and how to name it.
 
-    ``schema`` is the manager of a SQL store (``None`` for Redis); ``ping`` checks that a store
-    without a schema answers.
+    The manager is made on first use (``make_manager``), after the checks that need none: a
+    SQLite file that is missing or cannot be written is reported as such first. ``ping``
+    checks that a store without a schema (Redis) answers.
     """
 
     def __init__(
         self,
-        manager: SessionManagerABC[Any],
+        make_manager: Callable[[], SessionManagerABC[Any]],
         *,
         kind: str,
         display_url: str,
         connection_errors: tuple[type[BaseException], ...],
-        schema: SchemaOwner | None = None,
-        ping: Callable[[], Awaitable[Any]] | None = None,
+        has_schema: bool,
+        ping: Callable[[Any], Awaitable[Any]] | None = None,
         table_prefix: str = "",
         sqlite_path: Path | None = None,
     ) -> None:
-        self.manager = manager
+        self._make_manager = make_manager
+        self._manager: SessionManagerABC[Any] | None = None
         self.kind = kind
         self.display_url = display_url
         self.connection_errors = connection_errors
-        self.schema = schema
+        self.is_sql = has_schema
         self._ping = ping
         self.table_prefix = table_prefix
         self.sqlite_path = sqlite_path
 
     @property
-    def is_sql(self) -> bool:
-        """Whether the store is a SQL database (it has a schema)."""
-        return self.schema is not None
+    def manager(self) -> SessionManagerABC[Any]:
+        """The store's session manager."""
+        if self._manager is None:
+            self._manager = self._make_manager()
+        return self._manager
 
     def _schema(self) -> SchemaOwner:
-        if self.schema is None:
+        if not self.is_sql:
             raise CLIError(f"{self.kind} has no schema: migrations apply to SQL databases")
-        return self.schema
+        schema: SchemaOwner = self.manager  # type: ignore[assignment]
+        return schema
 
     def session(self, session_id: str) -> SessionABC:
         """An agentmem session on this store (closed with the store)."""
@@ -182,7 +187,7 @@ class Store:
         must be at the current schema (a SQLite file being written is brought to it)."""
         async with self.reaching():
             if self._ping is not None:
-                await self._ping()
+                await self._ping(self.manager)
             if not self.is_sql:
                 return
             if self.sqlite_path is not None:
@@ -273,8 +278,9 @@ class Store:
         return info
 
     async def close(self) -> None:
-        """Close the manager and the sessions it handed out."""
-        await self.manager.close()
+        """Close the manager (if one was made) and the sessions it handed out."""
+        if self._manager is not None:
+            await self._manager.close()
 
 
 def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KEY_PREFIX) -> Store:
@@ -289,8 +295,17 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
             f"sqlite:///{mask_credentials(url)}"
         )
     scheme = url.partition("://")[0].lower()
-    backend = scheme.partition("+")[0]
-    require_driver(url)
+    backend, _, driver = scheme.partition("+")
+    try:
+        require_driver(url)
+    except MissingDependencyError as exc:
+        if backend not in _SQL_SCHEMES or driver in ("", "asyncpg"):
+            raise  # a driver agentmem installs: the message names its extra
+        plain = mask_credentials(url.replace(f"{scheme}://", "postgresql://", 1))
+        raise CLIError(
+            f"{scheme} needs a driver that is not installed ({exc}); or use {plain} (asyncpg, "
+            "which agentmem installs)"
+        ) from None
     try:
         if backend in _REDIS_SCHEMES:
             return _redis_store(url, key_prefix)
@@ -323,10 +338,9 @@ def _sql_store(url: str, table_prefix: str) -> Store:
         path = Path(parsed.database).expanduser().resolve()
         if not path.parent.is_dir():
             raise CLIError(f"directory {path.parent} does not exist")
-        sqlite_manager = SQLiteSessionManager(path, table_prefix=table_prefix)
         return Store(
-            sqlite_manager,
-            schema=sqlite_manager,
+            lambda: SQLiteSessionManager(path, table_prefix=table_prefix),
+            has_schema=True,
             kind="SQLite",
             display_url=f"sqlite:///{path}",
             connection_errors=(OSError, sqlite3.Error, DBAPIError),
@@ -356,8 +370,8 @@ def _sql_store(url: str, table_prefix: str) -> Store:
         engine_kwargs={"connect_args": {"timeout": CONNECT_TIMEOUT_SECONDS}},
     )
     return Store(
-        manager,
-        schema=manager,
+        lambda: manager,
+        has_schema=True,
         kind="PostgreSQL",
         display_url=display_url,
         connection_errors=(OSError, DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError),
@@ -385,8 +399,9 @@ def _redis_store(url: str, key_prefix: str) -> Store:
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return Store(
-        manager,
-        ping=manager.ping,
+        lambda: manager,
+        has_schema=False,
+        ping=RedisSessionManager.ping,
         kind="Redis",
         display_url=mask_credentials(url),
         connection_errors=(OSError, RedisError),
