@@ -15,19 +15,26 @@ from agentmem.session import Session, SessionABC, SessionClosedError
 
 if TYPE_CHECKING:
     from agentmem.migrate import SchemaError
-    from agentmem.providers.cached import CachedSession
+    from agentmem.providers.cached import CachedSession, CachedSessionManager
     from agentmem.providers.redis import RedisSession, RedisSessionManager
-    from agentmem.providers.sqlalchemy import CallTimeoutError, SQLAlchemySession
-    from agentmem.providers.sqlite import SQLiteSession
+    from agentmem.providers.sqlalchemy import (
+        CallTimeoutError,
+        SQLAlchemySession,
+        SQLAlchemySessionManager,
+    )
+    from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
 
 __all__ = [
     "CachedSession",
+    "CachedSessionManager",
     "CallTimeoutError",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
     "SQLAlchemySession",
+    "SQLAlchemySessionManager",
     "SQLiteSession",
+    "SQLiteSessionManager",
     "SchemaError",
     "Session",
     "SessionABC",
@@ -41,10 +48,13 @@ _LAZY = {
     "SQLAlchemySession": "agentmem.providers.sqlalchemy",
     "CallTimeoutError": "agentmem.providers.sqlalchemy",
     "SQLiteSession": "agentmem.providers.sqlite",
+    "SQLiteSessionManager": "agentmem.providers.sqlite",
+    "SQLAlchemySessionManager": "agentmem.providers.sqlalchemy",
     "RedisSession": "agentmem.providers.redis",
     "RedisSessionManager": "agentmem.providers.redis",
     "SchemaError": "agentmem.migrate",
     "CachedSession": "agentmem.providers.cached",
+    "CachedSessionManager": "agentmem.providers.cached",
 }
 
 

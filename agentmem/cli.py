@@ -34,15 +34,16 @@ from agentmem._cli_stores import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_URL,
     CLIError,
-    Conversation,
-    SessionInfo,
-    SQLStore,
     Store,
+    conversation_json,
     format_time,
+    info_json,
     open_store,
+    parse_conversation,
 )
 from agentmem._deps import MissingDependencyError, missing
 from agentmem._redact import mask_credentials
+from agentmem.manager import Conversation, SessionInfo
 from agentmem.session import validate_session_id
 
 __all__ = ["main"]
@@ -199,8 +200,8 @@ def command_line(*words: str) -> str:
     return shlex.join(["agentmem", *(mask_credentials(word) for word in words)])
 
 
-def sql_store(store: Store) -> SQLStore:
-    if not isinstance(store, SQLStore):
+def sql_store(store: Store) -> Store:
+    if not store.is_sql:
         raise CLIError(f"{store.kind} has no schema: migrations apply to SQL databases")
     return store
 
@@ -249,7 +250,7 @@ async def cmd_list(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     store = await opened(stack, args.url, args)
     infos = await store.list_sessions(args.limit, args.offset)
     if args.json:
-        emit_json([info.to_json() for info in infos])
+        emit_json([info_json(info) for info in infos])
         return 0
     if args.limit == 0:
         print("No sessions shown: --limit 0.")
@@ -260,7 +261,7 @@ async def cmd_list(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     rows = [
         [
             info.session_id,
-            str(info.items),
+            str(info.item_count),
             short_time(info, "updated_at"),
             short_time(info, "created_at"),
         ]
@@ -279,15 +280,15 @@ async def cmd_show(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     stack.push_async_callback(session.close)
     items = await session.get_items(args.limit)
     if args.json:
-        emit_json({**info.to_json(), "shown": len(items), "history": items})
+        emit_json({**info_json(info), "shown": len(items), "history": items})
         return 0
     print(
-        f"Session {info.session_id!r}: {count(info.items, 'item')}, created "
+        f"Session {info.session_id!r}: {count(info.item_count, 'item')}, created "
         f"{short_time(info, 'created_at')}, updated {short_time(info, 'updated_at')} (UTC)"
     )
     if not items:
         return 0
-    first = info.items - len(items) + 1
+    first = info.item_count - len(items) + 1
     width = max(shutil.get_terminal_size().columns - 24, 40)
     rows = []
     for number, item in enumerate(items, first):
@@ -336,7 +337,7 @@ async def cmd_export(args: argparse.Namespace, stack: AsyncExitStack) -> int:
         progress.advance()
         if conversation is None:  # deleted meanwhile
             continue
-        out.write(orjson.dumps(conversation.to_json()) + b"\n")
+        out.write(orjson.dumps(conversation_json(conversation)) + b"\n")
         sessions += 1
         items += len(conversation.items)
     out.flush()
@@ -385,7 +386,7 @@ def read_export(source: IO[bytes], name: str) -> Iterator[tuple[int, bytes, Conv
             if not line.strip():
                 continue
             try:
-                yield number, line, Conversation.from_json(orjson.loads(line))
+                yield number, line, parse_conversation(orjson.loads(line))
             except orjson.JSONDecodeError as exc:
                 raise CLIError(f"{name}:{number}: not JSON ({exc})") from None
             except CLIError as exc:
@@ -447,7 +448,7 @@ async def cmd_import(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     with tempfile.TemporaryFile() as spool:
         ids = spool_export(args.file, spool)
         store = await opened(stack, args.url, args, writing=True)
-        conversations = (Conversation.from_json(orjson.loads(line)) for line in spool)
+        conversations = (parse_conversation(orjson.loads(line)) for line in spool)
 
         async def load(session_id: str) -> Conversation:
             return next(conversations)  # the same order as ``ids``

@@ -15,6 +15,7 @@ import orjson
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
+    "Closing",
     "EncodedItem",
     "Session",
     "SessionABC",
@@ -65,7 +66,47 @@ class Session(Protocol):
         ...
 
 
-class SessionABC(ABC):
+class Closing(ABC):
+    """Explicit lifecycle: ``close()`` (idempotent: ``_close`` runs once), ``closed`` and
+    ``async with`` (which closes on the way out). Subclasses raise in ``_check_open`` once
+    closed."""
+
+    _closed: bool = False
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Release what this object owns."""
+
+    @abstractmethod
+    def _check_open(self) -> None:
+        """Raise :class:`SessionClosedError` once ``close()`` has been called."""
+
+    async def close(self) -> None:
+        """Release what this object owns. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class SessionABC(Closing):
     """Base class of agentmem's sessions: lifecycle (``close``, ``async with``) and settings.
 
     Subclasses implement the four history operations and ``_close``; they call
@@ -126,27 +167,7 @@ class SessionABC(ABC):
         A session built on a connection, engine, client or manager that it was given leaves that
         resource open: its owner closes it.
         """
-        if self._closed:
-            return
-        self._closed = True
-        await self._close()
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``close()`` has been called."""
-        return self._closed
-
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        await super().close()
 
     def _check_open(self) -> None:
         if self._closed:

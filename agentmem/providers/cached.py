@@ -46,15 +46,20 @@ import hashlib
 import logging
 import secrets
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
-from sqlalchemy.engine import make_url
 
+from agentmem.manager import (
+    DEFAULT_PAGE_SIZE,
+    Conversation,
+    SessionInfo,
+    SessionManagerABC,
+    SessionPage,
+)
 from agentmem.providers import _redis
 from agentmem.providers._redis import (
     DEFAULT_URL,
@@ -67,14 +72,24 @@ from agentmem.providers._redis import (
     _ttl_ms,
     _validate_prefix,
 )
-from agentmem.providers.sqlalchemy import SQLAlchemySession, SQLSessionBase
-from agentmem.providers.sqlite import SQLiteSession
-from agentmem.session import SessionABC, SessionItem, decode_item, encode_items
+from agentmem.providers.sqlalchemy import (
+    SQLAlchemySession,
+    SQLAlchemySessionManager,
+    SQLSessionBase,
+)
+from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
+from agentmem.session import (
+    SessionABC,
+    SessionItem,
+    decode_item,
+    encode_items,
+    validate_session_id,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["CachedSession"]
+__all__ = ["CachedSession", "CachedSessionManager"]
 
 DEFAULT_KEY_PREFIX: Final = "agentmem-cache"
 DEFAULT_MAX_CACHED_ITEMS: Final = 1000
@@ -251,22 +266,25 @@ def _array(joined: bytes | str, skip: int = 0) -> list[SessionItem]:
 
 
 def _store_tag(store: SQLSessionBase) -> str:
-    """A short hash naming the store of record: its kind, database and table prefix.
+    """A short hash naming the store of record: its kind, database and table prefix
+    (``store_identity``, spelled the same by every process on that database)."""
+    return hashlib.sha256("\0".join(store.store_identity).encode()).hexdigest()[:12]
 
-    Spelled the same by every process on that database: the database's name (a SQLite file's
-    resolved path), never the host, whose spelling may differ between processes (two spellings
-    of one database in two cache keys would let one process's writes miss the other's copy).
-    """
-    if isinstance(store, SQLiteSession):
-        identity = ("sqlite", store.db_path, store._database.table_prefix)
-    else:
-        assert isinstance(store, SQLAlchemySession)
-        url = store._engine.url if store._engine is not None else make_url(str(store._url))
-        database = url.database or ""
-        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
-            database = str(Path(database).expanduser().resolve())
-        identity = (url.get_backend_name(), database, store.table_prefix)
-    return hashlib.sha256("\0".join(identity).encode()).hexdigest()[:12]
+
+def _refuse_memory(database: str) -> None:
+    if database == ":memory:":
+        raise ValueError(
+            "an in-memory SQLite database is private to its process and cannot sit behind a "
+            "shared cache; use a database file"
+        )
+
+
+def _checked_options(max_cached_items: object, ttl: object, key_prefix: object) -> tuple[int, str]:
+    """Check the options of a cached session (and of a cached manager's sessions): the ttl in
+    milliseconds (0: none) and the key prefix."""
+    if not isinstance(max_cached_items, int) or max_cached_items < 1:
+        raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
+    return _ttl_ms(ttl), _validate_prefix("key_prefix", key_prefix)
 
 
 def _token() -> str:
@@ -386,13 +404,8 @@ class CachedSession(SessionABC):
                 "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
                 f"got {type(store).__name__}"
             )
-        if getattr(store, "db_path", None) == ":memory:":
-            raise ValueError(
-                "an in-memory SQLiteSession is private to its object and cannot sit behind a "
-                "shared cache; use a database file"
-            )
-        if not isinstance(max_cached_items, int) or max_cached_items < 1:
-            raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
+        _refuse_memory(store.store_identity[1])
+        ttl_ms, prefix = _checked_options(max_cached_items, ttl, key_prefix)
         connection = _connection_unless_given(
             client,
             redis_url,
@@ -407,11 +420,10 @@ class CachedSession(SessionABC):
             store.session_settings if session_settings is None else session_settings,
         )
         self.store = store
-        self._ttl_ms = _ttl_ms(ttl)
+        self._ttl_ms = ttl_ms
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
         self.store_tag = _store_tag(store)
-        prefix = _validate_prefix("key_prefix", key_prefix)
         base = _key(f"{prefix}:{self.store_tag}", self.session_id)
         self.items_key = f"{base}:items"
         self.state_key = f"{base}:state"
@@ -556,7 +568,7 @@ class CachedSession(SessionABC):
     async def _load(self, limit: int | None) -> list[str]:
         """The newest ``limit`` items' JSON from the store (all with ``None``), oldest first."""
         # The store's own operations, on stored JSON text: what the cache holds.
-        return await self.store._ops.get(limit)
+        return await self.store.get_stored_items(limit)
 
     # --- the Session interface ---------------------------------------------------------------
 
@@ -616,19 +628,21 @@ class CachedSession(SessionABC):
         if not encoded:
             return
         await self._write(
-            lambda: self.store._ops.add(encoded), "add", list(_joined([i.json for i in encoded]))
+            lambda: self.store.add_encoded_items(encoded),
+            "add",
+            list(_joined([i.json for i in encoded])),
         )
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item (from SQL); ``None`` when the history is empty."""
         self._check_open()
-        data = await self._write(self.store._ops.pop, "pop", [])
+        data = await self._write(self.store.pop_stored_item, "pop", [])
         return None if data is None else decode_item(data)
 
     async def clear_session(self) -> None:
         """Remove every item of this session from SQL, then cache it as empty."""
         self._check_open()
-        await self._write(self.store._ops.clear, "clear", [])
+        await self._write(self.store.clear_session, "clear", [])
 
     async def _close(self) -> None:
         try:
@@ -636,4 +650,157 @@ class CachedSession(SessionABC):
         finally:
             if self._connection is not None:
                 self._clients = None
+                await _shared.release(self._connection)
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+StoreManager = SQLiteSessionManager | SQLAlchemySessionManager
+
+
+class CachedSessionManager(SessionManagerABC[CachedSession]):
+    """Hands out ``CachedSession`` objects over the sessions of a SQL manager (the store of
+    record), all behind one Redis cache, and manages the store as a whole.
+
+    Listing and reading whole conversations come from SQL; deleting a session and writing a
+    whole conversation go through the cache's write protocol, so no process reads a cached
+    copy from before them.
+
+    Example:
+        >>> store = SQLAlchemySessionManager(engine)
+        >>> async with CachedSessionManager(store, redis_url="redis://localhost:6379") as manager:
+        ...     session = manager.get_session("user_123")
+
+    The manager owns ``store``: ``close()`` closes it (and the sessions handed out). A Redis
+    client passed as ``client`` is never closed; one built from ``redis_url`` is shared by the
+    manager's sessions and released with the last of them.
+
+    Args:
+        store: An ``SQLAlchemySessionManager``, or an ``SQLiteSessionManager`` on a file.
+        redis_url, db, client, ttl, key_prefix, max_cached_items, max_connections,
+        socket_timeout, socket_connect_timeout, pool_timeout: As for :class:`CachedSession`,
+            for every session of the manager.
+
+    Raises:
+        TypeError, ValueError: a bad store or option.
+    """
+
+    def __init__(
+        self,
+        store: StoreManager,
+        redis_url: str = DEFAULT_URL,
+        db: int | None = None,
+        *,
+        client: Redis | None = None,
+        ttl: TTL | None = 3600,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        max_cached_items: int = DEFAULT_MAX_CACHED_ITEMS,
+        max_connections: int = 50,
+        socket_timeout: float | None = 2.0,
+        socket_connect_timeout: float | None = 1.0,
+        pool_timeout: float | None = 10.0,
+    ) -> None:
+        if not isinstance(store, SQLiteSessionManager | SQLAlchemySessionManager):
+            raise TypeError(
+                "store must be an agentmem SQL manager (SQLAlchemySessionManager or "
+                f"SQLiteSessionManager), got {type(store).__name__}"
+            )
+        if isinstance(store, SQLiteSessionManager):
+            _refuse_memory(store.db_path)
+        _checked_options(max_cached_items, ttl, key_prefix)
+        # Checked here as the sessions will; holding the shared clients keeps their pool open
+        # between sessions.
+        self._connection = _connection_unless_given(
+            client,
+            redis_url,
+            db,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            pool_timeout=pool_timeout,
+        )
+        if self._connection is not None:
+            _shared.acquire(self._connection)
+        self.store = store
+        self._options: dict[str, Any] = {
+            "redis_url": redis_url,
+            "db": db,
+            "client": client,
+            "ttl": ttl,
+            "key_prefix": key_prefix,
+            "max_cached_items": max_cached_items,
+            "max_connections": max_connections,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            "pool_timeout": pool_timeout,
+        }
+        self._closed = False
+
+    def get_session(self, session_id: str, *, session_settings: Any = None) -> CachedSession:
+        """A cached session over the store manager's session of ``session_id``.
+
+        Raises:
+            SessionClosedError: the manager was closed.
+        """
+        self._check_open()
+        store_session = self.store.get_session(session_id, session_settings=session_settings)
+        session = CachedSession(store_session, session_settings=session_settings, **self._options)
+        return self._handed_out(session)
+
+    async def list_sessions(self) -> list[str]:
+        """The ids of every stored session (from SQL), sorted."""
+        self._check_open()
+        return await self.store.list_sessions()
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """Item count and timestamps of one session (from SQL); ``None`` if it is not stored."""
+        self._check_open()
+        return await self.store.session_info(session_id)
+
+    async def find_sessions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> SessionPage:
+        """One page of the stored sessions (from SQL), most recently updated first."""
+        self._check_open()
+        return await self.store.find_sessions(limit=limit, cursor=cursor)
+
+    async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Those of ``session_ids`` that are stored (in SQL)."""
+        self._check_open()
+        return await self.store.existing_sessions(session_ids)
+
+    async def read_conversation(self, session_id: str) -> Conversation | None:
+        """One whole conversation, read from SQL; ``None`` if it is not stored."""
+        self._check_open()
+        return await self.store.read_conversation(session_id)
+
+    async def _through_cache(self, session_id: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a write of the store under the cache's write protocol: the copy is dropped."""
+        session = self.get_session(session_id)
+        try:
+            return await session._write(write, "", [])
+        finally:
+            await session.close()
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete one session and its history (in SQL, its cached copy dropped); whether it
+        existed."""
+        self._check_open()
+        session_id = validate_session_id(session_id)
+        return await self._through_cache(session_id, lambda: self.store.delete_session(session_id))
+
+    async def write_conversation(self, conversation: Conversation) -> None:
+        """Store ``conversation`` whole in SQL, replacing any session of the same id, in one
+        transaction; its cached copy is dropped."""
+        self._check_open()
+        conversation = conversation.validated()
+        await self._through_cache(
+            conversation.session_id, lambda: self.store.write_conversation(conversation)
+        )
+
+    async def _release(self) -> None:
+        try:
+            await self.store.close()
+        finally:
+            if self._connection is not None:
                 await _shared.release(self._connection)

@@ -15,11 +15,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from datetime import timedelta
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
 
+from agentmem.manager import (
+    DEFAULT_PAGE_SIZE,
+    Conversation,
+    SessionInfo,
+    SessionManagerABC,
+    SessionPage,
+    decode_cursor,
+    page_of,
+    validate_page_size,
+)
 from agentmem.providers._redis import (
     DEFAULT_URL,
     TTL,
@@ -53,6 +62,7 @@ DEFAULT_SESSION_PREFIX: Final = "agentmem:session"
 DEFAULT_MESSAGES_PREFIX: Final = "agentmem:messages"
 
 _SCAN_COUNT = 1000
+_PIPELINE_CHUNK = 500
 
 logger = logging.getLogger("agentmem")
 # Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
@@ -290,7 +300,7 @@ def _now() -> str:
 _MANAGER_DEFAULT: Any = object()
 
 
-class RedisSessionManager:
+class RedisSessionManager(SessionManagerABC[RedisSession]):
     """Hands out ``RedisSession`` objects that share one blocking connection pool.
 
     Sessions from a manager never close the pool; ``close()`` on the manager does, after which
@@ -361,15 +371,6 @@ class RedisSessionManager:
         self.skipped_keys = 0
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        """Whether ``close()`` has been called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SessionClosedError("RedisSessionManager is closed")
-
     def get_session(
         self,
         session_id: str,
@@ -391,7 +392,7 @@ class RedisSessionManager:
         self._check_open()
         if ttl is _MANAGER_DEFAULT:
             ttl = self.default_ttl
-        return RedisSession._from_manager(self, session_id, ttl, session_settings)
+        return self._handed_out(RedisSession._from_manager(self, session_id, ttl, session_settings))
 
     async def list_sessions(self) -> list[str]:
         """Return the ids of the sessions under this manager's ``session_prefix``, sorted.
@@ -443,21 +444,114 @@ class RedisSessionManager:
         deleted: int = await self._clients.get().delete(*keys)
         return deleted > 0
 
-    async def close(self) -> None:
-        """Close the shared pool. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    async def ping(self) -> bool:
+        """Whether Redis answers (raises ``redis.ConnectionError`` naming the address when it
+        cannot be reached)."""
+        self._check_open()
+        return bool(await self._clients.get().ping())
+
+    async def _release(self) -> None:
         await self._clients.aclose()
 
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
+    def _keys_of(self, session_id: str) -> tuple[str, str]:
+        """The metadata hash and item list keys of a session."""
+        return _key(self.session_prefix, session_id), _key(self.messages_prefix, session_id)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    async def _infos(self, session_ids: list[str]) -> list[SessionInfo | None]:
+        """What is stored of each session (``None``: not stored), a pipeline per 500 ids."""
+        infos: list[SessionInfo | None] = []
+        client = self._clients.get()
+        for start in range(0, len(session_ids), _PIPELINE_CHUNK):
+            chunk = session_ids[start : start + _PIPELINE_CHUNK]
+            async with client.pipeline(transaction=False) as pipe:
+                for session_id in chunk:
+                    session_key, messages_key = self._keys_of(session_id)
+                    pipe.hmget(session_key, ["created_at", "updated_at"])
+                    pipe.llen(messages_key)
+                    pipe.exists(session_key, messages_key)
+                replies = await pipe.execute()
+            for index, session_id in enumerate(chunk):
+                (created, updated), length, exists = replies[3 * index : 3 * index + 3]
+                infos.append(
+                    SessionInfo(session_id, int(length), _from_unix(created), _from_unix(updated))
+                    if exists
+                    else None
+                )
+        return infos
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """Item count and timestamps of one session; ``None`` if it is not stored."""
+        self._check_open()
+        return (await self._infos([validate_session_id(session_id)]))[0]
+
+    async def find_sessions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> SessionPage:
+        """One page of the stored sessions, most recently updated first.
+
+        Redis keeps no index by activity: each page walks the prefix's keys with SCAN and
+        reads every session's timestamps, so its cost grows with the number of sessions.
+        """
+        self._check_open()
+        size = validate_page_size(limit)
+        after = None if cursor is None else decode_cursor(cursor)
+        infos = [info for info in await self._infos(await self.list_sessions()) if info]
+        infos.sort(key=_newest_first)
+        if after is not None:
+            position = (-after[0].timestamp(), after[1])
+            infos = [info for info in infos if _newest_first(info) > position]
+        return page_of(infos[: size + 1], size)
+
+    async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Those of ``session_ids`` that are stored."""
+        self._check_open()
+        ids = [validate_session_id(i) for i in session_ids]
+        return {info.session_id for info in await self._infos(ids) if info is not None}
+
+    async def read_conversation(self, session_id: str) -> Conversation | None:
+        """One whole conversation, read atomically (MULTI/EXEC); ``None`` if it is not stored."""
+        self._check_open()
+        session_key, messages_key = self._keys_of(validate_session_id(session_id))
+        async with self._clients.get().pipeline(transaction=True) as pipe:
+            pipe.hmget(session_key, ["created_at", "updated_at"])
+            pipe.lrange(messages_key, 0, -1)
+            pipe.exists(session_key, messages_key)
+            (created, updated), raw, exists = await pipe.execute()
+        if not exists:
+            return None
+        items = [decode_item(data) for data in raw]
+        return Conversation(session_id, items, _from_unix(created), _from_unix(updated))
+
+    async def write_conversation(self, conversation: Conversation) -> None:
+        """Store ``conversation`` whole with its timestamps, replacing any session of the same
+        id, atomically (MULTI/EXEC); the manager's ``default_ttl`` applies to it."""
+        self._check_open()
+        conversation = conversation.validated()
+        encoded = encode_items(conversation.items)
+        created, updated = conversation.stamped()
+        keys = self._keys_of(conversation.session_id)
+        ttl_ms = _ttl_ms(self.default_ttl, "default_ttl")
+        async with self._clients.get().pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            for start in range(0, len(encoded), _RPUSH_CHUNK):
+                pipe.rpush(keys[1], *(item.json for item in encoded[start : start + _RPUSH_CHUNK]))
+            pipe.hset(
+                keys[0], mapping={"created_at": _to_unix(created), "updated_at": _to_unix(updated)}
+            )
+            if ttl_ms:
+                for key in keys:
+                    pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
+
+def _newest_first(info: SessionInfo) -> tuple[float, str]:
+    return -info.updated_at.timestamp(), info.session_id
+
+
+def _to_unix(value: datetime) -> str:
+    return f"{value.timestamp():.6f}"  # the format of _now(): Unix seconds, microseconds
+
+
+def _from_unix(value: bytes | str | None) -> datetime:
+    """A stored Unix time as UTC (the epoch when the field is missing)."""
+    return datetime.fromtimestamp(0.0 if value is None else float(value), UTC)

@@ -14,8 +14,9 @@ import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -24,15 +25,34 @@ from sqlalchemy.util import greenlet_spawn
 
 from agentmem import migrate
 from agentmem._deps import require_driver
+from agentmem.manager import (
+    DEFAULT_PAGE_SIZE,
+    Conversation,
+    SessionInfo,
+    SessionManagerABC,
+    SessionPage,
+    decode_cursor,
+    page_of,
+    validate_page_size,
+)
 from agentmem.models import validate_table_prefix
 from agentmem.providers import _sql
-from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
+from agentmem.providers import _sql_manage as _manage
+from agentmem.session import (
+    EncodedItem,
+    SessionABC,
+    SessionItem,
+    decode_item,
+    encode_items,
+    validate_session_id,
+)
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
     "CallTimeoutError",
     "Operations",
     "SQLAlchemySession",
+    "SQLAlchemySessionManager",
     "SQLSessionBase",
     "use_sqlite_settings",
 ]
@@ -223,9 +243,19 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 class SQLSessionBase(SessionABC):
-    """The history operations of the SQL sessions, delegated to ``self._ops``."""
+    """The history operations of the SQL sessions, delegated to ``self._ops``.
+
+    Besides the Session protocol it offers the history as stored (JSON text, encoded once), for
+    what composes a SQL session: :class:`agentmem.CachedSession` keeps that text as is.
+    """
 
     _ops: Operations
+
+    @property
+    @abstractmethod
+    def store_identity(self) -> tuple[str, str, str]:
+        """``(backend, database, table prefix)``: the same for every session object of this
+        store in any process (a SQLite file's resolved path; a server database's name)."""
 
     async def get_items(self, limit: int | None = None) -> list[SessionItem]:
         self._check_open()
@@ -235,16 +265,33 @@ class SQLSessionBase(SessionABC):
         rows = await self._ops.get(resolved)
         return [decode_item(row) for row in rows]
 
+    async def get_stored_items(self, limit: int | None = None) -> list[str]:
+        """The newest ``limit`` items (all with ``None``; ``session_settings`` do not apply) as
+        stored: each item's JSON text, oldest first."""
+        self._check_open()
+        return await self._ops.get(limit)
+
     async def add_items(self, items: list[SessionItem]) -> None:
         self._check_open()
         encoded = encode_items(items)
         if encoded:
             await self._ops.add(encoded)
 
+    async def add_encoded_items(self, items: list[EncodedItem]) -> None:
+        """Append items already checked and encoded by :func:`agentmem.session.encode_items`."""
+        self._check_open()
+        if items:
+            await self._ops.add(items)
+
     async def pop_item(self) -> SessionItem | None:
         self._check_open()
-        row = await self._ops.pop()
+        row = await self.pop_stored_item()
         return None if row is None else decode_item(row)
+
+    async def pop_stored_item(self) -> str | None:
+        """Remove the newest item and return its JSON text as stored; ``None`` when empty."""
+        self._check_open()
+        return await self._ops.pop()
 
     async def clear_session(self) -> None:
         self._check_open()
@@ -377,9 +424,23 @@ class SQLAlchemySession(SQLSessionBase):
         return self._table_prefix
 
     @property
+    def store_identity(self) -> tuple[str, str, str]:
+        """``(backend, database, table prefix)``: the database's name, never its host, whose
+        spelling may differ between processes (a SQLite file's resolved path)."""
+        url = self._engine.url if self._engine is not None else make_url(str(self._url))
+        database = url.database or ""
+        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+            database = str(Path(database).expanduser().resolve())
+        return url.get_backend_name(), database, self._table_prefix
+
+    @property
     def call_timeout(self) -> float | None:
         """Seconds one PostgreSQL call may take (``None``: no limit)."""
         return self._call_timeout
+
+    def _driver_timeout(self) -> float | None:
+        """``call_timeout`` where it applies: on PostgreSQL."""
+        return self._call_timeout if isinstance(self._ops, _AsyncpgOperations) else None
 
     def _server(self) -> str:
         url = self._engine.url if self._engine is not None else make_url(self._url or "")
@@ -412,8 +473,21 @@ class _EngineOperations(Operations):
         self.session_id = session.session_id
 
 
+class _EngineUser(Protocol):
+    """What runs calls on an engine's pooled connections: a session or a manager."""
+
+    @property
+    def table_prefix(self) -> str: ...
+
+    async def engine(self) -> AsyncEngine: ...
+
+    def _driver_timeout(self) -> float | None: ...
+
+    def _server(self) -> str: ...
+
+
 async def _with_driver(
-    session: SQLAlchemySession, use: Callable[[Any], Awaitable[T]], *, retry: bool
+    session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool
 ) -> T:
     """Run ``use(driver_connection)`` on a pooled connection.
 
@@ -427,7 +501,7 @@ async def _with_driver(
     ``call_timeout``: past it the connection in use is closed (only that one) and
     :class:`CallTimeoutError` is raised, without a retry.
     """
-    timeout = session._call_timeout if isinstance(session._ops, _AsyncpgOperations) else None
+    timeout = session._driver_timeout()
     if timeout is None:
         return await _attempts(session, use, retry=retry)
     deadline = asyncio.timeout(timeout)
@@ -443,9 +517,7 @@ async def _with_driver(
         ) from None
 
 
-async def _attempts(
-    session: SQLAlchemySession, use: Callable[[Any], Awaitable[T]], *, retry: bool
-) -> T:
+async def _attempts(session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
     for attempt in (1, 2):
         engine = await session.engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
@@ -587,3 +659,254 @@ class _AiosqliteOperations(_EngineOperations):
 
     async def clear(self) -> None:
         await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=False)
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+
+class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
+    """Hands out ``SQLAlchemySession`` objects on one engine, and manages the store as a whole.
+
+    Example:
+        >>> async with SQLAlchemySessionManager(engine) as manager:
+        ...     session = manager.get_session("user_123")
+        ...     page = await manager.find_sessions(limit=20)
+
+    The manager borrows an engine it is given (``close()`` leaves it open); one built by
+    :meth:`from_url` is shared with the sessions it hands out (one engine per event loop) and
+    disposed with the last of them.
+
+    Args:
+        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
+        create_tables: Bring the database to agentmem's current schema on first use.
+        table_prefix: Prefix of agentmem's table names.
+        call_timeout: Seconds one PostgreSQL call of the manager or of its sessions may take
+            (``None``: no limit); see :class:`SQLAlchemySession`.
+
+    Raises:
+        TypeError, ValueError: a bad engine, driver or prefix.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(
+                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
+            )
+        self._setup(
+            engine.dialect.name, engine.dialect.driver, create_tables, table_prefix, call_timeout
+        )
+        self._engine: AsyncEngine | None = engine
+        self._url: str | None = None
+        self._engine_options: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        engine_kwargs: dict[str, Any] | None = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    ) -> SQLAlchemySessionManager:
+        """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
+        aiosqlite), shared with every session of that URL; ``close()`` releases it."""
+        if not isinstance(url, str) or not url:
+            raise ValueError("url must be a database URL such as postgresql://user@host/db")
+        self = cls.__new__(cls)
+        async_url = migrate.async_url(url)
+        parsed = make_url(async_url)
+        self._setup(
+            parsed.get_backend_name(),
+            parsed.get_driver_name(),
+            create_tables,
+            table_prefix,
+            call_timeout,
+        )
+        self._engine = None
+        self._url = async_url
+        self._engine_options = dict(engine_kwargs or {})
+        return self
+
+    def _setup(
+        self,
+        dialect: str,
+        driver: str,
+        create_tables: bool,
+        table_prefix: str,
+        call_timeout: float | None,
+    ) -> None:
+        self._kind = f"{dialect}+{driver}"
+        if self._kind not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+            raise ValueError(f"SQLAlchemySessionManager supports {_SUPPORTED}, not {self._kind}")
+        self._table_prefix = validate_table_prefix(table_prefix)
+        self._create_tables = create_tables
+        self._call_timeout = _validate_call_timeout(call_timeout)
+        self._engine_keys: list[Any] = []
+        self._closed = False
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of the store's table names."""
+        return self._table_prefix
+
+    def _driver_timeout(self) -> float | None:
+        return self._call_timeout if self._kind == "postgresql+asyncpg" else None
+
+    def _server(self) -> str:
+        url = self._engine.url if self._engine is not None else make_url(self._url or "")
+        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+    async def engine(self) -> AsyncEngine:
+        """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
+        with agentmem's schema checked (or created, with ``create_tables``)."""
+        engine = await self._current_engine()
+        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
+        return engine
+
+    async def _current_engine(self) -> AsyncEngine:
+        self._check_open()
+        if self._engine is not None:
+            return self._engine
+        assert self._url is not None
+        key, engine = _shared_engines.acquire(self._url, self._engine_options)
+        if key in self._engine_keys:
+            await _shared_engines.release(key)  # already counted for this manager
+        else:
+            self._engine_keys.append(key)
+        return engine
+
+    async def schema_revision(self) -> str | None:
+        """The agentmem schema revision of the database (``None``: its tables are absent),
+        read without changing anything."""
+        return await migrate.current(await self._current_engine(), table_prefix=self._table_prefix)
+
+    async def upgrade_schema(self) -> None:
+        """Bring the database to agentmem's current schema (runs the migrations)."""
+        engine = await self._current_engine()
+        await migrate.upgrade(engine, table_prefix=self._table_prefix)
+        _schemas.forget(engine)
+
+    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLAlchemySession:
+        """A session on the manager's engine.
+
+        Raises:
+            SessionClosedError: the manager was closed.
+        """
+        self._check_open()
+        if self._engine is not None:
+            session = SQLAlchemySession(
+                self._engine,
+                session_id,
+                create_tables=self._create_tables,
+                table_prefix=self._table_prefix,
+                session_settings=session_settings,
+                call_timeout=self._call_timeout,
+            )
+        else:
+            assert self._url is not None
+            session = SQLAlchemySession.from_url(
+                session_id,
+                url=self._url,
+                create_tables=self._create_tables,
+                table_prefix=self._table_prefix,
+                engine_kwargs=self._engine_options,
+                session_settings=session_settings,
+                call_timeout=self._call_timeout,
+            )
+        return self._handed_out(session)
+
+    async def _run(
+        self,
+        on_postgres: Callable[..., Awaitable[T]],
+        on_sqlite: Callable[..., T],
+        *args: Any,
+        retry: bool,
+    ) -> T:
+        """One manager operation on a pooled connection, in the driver's fast path."""
+        self._check_open()
+        if self._kind == "postgresql+asyncpg":
+            return await _with_driver(
+                self, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
+            )
+
+        async def use(driver: Any) -> T:
+            result: T = await driver._execute(
+                lambda: on_sqlite(driver._conn, self._table_prefix, *args)
+            )
+            return result
+
+        return await _with_driver(self, use, retry=retry)
+
+    async def list_sessions(self) -> list[str]:
+        """The ids of every stored session, sorted."""
+        return await self._run(_manage.postgres_ids, _manage.sqlite_ids, retry=True)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """Item count and timestamps of one session; ``None`` if it is not stored."""
+        session_id = validate_session_id(session_id)
+        return await self._run(_manage.postgres_info, _manage.sqlite_info, session_id, retry=True)
+
+    async def find_sessions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> SessionPage:
+        """One page of the stored sessions, most recently updated first (a keyset range on
+        ``updated_at``: every page costs the same)."""
+        size = validate_page_size(limit)
+        after = None if cursor is None else decode_cursor(cursor)
+        infos = await self._run(
+            _manage.postgres_page, _manage.sqlite_page, size + 1, after, retry=True
+        )
+        return page_of(infos, size)
+
+    async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Those of ``session_ids`` that are stored."""
+        ids = [validate_session_id(i) for i in session_ids]
+        if not ids:
+            return set()
+        return await self._run(
+            _manage.postgres_existing,
+            _manage.sqlite_existing,
+            ids,
+            retry=True,
+        )
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete one session and its history; whether it existed."""
+        session_id = validate_session_id(session_id)
+        return await self._run(
+            _manage.postgres_delete, _manage.sqlite_delete, session_id, retry=False
+        )
+
+    async def read_conversation(self, session_id: str) -> Conversation | None:
+        """One whole conversation, read in one transaction; ``None`` if it is not stored."""
+        session_id = validate_session_id(session_id)
+        return await self._run(_manage.postgres_read, _manage.sqlite_read, session_id, retry=True)
+
+    async def write_conversation(self, conversation: Conversation) -> None:
+        """Store ``conversation`` whole with its timestamps, replacing any session of the same
+        id, in one transaction."""
+        conversation = conversation.validated()
+        encoded = encode_items(conversation.items)
+        created, updated = conversation.stamped()
+        await self._run(
+            _manage.postgres_write,
+            _manage.sqlite_write,
+            conversation.session_id,
+            encoded,
+            created,
+            updated,
+            retry=False,
+        )
+
+    async def _release(self) -> None:
+        keys, self._engine_keys = self._engine_keys, []
+        for key in keys:
+            await _shared_engines.release(key)

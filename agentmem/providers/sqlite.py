@@ -23,19 +23,30 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agentmem import migrate
+from agentmem.manager import (
+    DEFAULT_PAGE_SIZE,
+    Conversation,
+    SessionInfo,
+    SessionManagerABC,
+    SessionPage,
+    decode_cursor,
+    page_of,
+    validate_page_size,
+)
 from agentmem.models import validate_table_prefix
 from agentmem.providers import _sql
+from agentmem.providers import _sql_manage as _manage
 from agentmem.providers.sqlalchemy import Operations, SQLSessionBase
-from agentmem.session import EncodedItem
+from agentmem.session import EncodedItem, encode_items, validate_session_id
 
-__all__ = ["SQLiteSession"]
+__all__ = ["SQLiteSession", "SQLiteSessionManager"]
 
 T = TypeVar("T")
 
@@ -153,6 +164,11 @@ class _Files:
             self._open[key].refs += 1
             return self._open[key]
 
+    def share(self, database: _Database) -> None:
+        """Count one more user of an open database."""
+        with self._lock:
+            database.refs += 1
+
     def release(self, database: _Database) -> bool:
         """Drop one reference; true when it was the last (the caller closes the database)."""
         with self._lock:
@@ -223,6 +239,24 @@ class _ThreadOperations(Operations):
         await self._run(_sql.sqlite_clear)
 
 
+def _resolve(db_path: object) -> str:
+    """``":memory:"``, or the absolute path of a database file whose directory exists."""
+    if not isinstance(db_path, str | PathLike):
+        raise TypeError(f"db_path must be a str or a path, got {type(db_path).__name__}")
+    target = str(db_path)
+    if target == MEMORY:
+        return target
+    path = Path(target).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"directory {path.parent} does not exist (for {db_path})")
+    if not path.exists() and not os.access(path.parent, os.W_OK):
+        raise PermissionError(
+            f"cannot create the SQLite database {path}: directory {path.parent} is "
+            "read-only (permission denied)"
+        )
+    return str(path)
+
+
 class SQLiteSession(SQLSessionBase):
     """Conversation history in SQLite: in memory (the default) or in a file.
 
@@ -260,23 +294,153 @@ class SQLiteSession(SQLSessionBase):
     ) -> None:
         super().__init__(session_id, session_settings)
         validate_table_prefix(table_prefix)
-        if not isinstance(db_path, str | PathLike):
-            raise TypeError(f"db_path must be a str or a path, got {type(db_path).__name__}")
-        target = str(db_path)
-        if target != MEMORY:
-            path = Path(target).expanduser().resolve()
-            if not path.parent.is_dir():
-                raise FileNotFoundError(f"directory {path.parent} does not exist (for {db_path})")
-            if not path.exists() and not os.access(path.parent, os.W_OK):
-                raise PermissionError(
-                    f"cannot create the SQLite database {path}: directory {path.parent} is "
-                    "read-only (permission denied)"
-                )
-            target = str(path)
+        target = _resolve(db_path)
         self.db_path = target
         self._database = _files.acquire(target, table_prefix)
         self._ops = _ThreadOperations(self._database, self.session_id)
 
+    @classmethod
+    def _on_database(
+        cls, database: _Database, session_id: str, session_settings: Any
+    ) -> SQLiteSession:
+        """A session on an open database (a manager's), counted as one more of its users."""
+        self = cls.__new__(cls)
+        SQLSessionBase.__init__(self, session_id, session_settings)
+        self.db_path = database.target
+        _files.share(database)
+        self._database = database
+        self._ops = _ThreadOperations(database, self.session_id)
+        return self
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of this session's table names."""
+        return self._database.table_prefix
+
+    @property
+    def store_identity(self) -> tuple[str, str, str]:
+        """``("sqlite", resolved file path or ":memory:", table prefix)``."""
+        return "sqlite", self.db_path, self._database.table_prefix
+
     async def _close(self) -> None:
+        if _files.release(self._database):
+            await asyncio.get_running_loop().run_in_executor(None, self._database.close)
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+
+def _read_revision(path: str, table_prefix: str) -> str | None:
+    if not Path(path).is_file():
+        return None
+    options = _sql.sqlite_read_only_options(path) or {"mode": "ro"}
+    conn = sqlite3.connect(_sql.sqlite_uri(path, options), uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    try:
+        return migrate.current_revision_sqlite(conn, table_prefix)
+    finally:
+        conn.close()
+
+
+class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
+    """Hands out ``SQLiteSession`` objects on one database, and manages it as a whole.
+
+    Example:
+        >>> async with SQLiteSessionManager("conversations.db") as manager:
+        ...     session = manager.get_session("user_123")
+        ...     print(await manager.list_sessions())
+
+    Its sessions share the manager's connection to the database. On ``":memory:"`` the manager
+    holds one private in-memory database that all of its sessions share (a bare in-memory
+    ``SQLiteSession`` has its own). ``close()`` closes the sessions it handed out, and the
+    database once nothing else in the process uses it.
+
+    Args:
+        db_path: ``":memory:"`` (default) or the path of the database file (created and brought
+            to the current schema on first use).
+        table_prefix: Prefix for agentmem's table names.
+
+    Raises:
+        FileNotFoundError: the directory of ``db_path`` does not exist.
+    """
+
+    def __init__(self, db_path: str | PathLike[str] = MEMORY, *, table_prefix: str = "") -> None:
+        self.table_prefix = validate_table_prefix(table_prefix)
+        self.db_path = _resolve(db_path)
+        self._database = _files.acquire(self.db_path, table_prefix)
+        self._closed = False
+
+    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLiteSession:
+        """A session on the manager's database.
+
+        Raises:
+            SessionClosedError: the manager was closed.
+        """
+        self._check_open()
+        return self._handed_out(
+            SQLiteSession._on_database(self._database, session_id, session_settings)
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        if self.db_path == MEMORY:
+            await asyncio.sleep(0)  # as SQLiteSession in memory: a point where a cancel lands
+            return self._database.run(fn, self.table_prefix, *args)
+        call = partial(self._database.run, fn, self.table_prefix, *args)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def schema_revision(self) -> str | None:
+        """The agentmem schema revision of the file (``None``: no file, or no agentmem schema in
+        it), read without creating or migrating it (in memory: the current one)."""
+        self._check_open()
+        if self.db_path == MEMORY:
+            return migrate.head()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _read_revision, self.db_path, self.table_prefix
+        )
+
+    async def upgrade_schema(self) -> None:
+        """Create the file if needed and bring it to agentmem's current schema (what the first
+        use of any of its sessions does)."""
+        await self._run(lambda _conn, _prefix: None)
+
+    async def list_sessions(self) -> list[str]:
+        """The ids of every stored session, sorted."""
+        return await self._run(_manage.sqlite_ids)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """Item count and timestamps of one session; ``None`` if it is not stored."""
+        return await self._run(_manage.sqlite_info, validate_session_id(session_id))
+
+    async def find_sessions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> SessionPage:
+        """One page of the stored sessions, most recently updated first (a keyset range on
+        ``updated_at``)."""
+        size = validate_page_size(limit)
+        after = None if cursor is None else decode_cursor(cursor)
+        return page_of(await self._run(_manage.sqlite_page, size + 1, after), size)
+
+    async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Those of ``session_ids`` that are stored."""
+        ids = [validate_session_id(i) for i in session_ids]
+        return await self._run(_manage.sqlite_existing, ids) if ids else set()
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete one session and its history; whether it existed."""
+        return await self._run(_manage.sqlite_delete, validate_session_id(session_id))
+
+    async def read_conversation(self, session_id: str) -> Conversation | None:
+        """One whole conversation, read in one transaction; ``None`` if it is not stored."""
+        return await self._run(_manage.sqlite_read, validate_session_id(session_id))
+
+    async def write_conversation(self, conversation: Conversation) -> None:
+        """Store ``conversation`` whole with its timestamps, replacing any session of the same
+        id, in one transaction."""
+        conversation = conversation.validated()
+        created, updated = conversation.stamped()
+        encoded = encode_items(conversation.items)
+        await self._run(_manage.sqlite_write, conversation.session_id, encoded, created, updated)
+
+    async def _release(self) -> None:
         if _files.release(self._database):
             await asyncio.get_running_loop().run_in_executor(None, self._database.close)

@@ -1,0 +1,272 @@
+"""The session-manager interface every backend implements, and the records it returns.
+
+A manager hands out sessions of one store that share its connections, and owns what concerns
+the store as a whole: listing, inspecting, deleting, and moving whole conversations with their
+timestamps (what ``agentmem sessions export/import/copy`` are built on).
+
+This module imports nothing of agentmem but the core :mod:`agentmem.session`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import weakref
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from agentmem.session import (
+    Closing,
+    SessionABC,
+    SessionClosedError,
+    SessionItem,
+    encode_items,
+    validate_limit,
+    validate_session_id,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "Conversation",
+    "SessionInfo",
+    "SessionManagerABC",
+    "SessionPage",
+    "decode_cursor",
+    "encode_cursor",
+    "page_of",
+    "utc",
+    "validate_page_size",
+]
+
+S = TypeVar("S", bound=SessionABC)
+
+DEFAULT_PAGE_SIZE = 50
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC time; a naive value (as SQLite stores it) is UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a store knows of one conversation besides its items.
+
+    Attributes:
+        session_id: The conversation's id.
+        item_count: How many items its history holds.
+        created_at: When it was first written (UTC).
+        updated_at: When it was last written (UTC).
+    """
+
+    session_id: str
+    item_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """One page of :meth:`SessionManagerABC.find_sessions`.
+
+    Attributes:
+        items: The sessions of this page, most recently updated first.
+        next_cursor: Pass it as ``cursor`` for the next page; ``None`` on the last page.
+    """
+
+    items: list[SessionInfo]
+    next_cursor: str | None
+
+
+@dataclass
+class Conversation:
+    """A whole stored conversation with its timestamps: the unit of export, import and copy.
+
+    Attributes:
+        session_id: The conversation's id.
+        items: Its history, oldest first.
+        created_at: When it was first written (UTC); ``None``: when it is written.
+        updated_at: When it was last written (UTC); ``None``: ``created_at``.
+    """
+
+    session_id: str
+    items: list[SessionItem] = field(default_factory=list)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def validated(self) -> Conversation:
+        """This conversation with its id and items checked and its times in UTC.
+
+        Raises:
+            TypeError, ValueError: a bad id or item (the message names the item's index).
+        """
+        validate_session_id(self.session_id)
+        encode_items(self.items)
+        created = utc(self.created_at) if self.created_at is not None else None
+        updated = utc(self.updated_at) if self.updated_at is not None else None
+        return Conversation(self.session_id, self.items, created, updated)
+
+    def stamped(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        """``(created_at, updated_at)`` with the defaults filled in, in UTC."""
+        created = utc(self.created_at) if self.created_at is not None else (now or _now())
+        updated = utc(self.updated_at) if self.updated_at is not None else created
+        return created, updated
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def encode_cursor(info: SessionInfo) -> str:
+    """An opaque cursor that resumes a listing after ``info``."""
+    raw = orjson.dumps([utc(info.updated_at).isoformat(), info.session_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object) -> tuple[datetime, str]:
+    """``(updated_at, session_id)`` of the session a cursor resumes after.
+
+    Raises:
+        TypeError: not a ``str``.
+        ValueError: not a cursor of :func:`encode_cursor`.
+    """
+    if not isinstance(cursor, str):
+        raise TypeError(f"cursor must be a str or None, got {type(cursor).__name__}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, session_id = orjson.loads(raw)
+        return utc(datetime.fromisoformat(stamp)), validate_session_id(session_id)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise ValueError(f"not a session listing cursor: {cursor!r}") from None
+
+
+class SessionManagerABC(Closing, Generic[S]):
+    """Base class of agentmem's session managers: one store, shared connections.
+
+    Subclasses implement the store's operations and ``_release``; they call ``self._check_open()``
+    first thing in each public method.
+    """
+
+    _sessions: weakref.WeakSet[S] | None = None
+
+    def _handed_out(self, session: S) -> S:
+        """Remember ``session`` (weakly) so that ``close()`` closes it too."""
+        if self._sessions is None:
+            self._sessions = weakref.WeakSet()
+        self._sessions.add(session)
+        return session
+
+    @abstractmethod
+    def get_session(self, session_id: str, *, session_settings: Any = None) -> S:
+        """A session of this store on the manager's connections (never closes them).
+
+        Args:
+            session_id: The conversation's id.
+            session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+
+        Raises:
+            SessionClosedError: the manager was closed.
+        """
+
+    @abstractmethod
+    async def list_sessions(self) -> list[str]:
+        """The ids of every stored session, sorted."""
+
+    @abstractmethod
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete one session and its history; whether it existed."""
+
+    @abstractmethod
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """What the store knows of one session; ``None`` if it is not stored."""
+
+    @abstractmethod
+    async def find_sessions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> SessionPage:
+        """One page of the stored sessions, most recently updated first (ties by id).
+
+        Args:
+            limit: The page size (at least 1).
+            cursor: ``next_cursor`` of the previous page; ``None`` for the first page.
+
+        Raises:
+            TypeError, ValueError: a bad limit or cursor.
+        """
+
+    @abstractmethod
+    async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """Those of ``session_ids`` that are stored."""
+
+    @abstractmethod
+    async def read_conversation(self, session_id: str) -> Conversation | None:
+        """One whole conversation, read at one point in time; ``None`` if it is not stored."""
+
+    @abstractmethod
+    async def write_conversation(self, conversation: Conversation) -> None:
+        """Store ``conversation`` whole with its timestamps, replacing any session of the same
+        id, atomically (all of it or nothing).
+
+        Raises:
+            TypeError, ValueError: a bad id or item; nothing is written.
+        """
+
+    async def iter_sessions(self, *, page_size: int = 500) -> AsyncIterator[SessionInfo]:
+        """Every stored session, most recently updated first, one page in memory at a time."""
+        cursor: str | None = None
+        while True:
+            page = await self.find_sessions(limit=page_size, cursor=cursor)
+            for info in page.items:
+                yield info
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    @abstractmethod
+    async def _release(self) -> None:
+        """Release what this manager owns (never what it was handed)."""
+
+    async def _close(self) -> None:
+        try:
+            for session in list(self._sessions or ()):
+                await session.close()
+        finally:
+            await self._release()
+
+    async def close(self) -> None:
+        """Close the sessions this manager handed out, then release the connections it owns.
+        Idempotent."""
+        await super().close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError(f"{type(self).__name__} is closed")
+
+
+def page_of(infos: list[SessionInfo], size: int) -> SessionPage:
+    """The page of ``size`` from ``infos``, fetched with one more row than the page holds:
+    that row's presence says whether a next page exists."""
+    if len(infos) <= size:
+        return SessionPage(infos, None)
+    page = infos[:size]
+    return SessionPage(page, encode_cursor(page[-1]))
+
+
+def validate_page_size(limit: object) -> int:
+    """Return ``limit`` if it is a usable page size (an ``int`` of at least 1).
+
+    Raises:
+        TypeError: not an ``int``.
+        ValueError: below 1.
+    """
+    value = validate_limit(limit)
+    if value is None or value < 1:
+        raise ValueError(f"limit must be at least 1, got {limit!r}")
+    return value

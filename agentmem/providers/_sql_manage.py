@@ -1,0 +1,263 @@
+"""The SQL of the session managers: listing, inspecting, deleting, and whole conversations.
+
+Like :mod:`agentmem.providers._sql`, one statement per step, rendered once per table prefix:
+``$n`` parameters for asyncpg on PostgreSQL, ``?`` for sqlite3 (run whole in the thread that owns
+the connection). A listing page is a keyset range on ``(updated_at DESC, session_id)``: it
+resumes after the last session of the previous page, never with OFFSET.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import orjson
+from sqlalchemy.dialects import postgresql, sqlite
+
+from agentmem.manager import Conversation, SessionInfo, utc
+from agentmem.models import tables_for_prefix
+from agentmem.providers._sql import _WriteTransaction, sqlite_statements
+from agentmem.session import EncodedItem, decode_item
+
+
+@dataclass(frozen=True)
+class ManagerStatements:
+    """The statements of one dialect, for one table prefix."""
+
+    ids: str
+    info: str
+    page_first: str
+    page_after: str
+    existing: str
+    items: str
+    insert_session: str
+    delete_session: str
+    insert_items: str
+
+
+def _quoted(table_prefix: str, dialect: Any) -> tuple[str, str]:
+    tables = tables_for_prefix(table_prefix)
+    quote = dialect.identifier_preparer.format_table
+    return quote(tables.sessions), quote(tables.messages)
+
+
+def _info_select(s: str, m: str) -> str:
+    count = f"(SELECT count(*) FROM {m} AS m WHERE m.session_id = s.session_id)"
+    return f"SELECT s.session_id, s.created_at, s.updated_at, {count} FROM {s} AS s"
+
+
+_NEWEST_FIRST = "ORDER BY s.updated_at DESC, s.session_id"
+
+
+@cache
+def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
+    s, m = _quoted(table_prefix, postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
+    select = _info_select(s, m)
+    return ManagerStatements(
+        ids=f"SELECT session_id FROM {s} ORDER BY session_id",
+        info=f"{select} WHERE s.session_id = $1",
+        page_first=f"{select} {_NEWEST_FIRST} LIMIT $1",
+        page_after=(
+            f"{select} WHERE s.updated_at < $1 OR (s.updated_at = $1 AND s.session_id > $2) "
+            f"{_NEWEST_FIRST} LIMIT $3"
+        ),
+        existing=f"SELECT session_id FROM {s} WHERE session_id = ANY($1::text[])",
+        items=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
+        insert_session=(
+            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES ($1, $2, $3)"
+        ),
+        # Messages go by ON DELETE CASCADE; deleting the row takes its lock first, as every
+        # writer of the session does.
+        delete_session=f"DELETE FROM {s} WHERE session_id = $1",
+        insert_items=(
+            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
+            f"SELECT $1, i.message_data, i.role, i.item_type, $5 FROM "
+            f"unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+            f"AS i(message_data, role, item_type, n) ORDER BY i.n"
+        ),
+    )
+
+
+@cache
+def sqlite_manager_statements(table_prefix: str) -> ManagerStatements:
+    s, m = _quoted(table_prefix, sqlite.pysqlite.dialect())
+    select = _info_select(s, m)
+    return ManagerStatements(
+        ids=f"SELECT session_id FROM {s} ORDER BY session_id",
+        info=f"{select} WHERE s.session_id = ?",
+        page_first=f"{select} {_NEWEST_FIRST} LIMIT ?",
+        page_after=(
+            f"{select} WHERE s.updated_at < :u OR (s.updated_at = :u AND s.session_id > :id) "
+            f"{_NEWEST_FIRST} LIMIT :n"
+        ),
+        existing=f"SELECT session_id FROM {s} WHERE session_id IN (SELECT value FROM json_each(?))",
+        items=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
+        insert_session=f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?)",
+        delete_session=f"DELETE FROM {s} WHERE session_id = ?",
+        insert_items=(
+            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
+            f"VALUES (?, ?, ?, ?, ?)"
+        ),
+    )
+
+
+def info_from_row(row: Any) -> SessionInfo:
+    """A :class:`SessionInfo` from ``(session_id, created_at, updated_at, item_count)``."""
+    session_id, created, updated, count = row[0], row[1], row[2], row[3]
+    return SessionInfo(str(session_id), int(count), _time(created), _time(updated))
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return utc(value)
+    return utc(datetime.fromisoformat(str(value)))
+
+
+def sqlite_time(value: datetime) -> str:
+    """A time in the text form agentmem's SQLite rows hold (UTC, microseconds)."""
+    return utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+# --- SQLite: each function runs whole in the thread that owns ``conn`` ------------------------
+
+
+def sqlite_ids(conn: sqlite3.Connection, table_prefix: str) -> list[str]:
+    sql = sqlite_manager_statements(table_prefix)
+    return [row[0] for row in conn.execute(sql.ids)]
+
+
+def sqlite_info(conn: sqlite3.Connection, table_prefix: str, session_id: str) -> SessionInfo | None:
+    row = conn.execute(sqlite_manager_statements(table_prefix).info, (session_id,)).fetchone()
+    return None if row is None else info_from_row(row)
+
+
+def sqlite_page(
+    conn: sqlite3.Connection, table_prefix: str, limit: int, after: tuple[datetime, str] | None
+) -> list[SessionInfo]:
+    sql = sqlite_manager_statements(table_prefix)
+    if after is None:
+        rows = conn.execute(sql.page_first, (limit,)).fetchall()
+    else:
+        values = {"u": sqlite_time(after[0]), "id": after[1], "n": limit}
+        rows = conn.execute(sql.page_after, values).fetchall()
+    return [info_from_row(row) for row in rows]
+
+
+def sqlite_existing(
+    conn: sqlite3.Connection, table_prefix: str, session_ids: list[str]
+) -> set[str]:
+    sql = sqlite_manager_statements(table_prefix)
+    ids = orjson.dumps(session_ids).decode()  # bound once as a JSON array, whatever its length
+    return {row[0] for row in conn.execute(sql.existing, (ids,))}
+
+
+def sqlite_delete(conn: sqlite3.Connection, table_prefix: str, session_id: str) -> bool:
+    sql = sqlite_statements(table_prefix)
+    with _WriteTransaction(conn):
+        conn.execute(sql.clear_messages, (session_id,))
+        return conn.execute(sql.clear_session, (session_id,)).rowcount > 0
+
+
+def sqlite_read(
+    conn: sqlite3.Connection, table_prefix: str, session_id: str
+) -> Conversation | None:
+    sql = sqlite_manager_statements(table_prefix)
+    if conn.in_transaction:  # left open by a caller of a shared connection
+        conn.rollback()
+    conn.execute("BEGIN")  # one snapshot for the session row and its items
+    try:
+        row = conn.execute(sql.info, (session_id,)).fetchone()
+        if row is None:
+            return None
+        items = [decode_item(data) for (data,) in conn.execute(sql.items, (session_id,))]
+    finally:
+        conn.rollback()
+    info = info_from_row(row)
+    return Conversation(session_id, items, info.created_at, info.updated_at)
+
+
+def sqlite_write(
+    conn: sqlite3.Connection,
+    table_prefix: str,
+    session_id: str,
+    items: list[EncodedItem],
+    created_at: datetime,
+    updated_at: datetime,
+) -> None:
+    sql = sqlite_statements(table_prefix)
+    manage = sqlite_manager_statements(table_prefix)
+    created, updated = sqlite_time(created_at), sqlite_time(updated_at)
+    with _WriteTransaction(conn):
+        conn.execute(sql.clear_messages, (session_id,))
+        conn.execute(sql.clear_session, (session_id,))
+        conn.execute(manage.insert_session, (session_id, created, updated))
+        conn.executemany(manage.insert_items, [(session_id, *item, updated) for item in items])
+
+
+# --- PostgreSQL: each function takes an asyncpg connection -------------------------------------
+
+
+async def postgres_ids(conn: Any, table_prefix: str) -> list[str]:
+    sql = postgres_manager_statements(table_prefix)
+    return [row[0] for row in await conn.fetch(sql.ids)]
+
+
+async def postgres_info(conn: Any, table_prefix: str, session_id: str) -> SessionInfo | None:
+    row = await conn.fetchrow(postgres_manager_statements(table_prefix).info, session_id)
+    return None if row is None else info_from_row(row)
+
+
+async def postgres_page(
+    conn: Any, table_prefix: str, limit: int, after: tuple[datetime, str] | None
+) -> list[SessionInfo]:
+    sql = postgres_manager_statements(table_prefix)
+    if after is None:
+        rows = await conn.fetch(sql.page_first, limit)
+    else:
+        rows = await conn.fetch(sql.page_after, after[0], after[1], limit)
+    return [info_from_row(row) for row in rows]
+
+
+async def postgres_existing(conn: Any, table_prefix: str, session_ids: list[str]) -> set[str]:
+    sql = postgres_manager_statements(table_prefix)
+    return {row[0] for row in await conn.fetch(sql.existing, session_ids)}
+
+
+async def postgres_delete(conn: Any, table_prefix: str, session_id: str) -> bool:
+    status: str = await conn.execute(
+        postgres_manager_statements(table_prefix).delete_session, session_id
+    )
+    return status != "DELETE 0"
+
+
+async def postgres_read(conn: Any, table_prefix: str, session_id: str) -> Conversation | None:
+    sql = postgres_manager_statements(table_prefix)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(sql.info, session_id)
+        if row is None:
+            return None
+        rows = await conn.fetch(sql.items, session_id)
+    info = info_from_row(row)
+    return Conversation(
+        session_id, [decode_item(r[0]) for r in rows], info.created_at, info.updated_at
+    )
+
+
+async def postgres_write(
+    conn: Any,
+    table_prefix: str,
+    session_id: str,
+    items: list[EncodedItem],
+    created_at: datetime,
+    updated_at: datetime,
+) -> None:
+    sql = postgres_manager_statements(table_prefix)
+    async with conn.transaction():
+        await conn.execute(sql.delete_session, session_id)
+        await conn.execute(sql.insert_session, session_id, created_at, updated_at)
+        if items:
+            data, roles, types = (list(column) for column in zip(*items, strict=True))
+            await conn.execute(sql.insert_items, session_id, data, roles, types, updated_at)

@@ -1,0 +1,338 @@
+"""The session-manager contract, stated once and run against every backend's manager.
+
+Stores are shared by the tests of a run (the PostgreSQL database), so each test names its
+sessions with its own prefix, looks only at those, and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmem import SessionClosedError
+from agentmem.manager import Conversation, SessionManagerABC
+from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
+
+
+@dataclass
+class ManagerCase:
+    """A manager under test and the session ids this test may use."""
+
+    manager: SessionManagerABC[Any]
+    prefix: str = field(default_factory=lambda: unique_id("m"))
+
+    def new_id(self, name: str = "") -> str:
+        return f"{self.prefix}-{name or uuid.uuid4().hex[:8]}"
+
+    async def mine(self) -> list[str]:
+        return [i for i in await self.manager.list_sessions() if i.startswith(self.prefix)]
+
+
+async def _case(manager: SessionManagerABC[Any]) -> AsyncIterator[ManagerCase]:
+    case = ManagerCase(manager)
+    yield case
+    if not manager.closed:
+        for session_id in await case.mine():
+            await manager.delete_session(session_id)
+        await manager.close()
+
+
+@pytest.fixture
+async def sqlite_memory_manager() -> AsyncIterator[ManagerCase]:
+    from agentmem import SQLiteSessionManager
+
+    async for case in _case(SQLiteSessionManager()):
+        yield case
+
+
+@pytest.fixture
+async def sqlite_file_manager(tmp_path: Path) -> AsyncIterator[ManagerCase]:
+    from agentmem import SQLiteSessionManager
+
+    async for case in _case(SQLiteSessionManager(tmp_path / "managed.db")):
+        yield case
+
+
+@pytest.fixture
+async def sqlalchemy_sqlite_manager(tmp_path: Path) -> AsyncIterator[ManagerCase]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySessionManager
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
+    async for case in _case(SQLAlchemySessionManager(engine, create_tables=True)):
+        yield case
+    await engine.dispose()
+
+
+@pytest.fixture
+async def postgres_manager(postgres_engine: Any) -> AsyncIterator[ManagerCase]:
+    from agentmem import SQLAlchemySessionManager
+
+    async for case in _case(SQLAlchemySessionManager(postgres_engine)):
+        yield case
+
+
+@pytest.fixture
+async def postgres_url_manager(postgres_url: str) -> AsyncIterator[ManagerCase]:
+    from agentmem import SQLAlchemySessionManager
+
+    async for case in _case(SQLAlchemySessionManager.from_url(postgres_url)):
+        yield case
+
+
+@pytest.fixture
+async def redis_manager(redis_client: Any) -> AsyncIterator[ManagerCase]:
+    from agentmem import RedisSessionManager
+
+    prefix = f"{REDIS_PREFIX}:{uuid.uuid4().hex[:8]}"
+    manager = RedisSessionManager(
+        REDIS_URL, session_prefix=f"{prefix}:session", messages_prefix=f"{prefix}:messages"
+    )
+    async for case in _case(manager):
+        yield case
+
+
+@pytest.fixture
+async def cached_manager(postgres_engine: Any, redis_client: Any) -> AsyncIterator[ManagerCase]:
+    from agentmem import CachedSessionManager, SQLAlchemySessionManager
+
+    manager = CachedSessionManager(
+        SQLAlchemySessionManager(postgres_engine),
+        REDIS_URL,
+        key_prefix=f"{REDIS_PREFIX}:cache",
+    )
+    async for case in _case(manager):
+        yield case
+
+
+MANAGERS = [
+    pytest.param("sqlite_memory_manager", marks=pytest.mark.sqlite, id="sqlite-memory"),
+    pytest.param("sqlite_file_manager", marks=pytest.mark.sqlite, id="sqlite-file"),
+    pytest.param("sqlalchemy_sqlite_manager", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
+    pytest.param("postgres_manager", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("postgres_url_manager", marks=pytest.mark.postgres, id="postgres-url"),
+    pytest.param("redis_manager", marks=pytest.mark.redis, id="redis"),
+    pytest.param("cached_manager", marks=pytest.mark.cached, id="cached"),
+]
+
+
+@pytest.fixture(params=MANAGERS)
+def case(request: pytest.FixtureRequest) -> ManagerCase:
+    """Each backend's manager in turn (see ``MANAGERS``)."""
+    value: ManagerCase = request.getfixturevalue(request.param)
+    return value
+
+
+def at(minutes: int) -> datetime:
+    """A fixed time, ``minutes`` after a base far from now (so no live write ties with it)."""
+    return datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC) + timedelta(minutes=minutes)
+
+
+async def test_sessions_of_a_manager_share_its_store(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    first = case.manager.get_session(session_id)
+    await first.add_items([{"role": "user", "content": "hello"}])
+    second = case.manager.get_session(session_id)
+    assert await second.get_items() == [{"role": "user", "content": "hello"}]
+    assert second.session_id == session_id
+
+
+async def test_list_sessions_gives_sorted_ids_and_delete_removes_one(case: ManagerCase) -> None:
+    ids = [case.new_id(name) for name in ("c", "a", "b")]
+    for session_id in ids:
+        await case.manager.get_session(session_id).add_items([{"n": 1}])
+    assert await case.mine() == sorted(ids)
+    assert await case.manager.delete_session(ids[0]) is True
+    assert await case.manager.delete_session(ids[0]) is False
+    assert await case.mine() == sorted(ids[1:])
+    assert await case.manager.get_session(ids[0]).get_items() == []
+    assert await case.manager.get_session(ids[1]).get_items() == [{"n": 1}]
+
+
+async def test_session_info_counts_items_and_keeps_timestamps(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    assert await case.manager.session_info(session_id) is None
+    session = case.manager.get_session(session_id)
+    await session.add_items([{"n": 1}, {"n": 2}, {"n": 3}])
+    await session.pop_item()
+    info = await case.manager.session_info(session_id)
+    assert info is not None
+    assert (info.session_id, info.item_count) == (session_id, 2)
+    assert info.created_at.tzinfo is not None and info.updated_at.tzinfo is not None
+    assert info.created_at <= info.updated_at
+    assert abs(datetime.now(UTC) - info.updated_at) < timedelta(minutes=5)
+
+
+async def test_find_sessions_pages_newest_first_with_a_cursor(case: ManagerCase) -> None:
+    # Five sessions updated at known times (two share one, ordered by id), written whole.
+    times = {"a": 3, "b": 1, "c": 5, "d": 3, "e": 4}
+    for name, minutes in times.items():
+        conversation = Conversation(case.new_id(name), [{"n": name}], at(0), at(minutes))
+        await case.manager.write_conversation(conversation)
+    expected = [case.new_id(name) for name in ("c", "e", "a", "d", "b")]
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await case.manager.find_sessions(limit=2, cursor=cursor)
+        assert len(page.items) <= 2
+        seen.extend(info.session_id for info in page.items)
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    mine = [session_id for session_id in seen if session_id.startswith(case.prefix)]
+    assert mine == expected
+    assert len(seen) == len(set(seen))  # no session twice across pages
+    first = (await case.manager.find_sessions(limit=50)).items
+    infos = {info.session_id: info for info in first if info.session_id in expected}
+    assert infos[expected[0]].updated_at == at(5)
+    assert infos[expected[0]].item_count == 1
+
+
+async def test_iter_sessions_walks_every_page(case: ManagerCase) -> None:
+    ids = [case.new_id(str(n)) for n in range(7)]
+    for n, session_id in enumerate(ids):
+        await case.manager.write_conversation(Conversation(session_id, [], at(n), at(n)))
+    walked = [info.session_id async for info in case.manager.iter_sessions(page_size=3)]
+    assert [i for i in walked if i.startswith(case.prefix)] == list(reversed(ids))
+
+
+async def test_existing_sessions_names_the_stored_ones(case: ManagerCase) -> None:
+    stored, absent = case.new_id("stored"), case.new_id("absent")
+    await case.manager.get_session(stored).add_items([{"n": 1}])
+    assert await case.manager.existing_sessions([stored, absent]) == {stored}
+    assert await case.manager.existing_sessions([]) == set()
+
+
+async def test_a_conversation_round_trips_whole_with_its_timestamps(
+    case: ManagerCase, sdk_items: list[dict[str, Any]]
+) -> None:
+    session_id = case.new_id()
+    await case.manager.write_conversation(Conversation(session_id, sdk_items, at(1), at(2)))
+    read = await case.manager.read_conversation(session_id)
+    assert read is not None
+    assert read.items == sdk_items
+    assert (read.created_at, read.updated_at) == (at(1), at(2))
+    assert await case.manager.get_session(session_id).get_items() == sdk_items
+    assert await case.manager.read_conversation(case.new_id("absent")) is None
+
+
+async def test_writing_a_conversation_replaces_the_session(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    await case.manager.get_session(session_id).add_items([{"old": 1}, {"old": 2}])
+    await case.manager.write_conversation(Conversation(session_id, [{"new": 1}]))
+    assert await case.manager.get_session(session_id).get_items() == [{"new": 1}]
+    info = await case.manager.session_info(session_id)
+    assert info is not None and info.item_count == 1
+
+
+async def test_an_empty_conversation_is_a_stored_session(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    await case.manager.write_conversation(Conversation(session_id, [], at(0), at(0)))
+    info = await case.manager.session_info(session_id)
+    assert info is not None and info.item_count == 0
+    read = await case.manager.read_conversation(session_id)
+    assert read is not None and read.items == []
+
+
+async def test_a_bad_conversation_writes_nothing(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    await case.manager.get_session(session_id).add_items([{"kept": True}])
+    with pytest.raises(TypeError, match="item 1"):
+        await case.manager.write_conversation(Conversation(session_id, [{"ok": 1}, {1, 2}]))
+    with pytest.raises(ValueError):
+        await case.manager.write_conversation(Conversation("", [{"ok": 1}]))
+    assert await case.manager.get_session(session_id).get_items() == [{"kept": True}]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"limit": 0}, ValueError),
+        ({"limit": -1}, ValueError),
+        ({"limit": "10"}, TypeError),
+        ({"cursor": "not a cursor"}, ValueError),
+        ({"cursor": 5}, TypeError),
+    ],
+)
+async def test_find_sessions_refuses_bad_arguments(
+    case: ManagerCase, arguments: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await case.manager.find_sessions(**arguments)
+
+
+async def test_bad_session_ids_are_refused(case: ManagerCase) -> None:
+    calls: list[Callable[[], Any]] = [
+        lambda: case.manager.session_info(""),
+        lambda: case.manager.delete_session("x" * 256),
+        lambda: case.manager.read_conversation("a\x00b"),
+        lambda: case.manager.existing_sessions([""]),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError):
+            await call()
+    with pytest.raises(ValueError):
+        case.manager.get_session("")
+
+
+async def test_close_closes_the_manager_and_its_sessions(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    async with case.manager as manager:
+        session = manager.get_session(session_id)
+        await session.add_items([{"n": 1}])
+        await manager.delete_session(session_id)
+    assert manager.closed
+    with pytest.raises(SessionClosedError):
+        manager.get_session(session_id)
+    with pytest.raises(SessionClosedError):
+        await manager.list_sessions()
+    with pytest.raises(SessionClosedError):
+        await session.get_items()
+    await manager.close()  # idempotent
+
+
+@pytest.mark.cached
+async def test_cached_manager_writes_never_leave_a_stale_copy(
+    postgres_engine: Any, redis_client: Any
+) -> None:
+    """A whole-conversation write or a delete through the manager is seen by a session whose
+    copy was cached before it."""
+    from agentmem import CachedSessionManager, SQLAlchemySessionManager
+
+    manager = CachedSessionManager(
+        SQLAlchemySessionManager(postgres_engine), REDIS_URL, key_prefix=f"{REDIS_PREFIX}:cache"
+    )
+    async with manager:
+        session_id = unique_id("cm")
+        reader = manager.get_session(session_id)
+        await reader.add_items([{"n": 1}])
+        assert await reader.get_items() == [{"n": 1}]  # cached now
+        assert await redis_client.exists(reader.items_key)
+        await manager.write_conversation(Conversation(session_id, [{"n": 2}, {"n": 3}]))
+        assert await reader.get_items() == [{"n": 2}, {"n": 3}]
+        assert await reader.get_items() == [{"n": 2}, {"n": 3}]  # refilled, hit
+        assert await manager.delete_session(session_id) is True
+        assert await reader.get_items() == []
+        assert await manager.session_info(session_id) is None
+
+
+async def test_a_cached_manager_refuses_an_in_memory_store() -> None:
+    pytest.importorskip("redis")
+    from agentmem import CachedSessionManager, SQLiteSessionManager
+
+    store = SQLiteSessionManager()
+    with pytest.raises(ValueError, match="in-memory"):
+        CachedSessionManager(store)
+    with pytest.raises(TypeError, match="SQL manager"):
+        CachedSessionManager(object())  # type: ignore[arg-type]
+    await store.close()
