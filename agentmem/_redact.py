@@ -9,8 +9,8 @@ __all__ = ["mask_credentials"]
 MASK = "***"
 
 # scheme://user:password@host: the password runs to the last "@" of the word (an unencoded
-# password may hold "/" or "@"); "scheme://:password@host" (Redis) has an empty user.
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*):[^\s'\"]*@")
+# password may hold "/", "@" or quotes); "scheme://:password@host" (Redis) has an empty user.
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*):\S*@")
 # password=... as a URL query parameter (?password=, &pass=) or a key=value connection string.
 _SECRET_PARAMETER = re.compile(
     r"(?:(?<=[?&;\s])|^)"

@@ -234,11 +234,15 @@ class SessionManagerABC(Closing, Generic[S]):
         """Release what this manager owns (never what it was handed)."""
 
     async def _close(self) -> None:
-        try:
-            for session in list(self._sessions or ()):
+        errors: list[BaseException] = []
+        for session in list(self._sessions or ()):
+            try:
                 await session.close()
-        finally:
-            await self._release()
+            except Exception as exc:  # close the others, then report the first
+                errors.append(exc)
+        await self._release()
+        if errors:
+            raise errors[0]
 
     async def close(self) -> None:
         """Close the sessions this manager handed out, then release the connections it owns.

@@ -184,16 +184,20 @@ def test_a_plain_install_raises_missing_dependency_when_redis_is_used(tmp_path: 
 def test_from_url_without_its_driver_names_the_install_line(url: str, message: str) -> None:
     result = run_python(
         f"""
-        from agentmem import MissingDependencyError, SQLAlchemySession
+        from agentmem import MissingDependencyError, SQLAlchemySession, SQLAlchemySessionManager
 
-        try:
-            SQLAlchemySession.from_url("u", url={url!r})
-        except MissingDependencyError as exc:
-            print(exc)
+        for build in (
+            lambda: SQLAlchemySession.from_url("u", url={url!r}),
+            lambda: SQLAlchemySessionManager.from_url({url!r}),
+        ):
+            try:
+                build()
+            except MissingDependencyError as exc:
+                print(exc)
         """
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == message
+    assert result.stdout.splitlines() == [message, message]
 
 
 def test_an_installed_but_unsupported_driver_is_a_value_error() -> None:

@@ -336,3 +336,73 @@ async def test_a_cached_manager_refuses_an_in_memory_store() -> None:
     with pytest.raises(TypeError, match="SQL manager"):
         CachedSessionManager(object())  # type: ignore[arg-type]
     await store.close()
+
+
+async def test_times_before_the_year_1000_round_trip_and_list(case: ManagerCase) -> None:
+    early = datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)  # whole seconds: Redis keeps floats
+    session_id = case.new_id()
+    await case.manager.write_conversation(Conversation(session_id, [{"n": 1}], early, early))
+    read = await case.manager.read_conversation(session_id)
+    assert read is not None and (read.created_at, read.updated_at) == (early, early)
+    listed = [info async for info in case.manager.iter_sessions() if info.session_id == session_id]
+    assert [info.updated_at for info in listed] == [early]
+
+
+@pytest.mark.sqlite
+async def test_a_cancelled_sqlite_manager_write_is_over_when_the_cancel_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write waits in its worker thread for another connection's write lock; cancelled
+    there, the caller hears of the cancel only once the thread's call is over (here: applied
+    after the lock is released), never while it can still commit."""
+    import asyncio
+    import sqlite3
+    import threading
+
+    from agentmem import SQLiteSessionManager
+    from agentmem.providers import _sql_manage
+
+    path = tmp_path / "locked.db"
+    manager = SQLiteSessionManager(path)
+    await manager.upgrade_schema()
+    entered = threading.Event()
+    original = _sql_manage.sqlite_write
+
+    def write(*args: Any) -> None:
+        entered.set()
+        original(*args)
+
+    monkeypatch.setattr(_sql_manage, "sqlite_write", write)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        task = asyncio.create_task(manager.write_conversation(Conversation("late", [{"n": 1}])))
+        await asyncio.to_thread(entered.wait, 60)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=0.5)
+        assert not done  # the thread still waits for the lock: the cancel is not raised yet
+    finally:
+        holder.rollback()
+        holder.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    read = await manager.read_conversation("late")  # it was applied before the cancel
+    assert read is not None and read.items == [{"n": 1}]
+    await manager.close()
+
+
+async def test_a_cached_session_refuses_every_in_memory_sqlite_engine() -> None:
+    pytest.importorskip("redis")
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import CachedSession, SQLAlchemySession
+
+    for url in (
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite:///file:cache-test?mode=memory&cache=shared&uri=true",
+    ):
+        engine = create_async_engine(url)
+        with pytest.raises(ValueError, match="in-memory"):
+            CachedSession(SQLAlchemySession(engine, "s"))
+        await engine.dispose()

@@ -88,3 +88,14 @@ async def test_schema_error_for_a_dropped_table_names_the_url(tmp_path: Path) ->
         f"agentmem upgrade --url sqlite+aiosqlite:///{tmp_path / 'gone.db'} --table-prefix am_"
     )
     assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql://u:pa'ss@h/db", "postgresql://u:***@h/db"),
+        ('redis://default:pa"ss@h:6379', "redis://default:***@h:6379"),
+    ],
+)
+def test_passwords_holding_quotes_are_masked(text: str, masked: str) -> None:
+    assert mask_credentials(text) == masked

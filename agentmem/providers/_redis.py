@@ -24,6 +24,7 @@ try:
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:
     _REDIS_INSTALLED = False
 else:
@@ -42,6 +43,7 @@ __all__ = [
     "OutOfMemoryError",
     "RedisConnectionError",
     "RedisError",
+    "RedisTimeoutError",
     "_Connection",
     "_connection_unless_given",
     "_LoopClients",
@@ -73,12 +75,19 @@ _WAIT_FOR_LOSES_CANCELS: Final = sys.version_info < (3, 12)
 
 async def _settled(call: Awaitable[T]) -> T:
     """Await one redis-py call; a cancel of the calling task that arrived during it and was
-    swallowed (Python 3.11) is raised as ``CancelledError`` once the call has returned."""
+    swallowed (Python 3.11) is raised as ``CancelledError`` once the call is over."""
     task = asyncio.current_task() if _WAIT_FOR_LOSES_CANCELS else None
     if task is None:
         return await call
     before = task.cancelling()
-    result = await call
+    try:
+        result = await call
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        if task.cancelling() > before:
+            raise asyncio.CancelledError from exc
+        raise
     if task.cancelling() > before:
         raise asyncio.CancelledError
     return result

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmem.manager import Conversation, SessionInfo, utc
 from agentmem.models import tables_for_prefix
-from agentmem.providers._sql import _WriteTransaction, sqlite_statements
+from agentmem.providers._sql import _WriteTransaction
 from agentmem.session import EncodedItem, decode_item
 
 
@@ -33,8 +33,9 @@ class ManagerStatements:
     page_after: str
     existing: str
     items: str
-    insert_session: str
+    write_session: str
     delete_session: str
+    delete_items: str
     insert_items: str
 
 
@@ -66,12 +67,14 @@ def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
         ),
         existing=f"SELECT session_id FROM {s} WHERE session_id = ANY($1::text[])",
         items=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
-        insert_session=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES ($1, $2, $3)"
-        ),
-        # Messages go by ON DELETE CASCADE; deleting the row takes its lock first, as every
-        # writer of the session does.
         delete_session=f"DELETE FROM {s} WHERE session_id = $1",
+        # The upsert takes the session row's lock first, as every writer of the session does.
+        write_session=(
+            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES ($1, $2, $3) "
+            f"ON CONFLICT (session_id) DO UPDATE SET created_at = excluded.created_at, "
+            f"updated_at = excluded.updated_at"
+        ),
+        delete_items=f"DELETE FROM {m} WHERE session_id = $1",
         insert_items=(
             f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
             f"SELECT $1, i.message_data, i.role, i.item_type, $5 FROM "
@@ -95,8 +98,10 @@ def sqlite_manager_statements(table_prefix: str) -> ManagerStatements:
         ),
         existing=f"SELECT session_id FROM {s} WHERE session_id IN (SELECT value FROM json_each(?))",
         items=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
-        insert_session=f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?)",
+        # Run after deleting the session under the database's write lock (BEGIN IMMEDIATE).
+        write_session=f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?)",
         delete_session=f"DELETE FROM {s} WHERE session_id = ?",
+        delete_items=f"DELETE FROM {m} WHERE session_id = ?",
         insert_items=(
             f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
             f"VALUES (?, ?, ?, ?, ?)"
@@ -118,7 +123,8 @@ def _time(value: Any) -> datetime:
 
 def sqlite_time(value: datetime) -> str:
     """A time in the text form agentmem's SQLite rows hold (UTC, microseconds)."""
-    return utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    value = utc(value)
+    return f"{value.year:04d}-{value:%m-%d %H:%M:%S.%f}"  # %Y is not zero-padded before 1000
 
 
 # --- SQLite: each function runs whole in the thread that owns ``conn`` ------------------------
@@ -155,10 +161,10 @@ def sqlite_existing(
 
 
 def sqlite_delete(conn: sqlite3.Connection, table_prefix: str, session_id: str) -> bool:
-    sql = sqlite_statements(table_prefix)
+    sql = sqlite_manager_statements(table_prefix)
     with _WriteTransaction(conn):
-        conn.execute(sql.clear_messages, (session_id,))
-        return conn.execute(sql.clear_session, (session_id,)).rowcount > 0
+        conn.execute(sql.delete_items, (session_id,))
+        return conn.execute(sql.delete_session, (session_id,)).rowcount > 0
 
 
 def sqlite_read(
@@ -187,14 +193,13 @@ def sqlite_write(
     created_at: datetime,
     updated_at: datetime,
 ) -> None:
-    sql = sqlite_statements(table_prefix)
-    manage = sqlite_manager_statements(table_prefix)
+    sql = sqlite_manager_statements(table_prefix)
     created, updated = sqlite_time(created_at), sqlite_time(updated_at)
     with _WriteTransaction(conn):
-        conn.execute(sql.clear_messages, (session_id,))
-        conn.execute(sql.clear_session, (session_id,))
-        conn.execute(manage.insert_session, (session_id, created, updated))
-        conn.executemany(manage.insert_items, [(session_id, *item, updated) for item in items])
+        conn.execute(sql.delete_items, (session_id,))
+        conn.execute(sql.delete_session, (session_id,))
+        conn.execute(sql.write_session, (session_id, created, updated))
+        conn.executemany(sql.insert_items, [(session_id, *item, updated) for item in items])
 
 
 # --- PostgreSQL: each function takes an asyncpg connection -------------------------------------
@@ -256,8 +261,8 @@ async def postgres_write(
 ) -> None:
     sql = postgres_manager_statements(table_prefix)
     async with conn.transaction():
-        await conn.execute(sql.delete_session, session_id)
-        await conn.execute(sql.insert_session, session_id, created_at, updated_at)
+        await conn.execute(sql.write_session, session_id, created_at, updated_at)
+        await conn.execute(sql.delete_items, session_id)
         if items:
             data, roles, types = (list(column) for column in zip(*items, strict=True))
             await conn.execute(sql.insert_items, session_id, data, roles, types, updated_at)

@@ -287,6 +287,13 @@ def _checked_options(max_cached_items: object, ttl: object, key_prefix: object) 
     return _ttl_ms(ttl), _validate_prefix("key_prefix", key_prefix)
 
 
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says no connection to Redis could be had (nothing was sent)."""
+    return isinstance(error, _redis.RedisConnectionError) or (
+        isinstance(error, _redis.RedisTimeoutError) and "connecting" in str(error)
+    )
+
+
 def _token() -> str:
     return secrets.token_hex(8)
 
@@ -500,9 +507,7 @@ class CachedSession(SessionABC):
             )
         if error is None:
             return True
-        if isinstance(error, _redis.RedisError) and not isinstance(
-            error, _redis.RedisConnectionError
-        ):
+        if isinstance(error, _redis.RedisError) and not _unreachable(error):
             logger.warning(
                 "CachedSession refused a write to session %r: Redis did not accept its cache "
                 "mark (%s: %s); nothing was written",
@@ -517,7 +522,8 @@ class CachedSession(SessionABC):
         self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
     ) -> Awaitable[Any]:
         args: list[Any] = [began, gen, _token(), self._ttl_ms, self.max_cached_items, op, *payload]
-        return _END(client, self._keys, args)
+        # A drop adds nothing: it may run over maxmemory (the invalidation a process owes too).
+        return (_END_OOM if op == "" else _END)(client, self._keys, args)
 
     async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[Any]) -> T:
         """SQL first, the cache around it (see the module docstring)."""

@@ -502,6 +502,16 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             infos = [info for info in infos if _newest_first(info) > position]
         return page_of(infos[: size + 1], size)
 
+    async def iter_sessions(self, *, page_size: int = 500) -> AsyncIterator[SessionInfo]:
+        """Every stored session, most recently updated first, from one walk of the keyspace
+        (``page_size`` sessions read per pipeline)."""
+        self._check_open()
+        validate_page_size(page_size)
+        infos = [info for info in await self._infos(await self.list_sessions()) if info]
+        infos.sort(key=_newest_first)
+        for info in infos:
+            yield info
+
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """Those of ``session_ids`` that are stored."""
         self._check_open()

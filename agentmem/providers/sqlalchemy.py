@@ -429,8 +429,11 @@ class SQLAlchemySession(SQLSessionBase):
         spelling may differ between processes (a SQLite file's resolved path)."""
         url = self._engine.url if self._engine is not None else make_url(str(self._url))
         database = url.database or ""
-        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
-            database = str(Path(database).expanduser().resolve())
+        if url.get_backend_name() == "sqlite":
+            if database in ("", ":memory:") or url.query.get("mode") == "memory":
+                database = ":memory:"  # private to its process, whatever its spelling
+            elif not database.startswith("file:"):
+                database = str(Path(database).expanduser().resolve())
         return url.get_backend_name(), database, self._table_prefix
 
     @property
@@ -722,6 +725,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
         async_url = migrate.async_url(url)
+        require_driver(async_url)
         parsed = make_url(async_url)
         self._setup(
             parsed.get_backend_name(),

@@ -199,6 +199,29 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
+    """``database.run(fn, *args)``: inline on a private in-memory database, else in a worker
+    thread whose call is over (applied or not) before a cancel of the caller is raised."""
+    if database.target == MEMORY:
+        # A private in-memory database never waits on I/O or on another connection's lock:
+        # running inline costs less than the hop to a worker thread. Yielding first keeps
+        # the call a point where other tasks run and a cancellation lands (before any work).
+        await asyncio.sleep(0)
+        return database.run(fn, *args)
+    future = asyncio.get_running_loop().run_in_executor(None, partial(database.run, fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # A thread cannot be stopped: the cancel is raised once the call has finished (or
+        # failed), so a cancelled call never commits after its caller heard of the cancel.
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller hears of the cancel instead
+        raise
+
+
 class _ThreadOperations(Operations):
     def __init__(self, database: _Database, session_id: str) -> None:
         self.database = database
@@ -206,25 +229,7 @@ class _ThreadOperations(Operations):
         self.sql = _sql.sqlite_statements(database.table_prefix)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self.database.target == MEMORY:
-            # A private in-memory database never waits on I/O or on another connection's lock:
-            # running inline costs less than the hop to a worker thread. Yielding first keeps
-            # the call a point where other tasks run and a cancellation lands (before any work).
-            await asyncio.sleep(0)
-            return self.database.run(fn, self.sql, self.session_id, *args)
-        call = partial(self.database.run, fn, self.sql, self.session_id, *args)
-        future = asyncio.get_running_loop().run_in_executor(None, call)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # A thread cannot be stopped: the cancel is raised once the call has finished (or
-            # failed), so a cancelled call never commits after its caller heard of the cancel.
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
-            if not future.cancelled():
-                future.exception()  # retrieved: the caller hears of the cancel instead
-            raise
+        return await _run_on(self.database, fn, self.sql, self.session_id, *args)
 
     async def get(self, limit: int | None) -> list[str]:
         return await self._run(_sql.sqlite_get, limit)
@@ -382,11 +387,7 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         self._check_open()
-        if self.db_path == MEMORY:
-            await asyncio.sleep(0)  # as SQLiteSession in memory: a point where a cancel lands
-            return self._database.run(fn, self.table_prefix, *args)
-        call = partial(self._database.run, fn, self.table_prefix, *args)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await _run_on(self._database, fn, self.table_prefix, *args)
 
     async def schema_revision(self) -> str | None:
         """The agentmem schema revision of the file (``None``: no file, or no agentmem schema in
