@@ -446,28 +446,17 @@ class SQLAlchemySession(SQLSessionBase):
         return self._call_timeout if isinstance(self._ops, _AsyncpgOperations) else None
 
     def _server(self) -> str:
-        url = self._engine.url if self._engine is not None else make_url(self._url or "")
-        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+        return _server_name(self._engine, self._url)
 
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
         self._check_open()
-        if self._engine is not None:
-            engine = self._engine
-        else:
-            assert self._url is not None
-            key, engine = _shared_engines.acquire(self._url, self._engine_options)
-            if key in self._engine_keys:
-                await _shared_engines.release(key)  # already counted for this session
-            else:
-                self._engine_keys.append(key)
+        engine = await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
         await _schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine
 
     async def _close(self) -> None:
-        keys, self._engine_keys = self._engine_keys, []
-        for key in keys:
-            await _shared_engines.release(key)
+        await _release_engines(self._engine_keys)
 
 
 class _EngineOperations(Operations):
@@ -631,19 +620,55 @@ class _AsyncpgOperations(_EngineOperations):
         await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
 
 
+async def _engine_of(
+    engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
+) -> AsyncEngine:
+    """The engine given, or this event loop's shared engine of ``url``, counted once in ``keys``
+    (the holder's references, released by :func:`_release_engines`)."""
+    if engine is not None:
+        return engine
+    assert url is not None
+    key, shared = _shared_engines.acquire(url, options)
+    if key in keys:
+        await _shared_engines.release(key)  # already counted for this holder
+    else:
+        keys.append(key)
+    return shared
+
+
+async def _release_engines(keys: list[Any]) -> None:
+    taken = list(keys)
+    keys.clear()
+    for key in taken:
+        await _shared_engines.release(key)
+
+
+def _server_name(engine: AsyncEngine | None, url: str | None) -> str:
+    """``host:port/database`` of an engine, or of the URL it will be built from."""
+    parsed = engine.url if engine is not None else make_url(url or "")
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+async def _in_aiosqlite_thread(
+    holder: _EngineUser, fn: Callable[..., T], *args: Any, retry: bool
+) -> T:
+    """``fn(sqlite3_connection, *args)`` whole in a pooled aiosqlite connection's worker
+    thread (one thread hop), run again while a shared-cache table lock holds it."""
+
+    async def use(driver: Any) -> T:
+        # aiosqlite runs queued callables in its connection thread; _conn is its sqlite3
+        # connection. Both are aiosqlite internals, pinned by the tests.
+        result: T = await driver._execute(lambda: _sql.sqlite_run_retrying(fn, driver._conn, *args))
+        return result
+
+    return await _with_driver(holder, use, retry=retry)
+
+
 class _AiosqliteOperations(_EngineOperations):
     """Runs each whole operation in the aiosqlite connection's worker thread: one thread hop."""
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, retry: bool) -> T:
-        async def use(driver: Any) -> T:
-            # aiosqlite runs queued callables in its connection thread; _conn is its sqlite3
-            # connection. Both are aiosqlite internals, pinned by the tests.
-            result: T = await driver._execute(
-                lambda: _sql.sqlite_run_retrying(fn, driver._conn, *args)
-            )
-            return result
-
-        return await _with_driver(self.session, use, retry=retry)
+        return await _in_aiosqlite_thread(self.session, fn, *args, retry=retry)
 
     async def get(self, limit: int | None) -> list[str]:
         return await self._in_thread(
@@ -765,8 +790,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         return self._call_timeout if self._kind == "postgresql+asyncpg" else None
 
     def _server(self) -> str:
-        url = self._engine.url if self._engine is not None else make_url(self._url or "")
-        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+        return _server_name(self._engine, self._url)
 
     async def engine(self) -> AsyncEngine:
         """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
@@ -777,15 +801,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
 
     async def _current_engine(self) -> AsyncEngine:
         self._check_open()
-        if self._engine is not None:
-            return self._engine
-        assert self._url is not None
-        key, engine = _shared_engines.acquire(self._url, self._engine_options)
-        if key in self._engine_keys:
-            await _shared_engines.release(key)  # already counted for this manager
-        else:
-            self._engine_keys.append(key)
-        return engine
+        return await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
 
     async def schema_revision(self) -> str | None:
         """The agentmem schema revision of the database (``None``: its tables are absent),
@@ -840,14 +856,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
             return await _with_driver(
                 self, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
             )
-
-        async def use(driver: Any) -> T:
-            result: T = await driver._execute(
-                lambda: on_sqlite(driver._conn, self._table_prefix, *args)
-            )
-            return result
-
-        return await _with_driver(self, use, retry=retry)
+        return await _in_aiosqlite_thread(self, on_sqlite, self._table_prefix, *args, retry=retry)
 
     async def list_sessions(self) -> list[str]:
         """The ids of every stored session, sorted."""
@@ -911,6 +920,4 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         )
 
     async def _release(self) -> None:
-        keys, self._engine_keys = self._engine_keys, []
-        for key in keys:
-            await _shared_engines.release(key)
+        await _release_engines(self._engine_keys)
