@@ -10,19 +10,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from agentmem._deps import MissingDependencyError
-from agentmem.session import Session, SessionABC, SessionClosedError
+from agentmem.errors import (
+    CallTimeoutError,
+    MissingDependencyError,
+    SchemaError,
+    SessionClosedError,
+)
+from agentmem.session import Session, SessionABC
 
 if TYPE_CHECKING:
-    from agentmem.migrate import SchemaError
-    from agentmem.providers.cached import CachedSession, CachedSessionManager
-    from agentmem.providers.redis import RedisSession, RedisSessionManager
-    from agentmem.providers.sqlalchemy import (
-        CallTimeoutError,
-        SQLAlchemySession,
-        SQLAlchemySessionManager,
-    )
-    from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
+    from agentmem.cache.session import CachedSession, CachedSessionManager
+    from agentmem.redis.session import RedisSession, RedisSessionManager
+    from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
+    from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
 
 __all__ = [
     "CachedSession",
@@ -45,21 +45,32 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SQLAlchemySession": "agentmem.providers.sqlalchemy",
-    "CallTimeoutError": "agentmem.providers.sqlalchemy",
-    "SQLiteSession": "agentmem.providers.sqlite",
-    "SQLiteSessionManager": "agentmem.providers.sqlite",
-    "SQLAlchemySessionManager": "agentmem.providers.sqlalchemy",
-    "RedisSession": "agentmem.providers.redis",
-    "RedisSessionManager": "agentmem.providers.redis",
-    "SchemaError": "agentmem.migrate",
-    "CachedSession": "agentmem.providers.cached",
-    "CachedSessionManager": "agentmem.providers.cached",
+    "SQLAlchemySession": "agentmem.sql.sqlalchemy",
+    "SQLiteSession": "agentmem.sql.sqlite",
+    "SQLiteSessionManager": "agentmem.sql.sqlite",
+    "SQLAlchemySessionManager": "agentmem.sql.sqlalchemy",
+    "RedisSession": "agentmem.redis.session",
+    "RedisSessionManager": "agentmem.redis.session",
+    "CachedSession": "agentmem.cache.session",
+    "CachedSessionManager": "agentmem.cache.session",
 }
 
 
 # Public submodules, reachable as attributes: ``agentmem.migrate.upgrade(engine)``.
-_SUBMODULES = frozenset({"cli", "migrate", "models", "providers", "session"})
+_SUBMODULES = frozenset(
+    {
+        "cache",
+        "cli",
+        "errors",
+        "items",
+        "manager",
+        "migrate",
+        "models",
+        "redis",
+        "session",
+        "sql",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,12 +9,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Final
 
+from agentmem.errors import MissingDependencyError
+
 DISTRIBUTION: Final = "agentmem-sessions"
 """The name agentmem is installed by (``pip install agentmem-sessions``)."""
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency of agentmem is not installed; the message says what to install."""
 
 
 def pip_install(extra: str) -> str:

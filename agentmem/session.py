@@ -1,17 +1,26 @@
-"""The Session protocol, the base class every agentmem session builds on, and shared validation.
+"""The Session protocol and the base class every agentmem session builds on.
 
-This module imports nothing else of agentmem: backends depend on it, never the reverse.
+Core: it imports only agentmem's other core modules (items, errors); backends depend on it, never
+the reverse.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self, TypeAlias, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
-import orjson
+from agentmem.errors import SessionClosedError
+from agentmem.items import (
+    MAX_SESSION_ID_LENGTH,
+    EncodedItem,
+    SessionItem,
+    decode_item,
+    encode_item,
+    encode_items,
+    validate_limit,
+    validate_session_id,
+)
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
@@ -27,16 +36,6 @@ __all__ = [
     "validate_limit",
     "validate_session_id",
 ]
-
-SessionItem: TypeAlias = Any
-"""One history item: a JSON object, such as an OpenAI Agents SDK ``TResponseInputItem``."""
-
-MAX_SESSION_ID_LENGTH = 255
-"""Session ids are 1 to 255 characters: it is the width of the SQL key column."""
-
-
-class SessionClosedError(RuntimeError):
-    """Raised when a session (or manager) is used after ``close()``."""
 
 
 @runtime_checkable
@@ -198,120 +197,3 @@ def _coerce_session_settings(value: Any) -> Any:
         validate_limit(value.get("limit"))
         return dict(value)
     return coerce_session_settings(value)
-
-
-def validate_session_id(session_id: object) -> str:
-    """Return ``session_id`` if it is a usable id, else raise.
-
-    Any string of 1 to 255 characters works and is stored exactly, except NUL characters and
-    lone surrogates, which neither PostgreSQL nor UTF-8 can store.
-
-    Raises:
-        TypeError: not a ``str``.
-        ValueError: empty, longer than 255 characters, or holding NUL or a lone surrogate.
-    """
-    if not isinstance(session_id, str):
-        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
-    if not session_id:
-        raise ValueError("session_id must not be empty")
-    if len(session_id) > MAX_SESSION_ID_LENGTH:
-        raise ValueError(
-            f"session_id is {len(session_id)} characters long; "
-            f"the maximum is {MAX_SESSION_ID_LENGTH}"
-        )
-    if "\x00" in session_id:
-        raise ValueError("session_id must not contain NUL characters")
-    try:
-        session_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("session_id must be valid Unicode (it holds a lone surrogate)") from None
-    return session_id
-
-
-def validate_limit(limit: object) -> int | None:
-    """Return ``limit`` if it is ``None`` or a non-negative ``int``, else raise.
-
-    Raises:
-        TypeError: not an ``int`` (``bool`` is refused too).
-        ValueError: negative.
-    """
-    if limit is None:
-        return None
-    if not isinstance(limit, int) or isinstance(limit, bool):
-        raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    return limit
-
-
-class EncodedItem(NamedTuple):
-    """An item as stored: its JSON text plus the fields extracted for querying."""
-
-    json: str
-    role: str | None
-    item_type: str | None
-
-
-_INDEXED_FIELD_MAX = 64
-_ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-_new_encoded = tuple.__new__  # builds an EncodedItem without NamedTuple's argument handling
-
-
-def _reject_value(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
-
-
-def _find_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_find_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_find_non_finite(v) for v in value)
-    return False
-
-
-def encode_item(item: object, index: int = 0) -> EncodedItem:
-    """Validate and serialize one item; see :func:`encode_items`."""
-    if not isinstance(item, dict):
-        raise TypeError(f"item {index} is a {type(item).__name__}, not a dict (a JSON object)")
-    try:
-        data = orjson.dumps(item, default=_reject_value, option=_ENCODE_OPTIONS)
-    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-        raise TypeError(f"item {index} is not valid JSON: {exc}") from None
-    # orjson writes NaN and Infinity as null; JSON has no such numbers, so refuse them instead.
-    if b"null" in data and _find_non_finite(item):
-        raise ValueError(f"item {index} holds NaN or Infinity, which JSON cannot represent")
-    role = item.get("role")
-    item_type = item.get("type")
-    return _new_encoded(
-        EncodedItem,
-        (
-            data.decode(),
-            role if type(role) is str and len(role) <= _INDEXED_FIELD_MAX else None,
-            item_type if type(item_type) is str and len(item_type) <= _INDEXED_FIELD_MAX else None,
-        ),
-    )
-
-
-def encode_items(items: Iterable[object]) -> list[EncodedItem]:
-    """Validate and serialize a batch, before anything is written.
-
-    Items must be dicts of JSON values: ``str`` keys; ``str``, ``int`` (64-bit), ``float``
-    (finite), ``bool``, ``None``, lists and dicts as values, nested at most 254 levels deep.
-    Tuples are stored as JSON arrays and come back as lists.
-
-    Raises:
-        TypeError: ``items`` is not a list, or an item is not a dict of JSON values
-            (sets, bytes, datetimes, objects, non-``str`` keys, integers beyond 64 bits).
-        ValueError: an item holds NaN or Infinity.
-        The message names the index of the offending item in the batch.
-    """
-    if not isinstance(items, list | tuple):
-        raise TypeError(f"items must be a list of dicts, got {type(items).__name__}")
-    return [encode_item(item, index) for index, item in enumerate(items)]
-
-
-def decode_item(data: str | bytes) -> SessionItem:
-    """Deserialize one stored item."""
-    return orjson.loads(data)

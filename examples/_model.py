@@ -13,7 +13,7 @@ def example_model() -> Model | None:
     """``None`` (the SDK's default OpenAI model) with an API key, else the offline model."""
     if os.environ.get("OPENAI_API_KEY"):
         return None
-    from agentmem._demo import OfflineModel
+    from agentmem.cli._demo import OfflineModel
 
     set_tracing_disabled(True)  # nothing to export traces to without a key
     return OfflineModel()

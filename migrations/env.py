@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentmem.migrate import async_url
-from agentmem.models import tables_for_prefix
+from agentmem.sql.schema import tables_for_prefix
 
 config = context.config
 x_args = context.get_x_argument(as_dictionary=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agentmem.providers import _sql
+from agentmem.sql import _statements as _sql
 from tests.conftest import unique_id
 
 OPTIONAL = ("redis", "asyncpg", "agents", "psycopg")
@@ -123,7 +123,7 @@ def test_a_plain_install_supports_help_and_star_import() -> None:
         names = {}
         exec("from agentmem import *", names)
         assert set(agentmem.__all__) <= set(names), set(agentmem.__all__) - set(names)
-        import agentmem.providers.redis, agentmem.providers.cached
+        import agentmem.redis.session, agentmem.cache.session
         print("ok")
         """
     )
@@ -238,8 +238,13 @@ def test_public_submodules_are_attributes() -> None:
         assert callable(agentmem.migrate.upgrade)
         assert agentmem.models.tables_for_prefix
         assert callable(agentmem.cli.main)
-        assert agentmem.providers.__name__ == "agentmem.providers"
-        assert {"migrate", "models", "cli", "providers", "session"} <= set(dir(agentmem))
+        assert [agentmem.sql.__name__, agentmem.redis.__name__, agentmem.cache.__name__] == [
+            "agentmem.sql", "agentmem.redis", "agentmem.cache"
+        ]
+        assert agentmem.migrate.SchemaError is agentmem.SchemaError
+        assert {"migrate", "models", "cli", "session", "sql", "redis", "cache"} <= set(
+            dir(agentmem)
+        )
         print("ok")
         """,
         missing=(),
@@ -270,7 +275,7 @@ def run_unprivileged(code: str) -> subprocess.CompletedProcess[str]:
     prelude = f"""
 import asyncio, contextlib, io, os, sys, tempfile
 import aiosqlite, sqlalchemy.dialects.sqlite.aiosqlite
-import agentmem.cli, agentmem.providers.sqlite, agentmem.providers.sqlalchemy
+import agentmem.cli, agentmem.sql.sqlite, agentmem.sql.sqlalchemy
 from agentmem import SQLiteSession
 from agentmem.cli import run
 NOBODY = {NOBODY}

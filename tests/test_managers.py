@@ -360,7 +360,7 @@ async def test_a_cancelled_sqlite_manager_write_is_over_when_the_cancel_is_raise
     import threading
 
     from agentmem import SQLiteSessionManager
-    from agentmem.providers import _sql_manage
+    from agentmem.sql import _manage as _sql_manage
 
     path = tmp_path / "locked.db"
     manager = SQLiteSessionManager(path)

@@ -183,7 +183,7 @@ def offline_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from agents import set_tracing_disabled
     from agents.models.multi_provider import MultiProvider
 
-    from agentmem._demo import OfflineModel
+    from agentmem.cli._demo import OfflineModel
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setattr(MultiProvider, "get_model", lambda self, name: OfflineModel())

@@ -10,7 +10,7 @@ import pytest
 
 from agentmem import SchemaError
 from agentmem._redact import mask_credentials
-from agentmem.providers.sqlalchemy import SQLAlchemySession
+from agentmem.sql.sqlalchemy import SQLAlchemySession
 from tests.conftest import unique_id
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from agentmem import Session, SQLiteSession
-from agentmem.providers import sqlalchemy as sqlalchemy_provider
-from agentmem.providers import sqlite as sqlite_provider
+from agentmem.sql import sqlalchemy as sqlalchemy_backend
+from agentmem.sql import sqlite as sqlite_backend
 from tests.conftest import run_in_new_loop, unique_id
 from tests.reliability._stores import Store
 
@@ -106,13 +106,13 @@ def _in_forked_child(check: Callable[[], Awaitable[None]]) -> int | None:
 def _registry_locks() -> list[Any]:
     """Every lock of agentmem's module-level registries of connections."""
     locks = [
-        sqlite_provider._files._lock,
-        sqlite_provider._templates._lock,
-        sqlalchemy_provider._shared_engines._lock,
-        sqlalchemy_provider._schemas._lock,
+        sqlite_backend._files._lock,
+        sqlite_backend._templates._lock,
+        sqlalchemy_backend._shared_engines._lock,
+        sqlalchemy_backend._schemas._lock,
     ]
     with contextlib.suppress(ImportError):
-        from agentmem.providers import _redis
+        from agentmem.redis import client as _redis
 
         locks.append(_redis._shared._lock)
     return locks

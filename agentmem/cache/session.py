@@ -2,7 +2,7 @@
 
 Every write goes to SQL first; Redis holds a copy of the newest items of recently used sessions.
 Two keys per session (``store`` = a hash of the SQL store's kind, database and table prefix;
-``id`` = the session id, percent-encoded as in :mod:`agentmem.providers.redis`; ``{id}`` is
+``id`` = the session id, percent-encoded as in :mod:`agentmem.redis.session`; ``{id}`` is
 their shared hash tag)::
 
     {key_prefix}:{store}:{id}:items   string: a header byte ("c": the whole history, "p":
@@ -60,8 +60,8 @@ from agentmem.manager import (
     SessionManagerABC,
     SessionPage,
 )
-from agentmem.providers import _redis
-from agentmem.providers._redis import (
+from agentmem.redis import client as _redis
+from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
     _connection_unless_given,
@@ -72,12 +72,6 @@ from agentmem.providers._redis import (
     _ttl_ms,
     _validate_prefix,
 )
-from agentmem.providers.sqlalchemy import (
-    SQLAlchemySession,
-    SQLAlchemySessionManager,
-    SQLSessionBase,
-)
-from agentmem.providers.sqlite import SQLiteSession, SQLiteSessionManager
 from agentmem.session import (
     SessionABC,
     SessionItem,
@@ -85,6 +79,12 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
+from agentmem.sql.sqlalchemy import (
+    SQLAlchemySession,
+    SQLAlchemySessionManager,
+    SQLSessionBase,
+)
+from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -1,6 +1,6 @@
 """``SQLiteSession``: the embedded default. No server, nothing to configure.
 
-It runs the SQL provider's statements (:mod:`agentmem.providers._sql`) on the stdlib ``sqlite3``
+It runs the SQL provider's statements (:mod:`agentmem.sql._statements`) on the stdlib ``sqlite3``
 module, holding one connection per database file per process (WAL, a 30 s busy timeout,
 ``BEGIN IMMEDIATE`` writes): each operation on a file is one call into a worker thread; on a
 private in-memory database it runs inline. It works from any event loop, one after another.
@@ -29,7 +29,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentmem import migrate
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -40,11 +39,11 @@ from agentmem.manager import (
     page_of,
     validate_page_size,
 )
-from agentmem.models import validate_table_prefix
-from agentmem.providers import _sql
-from agentmem.providers import _sql_manage as _manage
-from agentmem.providers.sqlalchemy import Operations, SQLSessionBase
 from agentmem.session import EncodedItem, encode_items, validate_session_id
+from agentmem.sql import _manage, migrate
+from agentmem.sql import _statements as _sql
+from agentmem.sql.base import Operations, SQLSessionBase
+from agentmem.sql.schema import validate_table_prefix
 
 __all__ = ["SQLiteSession", "SQLiteSessionManager"]
 

@@ -2,7 +2,7 @@
 
 Each history operation is one statement on PostgreSQL (one round trip through asyncpg) and one
 short transaction on SQLite (one call into the thread that owns the sqlite3 connection). The
-statements are rendered once per table prefix from the :mod:`agentmem.models` tables.
+statements are rendered once per table prefix from the :mod:`agentmem.sql.schema` tables.
 
 Writes to one session are serialized by the ``sessions`` row: ``add_items`` upserts it first,
 which takes its row lock (PostgreSQL) or the database write lock (SQLite ``BEGIN IMMEDIATE``),
@@ -25,8 +25,8 @@ from urllib.parse import quote, urlencode
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from agentmem.models import Tables, tables_for_prefix
 from agentmem.session import EncodedItem
+from agentmem.sql.schema import Tables, tables_for_prefix
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The SQL of the session managers: listing, inspecting, deleting, and whole conversations.
 
-Like :mod:`agentmem.providers._sql`, one statement per step, rendered once per table prefix:
+Like :mod:`agentmem.sql._statements`, one statement per step, rendered once per table prefix:
 ``$n`` parameters for asyncpg on PostgreSQL, ``?`` for sqlite3 (run whole in the thread that owns
 the connection). A listing page is a keyset range on ``(updated_at DESC, session_id)``: it
 resumes after the last session of the previous page, never with OFFSET.
@@ -18,9 +18,9 @@ import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmem.manager import Conversation, SessionInfo, utc
-from agentmem.models import tables_for_prefix
-from agentmem.providers._sql import _WriteTransaction
 from agentmem.session import EncodedItem, decode_item
+from agentmem.sql._statements import _WriteTransaction
+from agentmem.sql.schema import tables_for_prefix
 
 
 @dataclass(frozen=True)

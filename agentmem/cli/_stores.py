@@ -21,12 +21,13 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from agentmem import migrate
-from agentmem._deps import MissingDependencyError, require_driver
+from agentmem._deps import require_driver
 from agentmem._redact import mask_credentials
+from agentmem.errors import MissingDependencyError
 from agentmem.manager import Conversation, SessionInfo, SessionManagerABC, utc
-from agentmem.models import validate_table_prefix
 from agentmem.session import SessionABC, encode_items, validate_session_id
+from agentmem.sql import migrate
+from agentmem.sql.schema import validate_table_prefix
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
@@ -333,7 +334,7 @@ def _sql_store(url: str, table_prefix: str) -> Store:
             raise CLIError(
                 "an in-memory SQLite database does not outlive the command: use sqlite:///FILE.db"
             )
-        from agentmem.providers.sqlite import SQLiteSessionManager
+        from agentmem.sql.sqlite import SQLiteSessionManager
 
         path = Path(parsed.database).expanduser().resolve()
         if not path.parent.is_dir():
@@ -362,7 +363,7 @@ def _sql_store(url: str, table_prefix: str) -> Store:
         raise CLIError(
             f"{parsed.drivername} needs a driver that is not installed ({exc})"
         ) from None
-    from agentmem.providers.sqlalchemy import SQLAlchemySessionManager
+    from agentmem.sql.sqlalchemy import SQLAlchemySessionManager
 
     manager = SQLAlchemySessionManager.from_url(
         str(parsed.render_as_string(hide_password=False)),
@@ -387,7 +388,7 @@ def _redis_store(url: str, key_prefix: str) -> Store:
     """
     from redis.exceptions import RedisError
 
-    from agentmem.providers.redis import RedisSessionManager
+    from agentmem.redis.session import RedisSessionManager
 
     if not key_prefix or "{" in key_prefix or "}" in key_prefix:
         raise CLIError(f"bad key prefix {key_prefix!r}: non-empty, without braces")

@@ -3,7 +3,7 @@
 
 Connections come from the engine's pool, one checkout per operation. Each operation is one
 statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite (see
-:mod:`agentmem.providers._sql`).
+:mod:`agentmem.sql._statements`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import os
 import threading
 import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -23,8 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from agentmem import migrate
 from agentmem._deps import require_driver
+from agentmem.errors import CallTimeoutError, SchemaError
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -35,17 +34,16 @@ from agentmem.manager import (
     page_of,
     validate_page_size,
 )
-from agentmem.models import validate_table_prefix
-from agentmem.providers import _sql
-from agentmem.providers import _sql_manage as _manage
 from agentmem.session import (
     EncodedItem,
     SessionABC,
-    SessionItem,
-    decode_item,
     encode_items,
     validate_session_id,
 )
+from agentmem.sql import _manage, migrate
+from agentmem.sql import _statements as _sql
+from agentmem.sql.base import Operations, SQLSessionBase
+from agentmem.sql.schema import validate_table_prefix
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
@@ -63,14 +61,6 @@ _SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
-
-
-class CallTimeoutError(TimeoutError):
-    """A PostgreSQL call got no answer within the session's ``call_timeout``.
-
-    The connection it used is closed (the rest of the pool is kept) and the call is not
-    retried. A write that timed out may or may not have been applied.
-    """
 
 
 def _validate_call_timeout(value: object) -> float | None:
@@ -124,7 +114,7 @@ class _SchemaCache:
             try:
                 await migrate.check(engine, table_prefix=table_prefix)
             except migrate.SchemaError as exc:
-                raise migrate.SchemaError(
+                raise SchemaError(
                     f"{exc}; or let SQLAlchemySession create them: create_tables=True"
                 ) from None
         ready.add(table_prefix)
@@ -240,78 +230,6 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     _sql.sqlite_use_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-
-
-class SQLSessionBase(SessionABC):
-    """The history operations of the SQL sessions, delegated to ``self._ops``.
-
-    Besides the Session protocol it offers the history as stored (JSON text, encoded once), for
-    what composes a SQL session: :class:`agentmem.CachedSession` keeps that text as is.
-    """
-
-    _ops: Operations
-
-    @property
-    @abstractmethod
-    def store_identity(self) -> tuple[str, str, str]:
-        """``(backend, database, table prefix)``: the same for every session object of this
-        store in any process (a SQLite file's resolved path; a server database's name)."""
-
-    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
-        self._check_open()
-        resolved = self._resolve_limit(limit)
-        if resolved == 0:
-            return []
-        rows = await self._ops.get(resolved)
-        return [decode_item(row) for row in rows]
-
-    async def get_stored_items(self, limit: int | None = None) -> list[str]:
-        """The newest ``limit`` items (all with ``None``; ``session_settings`` do not apply) as
-        stored: each item's JSON text, oldest first."""
-        self._check_open()
-        return await self._ops.get(limit)
-
-    async def add_items(self, items: list[SessionItem]) -> None:
-        self._check_open()
-        encoded = encode_items(items)
-        if encoded:
-            await self._ops.add(encoded)
-
-    async def add_encoded_items(self, items: list[EncodedItem]) -> None:
-        """Append items already checked and encoded by :func:`agentmem.session.encode_items`."""
-        self._check_open()
-        if items:
-            await self._ops.add(items)
-
-    async def pop_item(self) -> SessionItem | None:
-        self._check_open()
-        row = await self.pop_stored_item()
-        return None if row is None else decode_item(row)
-
-    async def pop_stored_item(self) -> str | None:
-        """Remove the newest item and return its JSON text as stored; ``None`` when empty."""
-        self._check_open()
-        return await self._ops.pop()
-
-    async def clear_session(self) -> None:
-        self._check_open()
-        await self._ops.clear()
-
-
-class Operations(ABC):
-    """The four operations of one session on one kind of connection, on stored JSON text."""
-
-    @abstractmethod
-    async def get(self, limit: int | None) -> list[str]: ...
-
-    @abstractmethod
-    async def add(self, items: list[EncodedItem]) -> None: ...
-
-    @abstractmethod
-    async def pop(self) -> str | None: ...
-
-    @abstractmethod
-    async def clear(self) -> None: ...
 
 
 class SQLAlchemySession(SQLSessionBase):

@@ -29,8 +29,10 @@ from typing import IO, Any, NoReturn
 
 import orjson
 
-from agentmem import __version__, migrate
-from agentmem._cli_stores import (
+from agentmem import __version__
+from agentmem._deps import missing
+from agentmem._redact import mask_credentials
+from agentmem.cli._stores import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_URL,
     CLIError,
@@ -41,10 +43,10 @@ from agentmem._cli_stores import (
     open_store,
     parse_conversation,
 )
-from agentmem._deps import MissingDependencyError, missing
-from agentmem._redact import mask_credentials
+from agentmem.errors import MissingDependencyError
 from agentmem.manager import Conversation, SessionInfo
 from agentmem.session import validate_session_id
+from agentmem.sql import migrate
 
 __all__ = ["main"]
 
@@ -130,7 +132,7 @@ class Progress:
 
 async def cmd_demo(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     try:
-        from agentmem import _demo
+        from agentmem.cli import _demo
     except ImportError:
         raise missing("agents", "openai-agents") from None
 
@@ -708,7 +710,3 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main() -> None:
     """The ``agentmem`` console script."""
     sys.exit(run())
-
-
-if __name__ == "__main__":
-    main()

@@ -29,7 +29,7 @@ from agentmem.manager import (
     page_of,
     validate_page_size,
 )
-from agentmem.providers._redis import (
+from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
     _Connection,

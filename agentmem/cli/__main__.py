@@ -1,0 +1,5 @@
+"""``python -m agentmem.cli``."""
+
+from agentmem.cli.main import main
+
+main()

@@ -1,0 +1,161 @@
+"""The SQL schema: a ``sessions`` row per conversation and a ``messages`` row per item.
+
+Tables are built once per table-name prefix and cached, so SQLAlchemy's compiled-statement cache
+keeps working across session objects. The default tables (no prefix) are mapped declaratively by
+:class:`SessionRecord` and :class:`MessageRecord`; Alembic's revisions in ``migrations/`` create
+exactly these tables (a test compares them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "MessageRecord",
+    "SessionRecord",
+    "Tables",
+    "metadata",
+    "tables_for_prefix",
+    "validate_table_prefix",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_PREFIX_RE = re.compile(r"[a-z_][a-z0-9_]{0,29}")
+
+
+def validate_table_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is usable in table names (lower-case letters, digits, ``_``)."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"table_prefix must be a str, got {type(prefix).__name__}")
+    if prefix and not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(
+            f"table_prefix {prefix!r} must be 1-30 lower-case letters, digits or '_', "
+            "not starting with a digit"
+        )
+    return prefix
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables of one table-name prefix."""
+
+    prefix: str
+    metadata: MetaData
+    sessions: Table
+    messages: Table
+
+    @property
+    def version_table(self) -> str:
+        """The Alembic version table that tracks this prefix's schema."""
+        return f"{self.prefix}agentmem_alembic_version"
+
+
+def _define_tables(prefix: str) -> Tables:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    sessions = Table(
+        f"{prefix}sessions",
+        md,
+        Column("session_id", String(255), primary_key=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        # Reserved for a later version: nothing reads or writes these two yet.
+        Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("metadata_json", Text, nullable=True),
+    )
+    messages = Table(
+        f"{prefix}messages",
+        md,
+        Column(
+            "id",
+            BigInteger().with_variant(Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        Column(
+            "session_id",
+            String(255),
+            ForeignKey(sessions.c.session_id, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        Column("message_data", Text, nullable=False),
+        Column("role", String(64), nullable=True),
+        Column("item_type", String(64), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index(f"ix_{prefix}messages_session_id_id", "session_id", "id"),
+    )
+    return Tables(prefix, md, sessions, messages)
+
+
+@cache
+def tables_for_prefix(prefix: str = "") -> Tables:
+    """The (cached) tables for a table-name prefix; ``""`` gives ``sessions`` and ``messages``."""
+    if prefix == "":
+        return DEFAULT_TABLES
+    return _define_tables(validate_table_prefix(prefix))
+
+
+DEFAULT_TABLES = _define_tables("")
+metadata = DEFAULT_TABLES.metadata
+"""The MetaData of the default tables: point an application's Alembic ``target_metadata`` here."""
+
+
+class Base(DeclarativeBase):
+    """Declarative base of agentmem's models."""
+
+    metadata = DEFAULT_TABLES.metadata
+
+
+class SessionRecord(Base):
+    """One conversation: the ``sessions`` table.
+
+    ``expires_at`` and ``metadata_json`` are reserved for a later version: agentmem neither reads
+    nor writes them, so they stay NULL.
+    """
+
+    __table__ = DEFAULT_TABLES.sessions
+
+    session_id: Mapped[str]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    metadata_json: Mapped[str | None]
+
+
+class MessageRecord(Base):
+    """One stored item: the ``messages`` table, ordered by ``id``."""
+
+    __table__ = DEFAULT_TABLES.messages
+
+    id: Mapped[int]
+    session_id: Mapped[str]
+    message_data: Mapped[str]
+    role: Mapped[str | None]
+    item_type: Mapped[str | None]
+    created_at: Mapped[datetime]
