@@ -4,7 +4,7 @@ A manager hands out sessions of one store that share its connections, and owns w
 the store as a whole: listing, inspecting, deleting, and moving whole conversations with their
 timestamps (what ``agentmem sessions export/import/copy`` are built on).
 
-This module imports nothing of agentmem but the core :mod:`agentmem.session`.
+Core: it imports only agentmem's other core modules (session, records, items, errors).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
+from agentmem.records import SessionInfo, SessionPage, utc
 from agentmem.session import (
     Closing,
     SessionABC,
@@ -46,43 +47,6 @@ __all__ = [
 S = TypeVar("S", bound=SessionABC)
 
 DEFAULT_PAGE_SIZE = 50
-
-
-def utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC time; a naive value (as SQLite stores it) is UTC already."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """What a store knows of one conversation besides its items.
-
-    Attributes:
-        session_id: The conversation's id.
-        item_count: How many items its history holds.
-        created_at: When it was first written (UTC).
-        updated_at: When it was last written (UTC).
-    """
-
-    session_id: str
-    item_count: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class SessionPage:
-    """One page of :meth:`SessionManagerABC.find_sessions`.
-
-    Attributes:
-        items: The sessions of this page, most recently updated first.
-        next_cursor: Pass it as ``cursor`` for the next page; ``None`` on the last page.
-    """
-
-    items: list[SessionInfo]
-    next_cursor: str | None
 
 
 @dataclass
