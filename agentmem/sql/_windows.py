@@ -127,11 +127,11 @@ def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
         # in the source's order, ids drawn from the sequence in that order.
         fork=(
             f"WITH src AS (SELECT id, message_data, role, item_type FROM {m} "
-            f"WHERE session_id = $1 ORDER BY id LIMIT $3::bigint), "
+            f"WHERE session_id = $1::varchar ORDER BY id LIMIT $3::bigint), "
             f"s AS (INSERT INTO {s} (session_id, created_at, updated_at, metadata_json) "
-            f"SELECT $2, now(), now(), json_build_object('fork', json_build_object("
-            f"'parent', $1::text, 'point', (SELECT count(*) FROM src)))::text "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $2) "
+            f"SELECT $2::varchar, now(), now(), json_build_object('fork', json_build_object("
+            f"'parent', $1::varchar, 'point', (SELECT count(*) FROM src)))::text "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $2::varchar) "
             f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at, "
             f"metadata_json = excluded.metadata_json RETURNING session_id), "
             f"ins AS (INSERT INTO {m} (session_id, message_data, role, item_type) "
