@@ -36,6 +36,8 @@ async def test_a_fork_copies_the_history_and_records_its_origin(
         assert await fork.get_items() == ITEMS
         assert await fork.fork_origin() == ForkOrigin(session.session_id, ItemCursor(5))
         assert await session.fork_origin() is None  # type: ignore[attr-defined]
+        await fork.clear_session()
+        assert await fork.fork_origin() is None
     finally:
         await dispose(fork)
 
@@ -54,6 +56,10 @@ async def test_a_fork_upto_a_cursor_copies_the_items_before_it(
         assert (await first.fork_origin()).fork_point == ItemCursor(3)
         assert await second.get_items() == []
         assert await second.fork_origin() == ForkOrigin(session.session_id, ItemCursor(0))
+        again = await session.fork(second.session_id)  # type: ignore[attr-defined]
+        assert await again.get_items() == ITEMS  # an id stored without items may be forked onto
+        assert await again.fork_origin() == ForkOrigin(session.session_id, ItemCursor(5))
+        await again.close()
         assert await beyond.get_items() == ITEMS
         assert (await beyond.fork_origin()).fork_point == ItemCursor(5)
     finally:

@@ -425,3 +425,21 @@ async def test_fork_session_copies_one_session_into_a_new_one(case: ManagerCase)
     with pytest.raises(LookupError, match="no session"):
         await case.manager.fork_session(case.new_id("missing"), case.new_id("other"))
     assert sorted(await case.mine()) == sorted([source, new_id])
+
+
+async def test_get_session_takes_the_window_default(case: ManagerCase) -> None:
+    items = [
+        {"role": "user", "content": "q"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "1"},
+        {"role": "assistant", "content": "a"},
+    ]
+    session_id = case.new_id()
+    turns = case.manager.get_session(session_id, whole_turns=True)
+    pairs = case.manager.get_session(session_id, whole_pairs=True)
+    await turns.add_items(items)
+
+    assert (turns.window_mode, pairs.window_mode) == ("turns", "pairs")
+    assert await turns.get_items(limit=1) == items
+    assert await pairs.get_items(limit=2) == items[1:]
+    assert await case.manager.get_session(session_id).get_items(limit=2) == items[2:]
