@@ -34,7 +34,6 @@ from agentmem.redis import _windows
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
-    ResponseError,
     _Connection,
     _connection_unless_given,
     _decode_tag,
@@ -349,15 +348,12 @@ class RedisSession(SessionABC):
                     client, [self.messages_key, forked.messages_key, forked.session_key], args
                 )
             )
-        except ResponseError as exc:
+        except BaseException as exc:
             await forked.close()
-            if _windows.FORK_TARGET_NOT_EMPTY in str(exc):
+            if _windows.FORK_TARGET_NOT_EMPTY in str(exc):  # the script's refusal
                 raise ValueError(
                     f"session {target!r} already holds items; a fork needs a new id"
                 ) from None
-            raise
-        except BaseException:
-            await forked.close()
             raise
         return forked
 
