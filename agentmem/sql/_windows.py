@@ -189,13 +189,17 @@ def sqlite_get_window(
     """The window's items, oldest first, from one cursor read newest first only as far as
     the walk goes."""
     rows: list[str] = []
+    cursor = conn.execute(sql.newest_marked, (session_id,))
 
     def marks() -> Iterator[Mark]:
-        for data, item_type, role, reference in conn.execute(sql.newest_marked, (session_id,)):
+        for data, item_type, role, reference in cursor:
             rows.append(data)
             yield mark_from_fields(item_type, role, reference)
 
-    taken = window_length(marks(), limit, mode)
+    try:
+        taken = window_length(marks(), limit, mode)
+    finally:
+        cursor.close()  # ends the statement (and its read snapshot) where the walk stopped
     del rows[taken:]
     rows.reverse()
     return rows
