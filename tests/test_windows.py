@@ -205,3 +205,16 @@ async def test_bad_window_flags_are_refused(make_session: SessionFactory) -> Non
         await session.get_items(limit=2, whole_turns="yes")  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="limit"):
         await session.get_items(limit=-1, whole_pairs=True)  # type: ignore[call-arg]
+
+
+@pytest.mark.cached
+@pytest.mark.parametrize("mode", ["pairs", "turns"])
+async def test_a_cached_window_longer_than_the_cached_items_is_read_from_sql(
+    cached_session: SessionFactory, mode: WindowMode
+) -> None:
+    flags = {"whole_turns": True} if mode == "turns" else {"whole_pairs": True}
+    session = await cached_session(max_cached_items=2)
+    items = generated_history(3)
+    await session.add_items(items)
+    for limit in range(1, len(items) + 2):
+        assert await session.get_items(limit=limit, **flags) == expected(items, limit, mode)
