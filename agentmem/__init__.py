@@ -16,6 +16,7 @@ from agentmem.errors import (
     SchemaError,
     SessionClosedError,
 )
+from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.session import Session, SessionABC
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ __all__ = [
     "CachedSession",
     "CachedSessionManager",
     "CallTimeoutError",
+    "ForkOrigin",
+    "ItemCursor",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -62,6 +65,7 @@ _SUBMODULES = frozenset(
         "cache",
         "cli",
         "errors",
+        "forks",
         "items",
         "manager",
         "migrate",
@@ -69,6 +73,7 @@ _SUBMODULES = frozenset(
         "redis",
         "session",
         "sql",
+        "windows",
     }
 )
 

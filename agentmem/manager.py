@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
+from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.records import SessionInfo, SessionPage, utc
 from agentmem.session import (
     Closing,
@@ -128,16 +129,54 @@ class SessionManagerABC(Closing, Generic[S]):
         return session
 
     @abstractmethod
-    def get_session(self, session_id: str, *, session_settings: Any = None) -> S:
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> S:
         """A session of this store on the manager's connections (never closes them).
 
         Args:
             session_id: The conversation's id.
             session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+            whole_pairs: Make whole-pair windows the session's default for ``get_items``
+                calls with a limit (see :mod:`agentmem.windows`).
+            whole_turns: Make whole-turn windows that default.
 
         Raises:
             SessionClosedError: the manager was closed.
         """
+
+    async def fork_session(
+        self, session_id: str, new_id: str, upto: ItemCursor | str | None = None
+    ) -> ForkOrigin:
+        """Fork session ``session_id`` into ``new_id`` (see :meth:`SessionABC.fork`).
+
+        Returns:
+            The origin recorded in the new session.
+
+        Raises:
+            LookupError: ``session_id`` is not stored.
+            ValueError: ``new_id`` already holds items (nothing is written).
+        """
+        self._check_open()
+        cursor = validate_upto(upto)
+        if await self.session_info(session_id) is None:
+            raise LookupError(f"no session {session_id!r}")
+        source = self.get_session(session_id)
+        try:
+            forked = await source.fork(new_id, cursor)
+            try:
+                origin = await forked.fork_origin()
+            finally:
+                await forked.close()
+        finally:
+            await source.close()
+        assert origin is not None
+        return origin
 
     @abstractmethod
     async def list_sessions(self) -> list[str]:

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from agentmem.errors import SessionClosedError
+from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.items import (
     MAX_SESSION_ID_LENGTH,
     EncodedItem,
@@ -21,6 +22,7 @@ from agentmem.items import (
     validate_limit,
     validate_session_id,
 )
+from agentmem.windows import WindowMode, resolve_window_mode
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
@@ -115,24 +117,49 @@ class SessionABC(Closing):
         session_id: The conversation's id.
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or ``None``); its ``limit``
             is the default for ``get_items()`` when no limit is passed, as in the SDK's sessions.
+        window_mode: The window of ``get_items`` calls with a limit that pass neither
+            ``whole_pairs`` nor ``whole_turns``: ``"items"`` (exactly the newest N, the
+            default), ``"pairs"`` or ``"turns"`` (see :mod:`agentmem.windows`).
     """
 
     session_id: str
     session_settings: Any = None
+    window_mode: WindowMode = "items"
     _closed: bool = False
 
-    def __init__(self, session_id: str, session_settings: Any = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        session_settings: Any = None,
+        *,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> None:
         self.session_id = validate_session_id(session_id)
         self.session_settings = _coerce_session_settings(session_settings)
+        self.window_mode = resolve_window_mode(whole_pairs, whole_turns)
         self._closed = False
 
     @abstractmethod
-    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
+    async def get_items(
+        self,
+        limit: int | None = None,
+        *,
+        whole_pairs: bool | None = None,
+        whole_turns: bool | None = None,
+    ) -> list[SessionItem]:
         """Return the history oldest first.
 
         Args:
             limit: Return only the newest ``limit`` items (still oldest first). ``None`` means
                 the ``session_settings`` limit if one is set, else everything.
+            whole_pairs: With a limit, never split a tool call from its output or a reasoning
+                item from the item after it: the window's start moves back (to older items)
+                until none is split, so it holds at least the newest ``limit`` items.
+            whole_turns: As ``whole_pairs``, and the window starts at a user message.
+                Neither given: the session's ``window_mode`` (set by the constructor's
+                ``whole_pairs``/``whole_turns``); one given: the flags alone decide. The rule
+                is stated in :mod:`agentmem.windows`.
 
         Raises:
             ValueError: ``limit`` is negative.
@@ -160,6 +187,28 @@ class SessionABC(Closing):
     async def _close(self) -> None:
         """Release what this session owns (never what it was handed)."""
 
+    async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Self:
+        """Copy this history into a new session ``session_id`` on the same store, and return it.
+
+        The copy is made by the store in one statement (SQL) or script (Redis); the new session
+        records this session's id and the fork point (see :meth:`fork_origin`). Writing to
+        either session afterwards never changes the other.
+
+        Args:
+            session_id: The new session's id: not stored yet, or stored without items.
+            upto: Copy only the items before this cursor (``None``: all of them).
+
+        Raises:
+            ValueError: ``session_id`` already holds items (nothing is written), or is this
+                session's own id.
+            TypeError: a bad ``upto``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot fork")
+
+    async def fork_origin(self) -> ForkOrigin | None:
+        """Where this session was forked from; ``None`` if it was not made by :meth:`fork`."""
+        raise NotImplementedError(f"{type(self).__name__} does not record forks")
+
     async def close(self) -> None:
         """Release the connections this session owns. Idempotent.
 
@@ -171,6 +220,17 @@ class SessionABC(Closing):
     def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError(f"{type(self).__name__} {self.session_id!r} is closed")
+
+    def _resolve_window(self, whole_pairs: bool | None, whole_turns: bool | None) -> WindowMode:
+        """The window mode of one ``get_items`` call (see :func:`resolve_window_mode`)."""
+        return resolve_window_mode(whole_pairs, whole_turns, self.window_mode)
+
+    def _check_fork_target(self, session_id: str) -> str:
+        """``session_id`` if a fork of this session may be written there, else raise."""
+        validate_session_id(session_id)
+        if session_id == self.session_id:
+            raise ValueError(f"cannot fork session {session_id!r} onto itself")
+        return session_id
 
     def _resolve_limit(self, limit: int | None) -> int | None:
         """The effective limit: the argument, else ``session_settings.limit``; validated."""

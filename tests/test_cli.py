@@ -921,3 +921,33 @@ def test_timestamp_out_of_range_fails_the_import_naming_the_line(
         assert listed(store, tmp_path) == []
     else:
         assert not (tmp_path / "store.db").exists()
+
+
+# --- fork ----------------------------------------------------------------------------------------
+
+
+def test_fork_copies_a_session_and_records_its_origin(store: Store, tmp_path: Path) -> None:
+    items = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}]
+    seed(store, tmp_path, [conversation("src", "2025-01-01T00:00:00+00:00", items)])
+
+    result = agentmem("sessions", "fork", "src", "all", *store.args, cwd=tmp_path)
+    assert "Forked session 'src' into 'all' (2 items)" in result.stdout
+    result = agentmem(
+        "sessions", "fork", "src", "first", "--upto", "1", "--json", *store.args, cwd=tmp_path
+    )
+    forked = json.loads(result.stdout)
+    assert (forked["session_id"], forked["forked_from"], forked["items"]) == ("first", "src", 1)
+
+    shown = agentmem("sessions", "show", "first", "--json", *store.args, cwd=tmp_path)
+    assert json.loads(shown.stdout)["history"] == items[:1]
+    shown = agentmem("sessions", "show", "all", "--json", *store.args, cwd=tmp_path)
+    assert json.loads(shown.stdout)["history"] == items
+
+    taken = agentmem("sessions", "fork", "src", "all", *store.args, cwd=tmp_path, ok=False)
+    assert_user_error(taken, "'all' already holds items")
+    missing = agentmem("sessions", "fork", "nope", "x", *store.args, cwd=tmp_path, ok=False)
+    assert_user_error(missing, "no session 'nope'")
+    bad = agentmem(
+        "sessions", "fork", "src", "y", "--upto", "?", *store.args, cwd=tmp_path, ok=False
+    )
+    assert bad.returncode == 2 and "not an item cursor" in bad.stderr

@@ -406,3 +406,40 @@ async def test_a_cached_session_refuses_every_in_memory_sqlite_engine() -> None:
         with pytest.raises(ValueError, match="in-memory"):
             CachedSession(SQLAlchemySession(engine, "s"))
         await engine.dispose()
+
+
+async def test_fork_session_copies_one_session_into_a_new_one(case: ManagerCase) -> None:
+    from agentmem.forks import ForkOrigin, ItemCursor
+
+    source, new_id = case.new_id("source"), case.new_id("fork")
+    session = case.manager.get_session(source)
+    await session.add_items([{"n": 1}, {"n": 2}, {"n": 3}])
+
+    origin = await case.manager.fork_session(source, new_id, ItemCursor.first(2))
+
+    assert origin == ForkOrigin(source, ItemCursor(2))
+    assert (await case.manager.read_conversation(new_id)).items == [{"n": 1}, {"n": 2}]  # type: ignore[union-attr]
+    assert await session.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+    with pytest.raises(ValueError, match="already holds items"):
+        await case.manager.fork_session(source, new_id)
+    with pytest.raises(LookupError, match="no session"):
+        await case.manager.fork_session(case.new_id("missing"), case.new_id("other"))
+    assert sorted(await case.mine()) == sorted([source, new_id])
+
+
+async def test_get_session_takes_the_window_default(case: ManagerCase) -> None:
+    items = [
+        {"role": "user", "content": "q"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "1"},
+        {"role": "assistant", "content": "a"},
+    ]
+    session_id = case.new_id()
+    turns = case.manager.get_session(session_id, whole_turns=True)
+    pairs = case.manager.get_session(session_id, whole_pairs=True)
+    await turns.add_items(items)
+
+    assert (turns.window_mode, pairs.window_mode) == ("turns", "pairs")
+    assert await turns.get_items(limit=1) == items
+    assert await pairs.get_items(limit=2) == items[1:]
+    assert await case.manager.get_session(session_id).get_items(limit=2) == items[2:]

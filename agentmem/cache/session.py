@@ -49,10 +49,11 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import orjson
 
+from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -85,6 +86,7 @@ from agentmem.sql.sqlalchemy import (
     SQLSessionBase,
 )
 from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
+from agentmem.windows import mark_of, resolve_window_mode, window_length
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -374,6 +376,8 @@ class CachedSession(SessionABC):
         socket_timeout: float | None = 2.0,
         socket_connect_timeout: float | None = 1.0,
         pool_timeout: float | None = 10.0,
+        whole_pairs: bool | None = None,
+        whole_turns: bool | None = None,
     ) -> None:
         """Wrap ``store``; nothing is read or written until the first operation.
 
@@ -401,6 +405,8 @@ class CachedSession(SessionABC):
             socket_timeout: Seconds to wait for a Redis reply before falling back to SQL.
             socket_connect_timeout: Seconds to wait for a Redis connection to open.
             pool_timeout: Seconds to wait for a free pooled Redis connection.
+            whole_pairs, whole_turns: The default window of ``get_items`` calls with a limit
+                (see :mod:`agentmem.windows`); neither given: the store's.
 
         Raises:
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
@@ -426,6 +432,19 @@ class CachedSession(SessionABC):
             store.session_id,
             store.session_settings if session_settings is None else session_settings,
         )
+        self.window_mode = resolve_window_mode(whole_pairs, whole_turns, store.window_mode)
+        self._options: dict[str, Any] = {
+            "redis_url": redis_url,
+            "db": db,
+            "client": client,
+            "ttl": ttl,
+            "key_prefix": key_prefix,
+            "max_cached_items": max_cached_items,
+            "max_connections": max_connections,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            "pool_timeout": pool_timeout,
+        }
         self.store = store
         self._ttl_ms = ttl_ms
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
@@ -578,12 +597,22 @@ class CachedSession(SessionABC):
 
     # --- the Session interface ---------------------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
+    async def get_items(
+        self,
+        limit: int | None = None,
+        *,
+        whole_pairs: bool | None = None,
+        whole_turns: bool | None = None,
+    ) -> list[SessionItem]:
         """Return the history oldest first: from Redis when cached, else from SQL (then cached).
 
         Args:
             limit: Return only the newest ``limit`` items. ``None`` means the
                 ``session_settings`` limit if one is set, else everything.
+            whole_pairs, whole_turns: Widen a limited read to whole pairs or turns (see
+                :mod:`agentmem.windows`): the window is cut from the newest
+                ``max(limit + 1, max_cached_items)`` items, read as a plain read is (one
+                round trip on a hit); when it reaches past them, it is read from SQL.
 
         Raises:
             TypeError, ValueError: a bad ``limit``.
@@ -591,8 +620,21 @@ class CachedSession(SessionABC):
         """
         self._check_open()
         limit = self._resolve_limit(limit)
+        window = self._resolve_window(whole_pairs, whole_turns)
         if limit == 0:
             return []
+        if limit is None or window == "items":
+            return await self._read(limit)
+        span = max(limit + 1, self.max_cached_items)
+        items = await self._read(span)
+        taken = window_length((mark_of(item) for item in reversed(items)), limit, window)
+        if taken < len(items) or len(items) < span:
+            return items[len(items) - taken :]
+        rows = await self.store.get_stored_items(limit, window=window)
+        return [decode_item(row) for row in rows]
+
+    async def _read(self, limit: int | None) -> list[SessionItem]:
+        """The newest ``limit`` items (all with ``None``): the cache protocol's read."""
         client = self._client()
         reply: Any = None
         if await self._settle(client):
@@ -649,6 +691,35 @@ class CachedSession(SessionABC):
         """Remove every item of this session from SQL, then cache it as empty."""
         self._check_open()
         await self._write(self.store.clear_session, "clear", [])
+
+    def with_id(self, session_id: str) -> Self:
+        """A cached session for ``session_id`` over the same store, Redis and options."""
+        self._check_open()
+        session = type(self)(
+            self.store.with_id(session_id), session_settings=self.session_settings, **self._options
+        )
+        session.window_mode = self.window_mode
+        return session
+
+    async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Self:
+        """Copy this history into session ``session_id`` in SQL (the store's fork: one
+        statement) under the new session's cache write protocol, so no process reads a cached
+        copy of ``session_id`` from before it; returns the new cached session."""
+        self._check_open()
+        target = self._check_fork_target(session_id)
+        cursor = validate_upto(upto)
+        forked = self.with_id(target)
+        try:
+            await forked._write(lambda: self.store.copy_to(target, cursor), "", [])
+        except BaseException:
+            await forked.close()
+            raise
+        return forked
+
+    async def fork_origin(self) -> ForkOrigin | None:
+        """Where this session was forked from (read from SQL); ``None`` if it was not."""
+        self._check_open()
+        return await self.store.fork_origin()
 
     async def _close(self) -> None:
         try:
@@ -742,14 +813,27 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         }
         self._closed = False
 
-    def get_session(self, session_id: str, *, session_settings: Any = None) -> CachedSession:
-        """A cached session over the store manager's session of ``session_id``.
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> CachedSession:
+        """A cached session over the store manager's session of ``session_id``
+        (``whole_pairs``/``whole_turns``: its default window, see :mod:`agentmem.windows`).
 
         Raises:
             SessionClosedError: the manager was closed.
         """
         self._check_open()
-        store_session = self.store.get_session(session_id, session_settings=session_settings)
+        store_session = self.store.get_session(
+            session_id,
+            session_settings=session_settings,
+            whole_pairs=whole_pairs,
+            whole_turns=whole_turns,
+        )
         session = CachedSession(store_session, session_settings=session_settings, **self._options)
         return self._handed_out(session)
 

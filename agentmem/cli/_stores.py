@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from agentmem._deps import require_driver
 from agentmem._redact import mask_credentials
 from agentmem.errors import MissingDependencyError
+from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.manager import Conversation, SessionInfo, SessionManagerABC, utc
 from agentmem.session import SessionABC, encode_items, validate_session_id
 from agentmem.sql import migrate
@@ -270,6 +271,13 @@ class Store:
     async def read(self, session_id: str) -> Conversation | None:
         """A whole conversation, or ``None`` if there is no such session."""
         return await self.manager.read_conversation(session_id)
+
+    async def fork(self, session_id: str, new_id: str, upto: ItemCursor | None) -> ForkOrigin:
+        """Fork one session into ``new_id`` (the manager's ``fork_session``): the origin the new
+        session records."""
+        self._require_writable()
+        await self.require(session_id)
+        return await self.manager.fork_session(session_id, validate_session_id(new_id), upto)
 
     async def require(self, session_id: str) -> SessionInfo:
         """:meth:`info`, or a :class:`CLIError` naming the missing session."""

@@ -10,6 +10,7 @@ Example:
     $ agentmem demo
     $ agentmem sessions list
     $ agentmem sessions copy --from sqlite:///agentmem.db --to postgresql://app@db/app
+    $ agentmem sessions fork demo demo-2 --upto 4
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from agentmem.cli._stores import (
     parse_conversation,
 )
 from agentmem.errors import MissingDependencyError
+from agentmem.forks import ItemCursor
 from agentmem.manager import Conversation, SessionInfo
 from agentmem.session import validate_session_id
 from agentmem.sql import migrate
@@ -316,6 +318,24 @@ async def cmd_delete(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     return 0
 
 
+async def cmd_fork(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args, writing=True)
+    origin = await store.fork(args.session_id, args.new_id, args.upto)
+    copied = origin.fork_point.count
+    report(
+        args,
+        f"Forked session {origin.parent_id!r} into {args.new_id!r} ({count(copied, 'item')}) "
+        f"in {store.display_url}.",
+        {
+            "session_id": args.new_id,
+            "forked_from": origin.parent_id,
+            "fork_point": str(origin.fork_point),
+            "items": copied,
+        },
+    )
+    return 0
+
+
 async def selected_ids(store: Store, requested: Sequence[str]) -> list[str]:
     """The requested sessions (each must exist), or every session, newest first."""
     if not requested:
@@ -528,6 +548,18 @@ def non_negative(text: str) -> int:
     return value
 
 
+def item_cursor(text: str) -> ItemCursor:
+    """``--upto``: an item cursor's text form, or N for the first N items."""
+    if text.isdecimal():
+        return ItemCursor.first(int(text))
+    try:
+        return ItemCursor.parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an item cursor or a number of items: {text!r}"
+        ) from None
+
+
 class UsageError(Exception):
     """A command line argparse rejects, raised instead of exiting so that :func:`run` can
     report it (as JSON with ``--json``)."""
@@ -602,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[store_options(redis=False)], help=text, description=text
         ).set_defaults(run=run)
 
-    sessions = commands.add_parser("sessions", help="list, show, delete, export, import, copy")
+    sessions = commands.add_parser(
+        "sessions", help="list, show, delete, fork, export, import, copy"
+    )
     actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", parents=[store], help="sessions, newest first")
@@ -628,6 +662,19 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("file", metavar="FILE", help="an export file, or - for stdin")
     load.add_argument("--replace", action="store_true", help="overwrite existing sessions")
     load.set_defaults(run=cmd_import)
+
+    fork = actions.add_parser(
+        "fork", parents=[store], help="copy one session into a new one, recording its origin"
+    )
+    fork.add_argument("session_id", metavar="SRC")
+    fork.add_argument("new_id", metavar="NEW")
+    fork.add_argument(
+        "--upto",
+        type=item_cursor,
+        metavar="CURSOR",
+        help="copy only the first N items (or the items before an item cursor)",
+    )
+    fork.set_defaults(run=cmd_fork)
 
     copy = actions.add_parser(
         "copy",

@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
+from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -29,6 +30,7 @@ from agentmem.manager import (
     page_of,
     validate_page_size,
 )
+from agentmem.redis import _windows
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
@@ -52,6 +54,7 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
+from agentmem.windows import WindowMode, resolve_window_mode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -145,6 +148,8 @@ class RedisSession(SessionABC):
         messages_prefix: str = DEFAULT_MESSAGES_PREFIX,
         ttl: TTL | None = None,
         session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
         max_connections: int = 50,
         socket_timeout: float | None = 10.0,
         socket_connect_timeout: float | None = 5.0,
@@ -164,6 +169,10 @@ class RedisSession(SessionABC):
             ttl: Expiry (seconds or ``timedelta``) that every write sets on all of the session's
                 keys; ``None`` never expires.
             session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+            whole_pairs: Make whole-pair windows the default of ``get_items`` calls with a
+                limit (the Runner's ``session_settings.limit`` too); see
+                :mod:`agentmem.windows`.
+            whole_turns: Make whole-turn windows that default.
             max_connections: Size of the connection pool; callers beyond it wait for a connection.
             socket_timeout: Seconds to wait for a reply before raising ``redis.TimeoutError``.
             socket_connect_timeout: Seconds to wait for a connection to open.
@@ -184,6 +193,7 @@ class RedisSession(SessionABC):
             pool_timeout=pool_timeout,
         )
         self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
+        self.window_mode = resolve_window_mode(whole_pairs, whole_turns)
         self._client_given = client
         self._manager: RedisSessionManager | None = None
         self._connection = connection
@@ -199,6 +209,7 @@ class RedisSession(SessionABC):
     ) -> None:
         super().__init__(session_id, session_settings)
         session_prefix, messages_prefix = _validate_prefixes(session_prefix, messages_prefix)
+        self._prefixes = (session_prefix, messages_prefix)
         self._ttl_ms = _ttl_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.session_key = _key(session_prefix, self.session_id)
@@ -212,11 +223,13 @@ class RedisSession(SessionABC):
         session_id: str,
         ttl: object,
         session_settings: Any,
+        window_mode: WindowMode = "items",
     ) -> RedisSession:
         session = cls.__new__(cls)
         session._setup(
             session_id, session_settings, ttl, manager.session_prefix, manager.messages_prefix
         )
+        session.window_mode = window_mode
         session._client_given = None
         session._manager = manager
         session._connection = None
@@ -234,12 +247,36 @@ class RedisSession(SessionABC):
         assert self._clients is not None
         return self._clients.get()
 
-    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
-        """Return the history oldest first (one LRANGE).
+    def with_id(self, session_id: str) -> Self:
+        """A session for ``session_id`` on this session's client, prefixes, ttl and settings."""
+        self._check_open()
+        session = type(self).__new__(type(self))
+        ttl = None if self.ttl is None else self.ttl
+        session._setup(session_id, self.session_settings, ttl, *self._prefixes)
+        session.window_mode = self.window_mode
+        session._client_given = self._client_given
+        session._manager = self._manager
+        session._connection = self._connection
+        session._clients = (
+            self._clients if self._connection is None else _shared.acquire(self._connection)
+        )
+        return session
+
+    async def get_items(
+        self,
+        limit: int | None = None,
+        *,
+        whole_pairs: bool | None = None,
+        whole_turns: bool | None = None,
+    ) -> list[SessionItem]:
+        """Return the history oldest first (one LRANGE; a whole-pair or whole-turn window is
+        one Lua script).
 
         Args:
             limit: Return only the newest ``limit`` items. ``None`` means the
                 ``session_settings`` limit if one is set, else everything.
+            whole_pairs, whole_turns: Widen a limited read to whole pairs or turns (see
+                :meth:`agentmem.SessionABC.get_items` and :mod:`agentmem.windows`).
 
         Raises:
             TypeError, ValueError: a bad ``limit``.
@@ -247,8 +284,15 @@ class RedisSession(SessionABC):
         """
         client = self._client()
         limit = self._resolve_limit(limit)
+        window = self._resolve_window(whole_pairs, whole_turns)
         if limit == 0:
             return []
+        if limit is not None and window != "items":
+            turns = "1" if window == "turns" else "0"
+            items: list[bytes | str] = await _settled(
+                _windows.WINDOW(client, [self.messages_key], [limit, turns])
+            )
+            return [decode_item(data) for data in items]
         start = 0 if limit is None else -limit
         raw: list[bytes | str] = await _settled(client.lrange(self.messages_key, start, -1))
         return [decode_item(data) for data in raw]
@@ -284,6 +328,46 @@ class RedisSession(SessionABC):
     async def clear_session(self) -> None:
         """Delete every key of this session (other sessions are untouched)."""
         await _settled(self._client().delete(*self._keys))
+
+    async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Self:
+        """Copy this history into session ``session_id`` (same prefixes) and return a session
+        for it, with this session's ttl (see :meth:`agentmem.SessionABC.fork`).
+
+        One Lua script; its hash records ``forked_from`` and ``fork_point``. The two sessions'
+        keys have different hash tags: on Redis Cluster, a fork needs both in one slot.
+        """
+        client = self._client()
+        target = self._check_fork_target(session_id)
+        cursor = validate_upto(upto)
+        forked = self.with_id(target)
+        count = -1 if cursor is None else cursor.count
+        args: list[str | int] = [_now(), self._ttl_ms, count, self.session_id]
+        try:
+            await _settled(
+                _windows.FORK(
+                    client, [self.messages_key, forked.messages_key, forked.session_key], args
+                )
+            )
+        except BaseException as exc:
+            await forked.close()
+            if _windows.FORK_TARGET_NOT_EMPTY in str(exc):  # the script's refusal
+                raise ValueError(
+                    f"session {target!r} already holds items; a fork needs a new id"
+                ) from None
+            raise
+        return forked
+
+    async def fork_origin(self) -> ForkOrigin | None:
+        """Where this session was forked from (its hash's ``forked_from`` and ``fork_point``);
+        ``None`` if it was not."""
+        client = self._client()
+        parent, point = await _settled(
+            client.hmget(self.session_key, ["forked_from", "fork_point"])
+        )
+        if parent is None or point is None:
+            return None
+        parent_id = parent.decode() if isinstance(parent, bytes) else parent
+        return ForkOrigin(parent_id, ItemCursor(int(point)))
 
     async def _close(self) -> None:
         if self._connection is not None:
@@ -377,6 +461,8 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         *,
         ttl: TTL | None = _MANAGER_DEFAULT,
         session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
     ) -> RedisSession:
         """Return a session on the manager's pool.
 
@@ -385,6 +471,8 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             ttl: Expiry for this session; defaults to the manager's ``default_ttl``, ``None``
                 never expires.
             session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+            whole_pairs, whole_turns: The session's default window (see
+                :class:`RedisSession`).
 
         Raises:
             SessionClosedError: the manager was closed.
@@ -392,7 +480,10 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         self._check_open()
         if ttl is _MANAGER_DEFAULT:
             ttl = self.default_ttl
-        return self._handed_out(RedisSession._from_manager(self, session_id, ttl, session_settings))
+        window = resolve_window_mode(whole_pairs, whole_turns)
+        return self._handed_out(
+            RedisSession._from_manager(self, session_id, ttl, session_settings, window)
+        )
 
     async def list_sessions(self) -> list[str]:
         """Return the ids of the sessions under this manager's ``session_prefix``, sorted.

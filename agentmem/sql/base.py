@@ -8,8 +8,11 @@ SQLite file's thread) implements.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Self
 
+from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
+from agentmem.windows import WindowMode
 
 __all__ = ["Operations", "SQLSessionBase"]
 
@@ -29,19 +32,66 @@ class SQLSessionBase(SessionABC):
         """``(backend, database, table prefix)``: the same for every session object of this
         store in any process (a SQLite file's resolved path; a server database's name)."""
 
-    async def get_items(self, limit: int | None = None) -> list[SessionItem]:
+    async def get_items(
+        self,
+        limit: int | None = None,
+        *,
+        whole_pairs: bool | None = None,
+        whole_turns: bool | None = None,
+    ) -> list[SessionItem]:
         self._check_open()
         resolved = self._resolve_limit(limit)
+        window = self._resolve_window(whole_pairs, whole_turns)
         if resolved == 0:
             return []
-        rows = await self._ops.get(resolved)
+        rows = await self.get_stored_items(resolved, window=window)
         return [decode_item(row) for row in rows]
 
-    async def get_stored_items(self, limit: int | None = None) -> list[str]:
+    async def get_stored_items(
+        self, limit: int | None = None, *, window: WindowMode = "items"
+    ) -> list[str]:
         """The newest ``limit`` items (all with ``None``; ``session_settings`` do not apply) as
-        stored: each item's JSON text, oldest first."""
+        stored: each item's JSON text, oldest first. ``window`` ``"pairs"`` or ``"turns"``
+        widens a limited read as :mod:`agentmem.windows` states, in one statement."""
         self._check_open()
-        return await self._ops.get(limit)
+        if limit is None or window == "items":
+            return await self._ops.get(limit)
+        if limit == 0:
+            return []
+        return await self._ops.get_window(limit, window)
+
+    @abstractmethod
+    def with_id(self, session_id: str) -> Self:
+        """A new session object for ``session_id`` on this session's store, with its options
+        (the caller closes it)."""
+
+    async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Self:
+        """Copy this history into session ``session_id`` of the same store and return a
+        session for it (see :meth:`agentmem.SessionABC.fork`).
+
+        One statement on PostgreSQL (``INSERT ... SELECT``), one transaction on SQLite. The new
+        session's row records the fork origin in its ``metadata_json`` column.
+        """
+        copied_to = await self.copy_to(session_id, upto)
+        return self.with_id(copied_to)
+
+    async def copy_to(self, session_id: str, upto: ItemCursor | str | None = None) -> str:
+        """The write of :meth:`fork` alone: copy this history (up to ``upto``) into session
+        ``session_id`` and record its origin; returns ``session_id``.
+
+        Raises:
+            ValueError: ``session_id`` holds items (nothing is written) or is this session's.
+        """
+        self._check_open()
+        target = self._check_fork_target(session_id)
+        cursor = validate_upto(upto)
+        await self._ops.fork(target, None if cursor is None else cursor.count)
+        return target
+
+    async def fork_origin(self) -> ForkOrigin | None:
+        """Where this session was forked from (read from its row); ``None`` if it was not."""
+        self._check_open()
+        return await self._ops.origin()
 
     async def add_items(self, items: list[SessionItem]) -> None:
         self._check_open()
@@ -84,3 +134,12 @@ class Operations(ABC):
 
     @abstractmethod
     async def clear(self) -> None: ...
+
+    @abstractmethod
+    async def get_window(self, limit: int, window: WindowMode) -> list[str]: ...
+
+    @abstractmethod
+    async def fork(self, new_id: str, count: int | None) -> int: ...
+
+    @abstractmethod
+    async def origin(self) -> ForkOrigin | None: ...

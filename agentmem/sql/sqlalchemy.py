@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -24,6 +24,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from agentmem._deps import require_driver
 from agentmem.errors import CallTimeoutError, SchemaError
+from agentmem.forks import ForkOrigin
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -40,10 +41,11 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
-from agentmem.sql import _manage, migrate
+from agentmem.sql import _manage, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
+from agentmem.windows import WindowMode
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
@@ -257,6 +259,9 @@ class SQLAlchemySession(SQLSessionBase):
             and statement) may take before it raises :class:`CallTimeoutError`; ``None`` waits
             forever. On SQLite it does not apply: a call waits at most SQLite's 30 s busy
             timeout for another writer's lock.
+        whole_pairs: Make whole-pair windows the default of ``get_items`` calls with a limit
+            (the Runner's ``session_settings.limit`` too); see :mod:`agentmem.windows`.
+        whole_turns: Make whole-turn windows that default.
 
     Raises:
         ValueError: the engine's driver is not supported, or an argument is invalid.
@@ -271,8 +276,12 @@ class SQLAlchemySession(SQLSessionBase):
         table_prefix: str = "",
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
     ) -> None:
-        super().__init__(session_id, session_settings)
+        super().__init__(
+            session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
+        )
         if not isinstance(engine, AsyncEngine):
             raise TypeError(
                 f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
@@ -297,7 +306,9 @@ class SQLAlchemySession(SQLSessionBase):
         engine_kwargs: dict[str, Any] | None = None,
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
-    ) -> SQLAlchemySession:
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> Self:
         """A session on its own engine built from ``url`` (shared with other sessions of that URL).
 
         ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
@@ -312,7 +323,9 @@ class SQLAlchemySession(SQLSessionBase):
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
-        SessionABC.__init__(self, session_id, session_settings)
+        SessionABC.__init__(
+            self, session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
+        )
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
         self._engine = None
@@ -329,9 +342,11 @@ class SQLAlchemySession(SQLSessionBase):
         kind = f"{dialect}+{driver}"
         if kind == "postgresql+asyncpg":
             self._pg = _sql.postgres_statements(self._table_prefix)
+            self._pg_windows = _windows.postgres_window_statements(self._table_prefix)
             self._ops = _AsyncpgOperations(self)
         elif kind == "sqlite+aiosqlite":
             self._lite = _sql.sqlite_statements(self._table_prefix)
+            self._lite_windows = _windows.sqlite_window_statements(self._table_prefix)
             self._ops = _AiosqliteOperations(self)
         else:
             raise ValueError(f"SQLAlchemySession supports {_SUPPORTED}, not {kind}")
@@ -358,6 +373,26 @@ class SQLAlchemySession(SQLSessionBase):
     def call_timeout(self) -> float | None:
         """Seconds one PostgreSQL call may take (``None``: no limit)."""
         return self._call_timeout
+
+    def with_id(self, session_id: str) -> Self:
+        """A session for ``session_id`` on this session's engine (a ``from_url`` session's: the
+        shared engine of its URL), with its options."""
+        self._check_open()
+        options: dict[str, Any] = {
+            "create_tables": self._create_tables,
+            "table_prefix": self._table_prefix,
+            "session_settings": self.session_settings,
+            "call_timeout": self._call_timeout,
+        }
+        if self._engine is not None:
+            session = type(self)(self._engine, session_id, **options)
+        else:
+            assert self._url is not None
+            session = type(self).from_url(
+                session_id, url=self._url, engine_kwargs=self._engine_options, **options
+            )
+        session.window_mode = self.window_mode
+        return session
 
     def _driver_timeout(self) -> float | None:
         """``call_timeout`` where it applies: on PostgreSQL."""
@@ -537,6 +572,30 @@ class _AsyncpgOperations(_EngineOperations):
         # other clients added (and were told were stored) in between.
         await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
 
+    async def get_window(self, limit: int, window: WindowMode) -> list[str]:
+        sql = self.session._pg_windows.window
+        turns = window == "turns"
+        rows = await _with_driver(
+            self.session, lambda c: c.fetch(sql, self.session_id, limit, turns), retry=True
+        )
+        return [row[0] for row in rows]
+
+    async def fork(self, new_id: str, count: int | None) -> int:
+        sql = self.session._pg_windows.fork
+        made, copied = await _with_driver(
+            self.session, lambda c: c.fetchrow(sql, self.session_id, new_id, count), retry=False
+        )
+        if not made:
+            raise ValueError(f"session {new_id!r} already holds items; a fork needs a new id")
+        return int(copied)
+
+    async def origin(self) -> ForkOrigin | None:
+        sql = self.session._pg_windows.origin
+        value = await _with_driver(
+            self.session, lambda c: c.fetchval(sql, self.session_id), retry=True
+        )
+        return _windows.fork_origin_of(value)
+
 
 async def _engine_of(
     engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
@@ -605,6 +664,31 @@ class _AiosqliteOperations(_EngineOperations):
 
     async def clear(self) -> None:
         await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=False)
+
+    async def get_window(self, limit: int, window: WindowMode) -> list[str]:
+        return await self._in_thread(
+            _windows.sqlite_get_window,
+            self.session._lite_windows,
+            self.session_id,
+            limit,
+            window,
+            retry=True,
+        )
+
+    async def fork(self, new_id: str, count: int | None) -> int:
+        return await self._in_thread(
+            _windows.sqlite_fork,
+            self.session._lite_windows,
+            self.session_id,
+            new_id,
+            count,
+            retry=False,
+        )
+
+    async def origin(self) -> ForkOrigin | None:
+        return await self._in_thread(
+            _windows.sqlite_fork_origin, self.session._lite_windows, self.session_id, retry=True
+        )
 
 
 # --- the manager -------------------------------------------------------------------------------
@@ -732,8 +816,16 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         await migrate.upgrade(engine, table_prefix=self._table_prefix)
         _schemas.forget(engine)
 
-    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLAlchemySession:
-        """A session on the manager's engine.
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> SQLAlchemySession:
+        """A session on the manager's engine (``whole_pairs``/``whole_turns``: as for
+        :class:`SQLAlchemySession`).
 
         Raises:
             SessionClosedError: the manager was closed.
@@ -747,6 +839,8 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
                 table_prefix=self._table_prefix,
                 session_settings=session_settings,
                 call_timeout=self._call_timeout,
+                whole_pairs=whole_pairs,
+                whole_turns=whole_turns,
             )
         else:
             assert self._url is not None
@@ -758,6 +852,8 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
                 engine_kwargs=self._engine_options,
                 session_settings=session_settings,
                 call_timeout=self._call_timeout,
+                whole_pairs=whole_pairs,
+                whole_turns=whole_turns,
             )
         return self._handed_out(session)
 

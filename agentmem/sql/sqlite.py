@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
+from agentmem.forks import ForkOrigin
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -40,10 +41,11 @@ from agentmem.manager import (
     validate_page_size,
 )
 from agentmem.session import EncodedItem, encode_items, validate_session_id
-from agentmem.sql import _manage, migrate
+from agentmem.sql import _manage, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
+from agentmem.windows import WindowMode
 
 __all__ = ["SQLiteSession", "SQLiteSessionManager"]
 
@@ -242,6 +244,19 @@ class _ThreadOperations(Operations):
     async def clear(self) -> None:
         await self._run(_sql.sqlite_clear)
 
+    async def _run_window(self, fn: Callable[..., T], *args: Any) -> T:
+        sql = _windows.sqlite_window_statements(self.database.table_prefix)
+        return await _run_on(self.database, fn, sql, self.session_id, *args)
+
+    async def get_window(self, limit: int, window: WindowMode) -> list[str]:
+        return await self._run_window(_windows.sqlite_get_window, limit, window)
+
+    async def fork(self, new_id: str, count: int | None) -> int:
+        return await self._run_window(_windows.sqlite_fork, new_id, count)
+
+    async def origin(self) -> ForkOrigin | None:
+        return await self._run_window(_windows.sqlite_fork_origin)
+
 
 def _resolve(db_path: object) -> str:
     """``":memory:"``, or the absolute path of a database file whose directory exists."""
@@ -279,6 +294,9 @@ class SQLiteSession(SQLSessionBase):
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions``...).
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
+        whole_pairs: Make whole-pair windows the default of ``get_items`` calls with a limit
+            (the Runner's ``session_settings.limit`` too); see :mod:`agentmem.windows`.
+        whole_turns: Make whole-turn windows that default.
 
     A file this process cannot write (or in a directory it cannot write) is opened read-only:
     reads work, and writes raise :class:`PermissionError`.
@@ -295,8 +313,12 @@ class SQLiteSession(SQLSessionBase):
         *,
         table_prefix: str = "",
         session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
     ) -> None:
-        super().__init__(session_id, session_settings)
+        super().__init__(
+            session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
+        )
         validate_table_prefix(table_prefix)
         target = _resolve(db_path)
         self.db_path = target
@@ -305,11 +327,19 @@ class SQLiteSession(SQLSessionBase):
 
     @classmethod
     def _on_database(
-        cls, database: _Database, session_id: str, session_settings: Any
-    ) -> SQLiteSession:
+        cls,
+        database: _Database,
+        session_id: str,
+        session_settings: Any,
+        *,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> Self:
         """A session on an open database (a manager's), counted as one more of its users."""
         self = cls.__new__(cls)
-        SQLSessionBase.__init__(self, session_id, session_settings)
+        SQLSessionBase.__init__(
+            self, session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
+        )
         self.db_path = database.target
         _files.share(database)
         self._database = database
@@ -320,6 +350,14 @@ class SQLiteSession(SQLSessionBase):
     def table_prefix(self) -> str:
         """The prefix of this session's table names."""
         return self._database.table_prefix
+
+    def with_id(self, session_id: str) -> Self:
+        """A session for ``session_id`` on this session's database (an in-memory one too),
+        with its settings."""
+        self._check_open()
+        session = type(self)._on_database(self._database, session_id, self.session_settings)
+        session.window_mode = self.window_mode
+        return session
 
     @property
     def store_identity(self) -> tuple[str, str, str]:
@@ -373,15 +411,29 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         self._database = _files.acquire(self.db_path, table_prefix)
         self._closed = False
 
-    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLiteSession:
-        """A session on the manager's database.
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> SQLiteSession:
+        """A session on the manager's database (``whole_pairs``/``whole_turns``: as for
+        :class:`SQLiteSession`).
 
         Raises:
             SessionClosedError: the manager was closed.
         """
         self._check_open()
         return self._handed_out(
-            SQLiteSession._on_database(self._database, session_id, session_settings)
+            SQLiteSession._on_database(
+                self._database,
+                session_id,
+                session_settings,
+                whole_pairs=whole_pairs,
+                whole_turns=whole_turns,
+            )
         )
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -1,0 +1,238 @@
+"""The SQL of whole-pair/whole-turn windows and of forks (see :mod:`agentmem.windows` and
+:meth:`agentmem.SessionABC.fork`).
+
+On PostgreSQL each is one statement: the window is a recursive CTE that walks the session's
+rows from the newest back, one index probe per row, carrying the calls still missing, and stops
+where :func:`agentmem.windows.window_length` stops; a fork is one ``INSERT ... SELECT``. On
+SQLite each is one call into the connection's thread: the same walk over a lazily read cursor,
+and one transaction for a fork. Only the rows that pair with others (tool calls and outputs,
+MCP approvals) have their JSON parsed, to read the field that pairs them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+
+import orjson
+from sqlalchemy.dialects import postgresql, sqlite
+
+from agentmem.forks import ForkOrigin, ItemCursor
+from agentmem.sql._statements import _names, _WriteTransaction, sqlite_now
+from agentmem.sql.schema import tables_for_prefix
+from agentmem.windows import (
+    APPROVAL_REQUEST,
+    APPROVAL_RESPONSE,
+    CALL_TYPES,
+    OUTPUT_TO_CALL,
+    Mark,
+    WindowMode,
+    mark_from_fields,
+    window_length,
+)
+
+_CALL_ID_TYPES = sorted({*OUTPUT_TO_CALL, *CALL_TYPES})
+
+
+def _quoted(values: list[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+def _reference_sql(extract: str) -> str:
+    """The pairing field of a row (see :func:`agentmem.windows.reference_field`) as SQL;
+    ``extract`` formats ``{field}`` into an expression reading that JSON field as text."""
+    return (
+        f"CASE WHEN item_type IN ({_quoted(_CALL_ID_TYPES)}) "
+        f"THEN {extract.format(field='call_id')} "
+        f"WHEN item_type = '{APPROVAL_RESPONSE}' "
+        f"THEN {extract.format(field='approval_request_id')} "
+        f"WHEN item_type = '{APPROVAL_REQUEST}' THEN {extract.format(field='id')} END"
+    )
+
+
+def fork_metadata(parent_id: str, count: int) -> str:
+    """The ``metadata_json`` a forked session's row records."""
+    return orjson.dumps({"fork": {"parent": parent_id, "point": count}}).decode()
+
+
+def fork_origin_of(metadata_json: str | None) -> ForkOrigin | None:
+    """The fork origin recorded in a ``metadata_json`` value, if any."""
+    if not metadata_json:
+        return None
+    try:
+        fork = orjson.loads(metadata_json).get("fork")
+        return ForkOrigin(fork["parent"], ItemCursor(fork["point"]))
+    except (AttributeError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return None
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresWindowStatements:
+    window: str  # $1 session id, $2 limit (>= 1), $3 whole turns
+    fork: str  # $1 source id, $2 new id, $3 how many items (NULL: all)
+    origin: str  # $1 session id
+
+
+def _postgres_marks(m: str, where: str) -> str:
+    """One row of ``m`` (the newest matching ``where``) with its item type, role and pairing
+    keys (``needs``: the call an output answers; ``gives``: what a call answers to)."""
+    reference = _reference_sql(
+        "CASE WHEN json_typeof(message_data::json -> '{field}') = 'string' "
+        "THEN message_data::json ->> '{field}' END"
+    )
+    needs = " ".join(
+        f"WHEN '{output}' THEN '{call}:' || x.ref" for output, call in OUTPUT_TO_CALL.items()
+    )
+    gives = _quoted([*CALL_TYPES, APPROVAL_REQUEST])
+    return (
+        f"SELECT x.id, x.item_type, x.role, "
+        f"CASE x.item_type {needs} WHEN '{APPROVAL_RESPONSE}' "
+        f"THEN '{APPROVAL_REQUEST}:' || x.ref END AS needs, "
+        f"CASE WHEN x.item_type IN ({gives}) THEN x.item_type || ':' || x.ref END AS gives "
+        f"FROM (SELECT id, item_type, role, {reference} AS ref FROM {m} "
+        f"WHERE {where} ORDER BY id DESC LIMIT 1) x"
+    )
+
+
+@cache
+def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
+    s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
+    seed = _postgres_marks(m, "session_id = $1")
+    step = _postgres_marks(m, "session_id = $1 AND id < w.id")
+    push = "CASE WHEN p.needs IS NULL THEN k ELSE k || p.needs END"
+    return PostgresWindowStatements(
+        # walk: the rows taken so far, newest first; each step takes the next older row
+        # unless the cut before it is allowed (enough rows, no call missing, not after a
+        # reasoning item, and with $3 at a user message).
+        window=(
+            f"WITH RECURSIVE walk(id, taken, missing, at_user) AS ("
+            f"SELECT p.id, 1, CASE WHEN p.needs IS NULL THEN ARRAY[]::text[] "
+            f"ELSE ARRAY[p.needs] END, p.role IS NOT DISTINCT FROM 'user' FROM ({seed}) p "
+            f"UNION ALL "
+            f"SELECT p.id, w.taken + 1, "
+            f"(SELECT {push} FROM (SELECT array_remove(w.missing, p.gives) AS k) r), "
+            f"p.role IS NOT DISTINCT FROM 'user' "
+            f"FROM walk w CROSS JOIN LATERAL ({step}) p "
+            f"WHERE NOT (w.taken >= $2::bigint AND cardinality(w.missing) = 0 "
+            f"AND p.item_type IS DISTINCT FROM 'reasoning' AND (NOT $3::boolean OR w.at_user))) "
+            f"SELECT message_data FROM {m} WHERE session_id = $1 "
+            f"AND id >= (SELECT min(id) FROM walk) ORDER BY id"
+        ),
+        # The new row is written only when the new id holds no items; its items are copied
+        # in the source's order, ids drawn from the sequence in that order.
+        fork=(
+            f"WITH src AS (SELECT id, message_data, role, item_type FROM {m} "
+            f"WHERE session_id = $1::varchar ORDER BY id LIMIT $3::bigint), "
+            f"s AS (INSERT INTO {s} (session_id, created_at, updated_at, metadata_json) "
+            f"SELECT $2::varchar, now(), now(), json_build_object('fork', json_build_object("
+            f"'parent', $1::varchar, 'point', (SELECT count(*) FROM src)))::text "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $2::varchar) "
+            f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at, "
+            f"metadata_json = excluded.metadata_json RETURNING session_id), "
+            f"ins AS (INSERT INTO {m} (session_id, message_data, role, item_type) "
+            f"SELECT s.session_id, src.message_data, src.role, src.item_type "
+            f"FROM s CROSS JOIN src ORDER BY src.id RETURNING 1) "
+            f"SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM ins)"
+        ),
+        origin=f"SELECT metadata_json FROM {s} WHERE session_id = $1",
+    )
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SQLiteWindowStatements:
+    newest_marked: str
+    has_items: str
+    touch_fork: str
+    copy: str
+    origin: str
+
+
+@cache
+def sqlite_window_statements(table_prefix: str) -> SQLiteWindowStatements:
+    s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
+    reference = _reference_sql("json_extract(message_data, '$.{field}')")
+    return SQLiteWindowStatements(
+        newest_marked=(
+            f"SELECT message_data, item_type, role, {reference} FROM {m} "
+            f"WHERE session_id = ? ORDER BY id DESC"
+        ),
+        has_items=f"SELECT 1 FROM {m} WHERE session_id = ? LIMIT 1",
+        touch_fork=(
+            f"INSERT INTO {s} (session_id, created_at, updated_at, metadata_json) "
+            f"VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+            f"updated_at = excluded.updated_at, metadata_json = excluded.metadata_json"
+        ),
+        copy=(
+            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
+            f"SELECT ?, message_data, role, item_type, ? FROM {m} WHERE session_id = ? "
+            f"ORDER BY id LIMIT ?"
+        ),
+        origin=f"SELECT metadata_json FROM {s} WHERE session_id = ?",
+    )
+
+
+def sqlite_get_window(
+    conn: sqlite3.Connection,
+    sql: SQLiteWindowStatements,
+    session_id: str,
+    limit: int,
+    mode: WindowMode,
+) -> list[str]:
+    """The window's items, oldest first, from one cursor read newest first only as far as
+    the walk goes."""
+    rows: list[str] = []
+    cursor = conn.execute(sql.newest_marked, (session_id,))
+
+    def marks() -> Iterator[Mark]:
+        for data, item_type, role, reference in cursor:
+            rows.append(data)
+            yield mark_from_fields(item_type, role, reference)
+
+    try:
+        taken = window_length(marks(), limit, mode)
+    finally:
+        cursor.close()  # ends the statement (and its read snapshot) where the walk stopped
+    del rows[taken:]
+    rows.reverse()
+    return rows
+
+
+def sqlite_fork(
+    conn: sqlite3.Connection,
+    sql: SQLiteWindowStatements,
+    session_id: str,
+    new_id: str,
+    count: int | None,
+) -> int:
+    """Copy the first ``count`` items (all with ``None``) into ``new_id``, in one transaction;
+    how many were copied.
+
+    Raises:
+        ValueError: ``new_id`` holds items; nothing is written.
+    """
+    now = sqlite_now()
+    with _WriteTransaction(conn):
+        if conn.execute(sql.has_items, (new_id,)).fetchone() is not None:
+            raise ValueError(f"session {new_id!r} already holds items; a fork needs a new id")
+        # The row first (the items' foreign key), its fork origin once the count is known.
+        conn.execute(sql.touch_fork, (new_id, now, now, None))
+        copied = conn.execute(
+            sql.copy, (new_id, now, session_id, -1 if count is None else count)
+        ).rowcount
+        conn.execute(sql.touch_fork, (new_id, now, now, fork_metadata(session_id, copied)))
+    return copied
+
+
+def sqlite_fork_origin(
+    conn: sqlite3.Connection, sql: SQLiteWindowStatements, session_id: str
+) -> ForkOrigin | None:
+    row = conn.execute(sql.origin, (session_id,)).fetchone()
+    return None if row is None else fork_origin_of(row[0])
