@@ -69,6 +69,7 @@ _SUBMODULES = frozenset(
         "redis",
         "session",
         "sql",
+        "testing",
     }
 )
 
