@@ -97,30 +97,6 @@ async def postgres_engine(postgres_url: str) -> AsyncIterator[Any]:
         yield engine
 
 
-# --- Redis: one key prefix per test run ---------------------------------------------------------
-
-REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
-
-
-@pytest.fixture
-async def redis_client() -> AsyncIterator[Any]:
-    """A ``redis.asyncio`` client on the test server; this run's keys are deleted afterwards."""
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
-
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        server_unavailable(f"Redis at {REDIS_URL}", exc)
-    yield client
-    keys = [key async for key in client.scan_iter(match=f"{REDIS_PREFIX}:*", count=1000)]
-    for start in range(0, len(keys), 1000):
-        await client.unlink(*keys[start : start + 1000])
-    await client.aclose()
-
-
 # --- backend factories for the contract suite --------------------------------------------------
 # Each yields ``make(session_id=NEW_ID, **kwargs) -> Session``: a new session object on that backend
 # (a fresh unique id unless one is given), closed after the test. Items are removed after the test.
@@ -188,6 +164,30 @@ async def sqlalchemy_memory_url_session() -> AsyncIterator[SessionFactory]:
     one engine, and so one database, until the last of them closes."""
     async for make in _factory(Backend("sqlalchemy-memory-url")):
         yield make
+
+
+# --- Redis: one key prefix per test run ---------------------------------------------------------
+
+REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[Any]:
+    """A ``redis.asyncio`` client on the test server; this run's keys are deleted afterwards."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        server_unavailable(f"Redis at {REDIS_URL}", exc)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{REDIS_PREFIX}:*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await client.unlink(*keys[start : start + 1000])
+    await client.aclose()
 
 
 @pytest.fixture
