@@ -22,6 +22,7 @@ the ``asyncio`` mark, so they run in pytest-asyncio's strict mode as in its auto
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import math
 import uuid
@@ -36,7 +37,7 @@ from agentmem.session import Session
 try:
     import pytest
     import pytest_asyncio
-except ImportError as exc:  # pragma: no cover - the message is the point
+except ImportError as exc:
     raise missing("testing", exc.name or "pytest") from exc
 
 __all__ = ["NEW_ID", "SDK_ITEMS", "SessionConformance", "SessionFactory"]
@@ -201,7 +202,7 @@ class SessionConformance:
     @pytest.fixture
     def sdk_items(self) -> list[dict[str, Any]]:
         """Items as the OpenAI Agents SDK stores them (a copy of :data:`SDK_ITEMS`)."""
-        return [dict(item) for item in SDK_ITEMS]
+        return copy.deepcopy(SDK_ITEMS)
 
     async def test_is_an_agents_sdk_session(self, make_session: SessionFactory) -> None:
         sdk_session = pytest.importorskip("agents.memory.session", reason="needs openai-agents")
