@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,9 @@ def test_without_pytest_asyncio_the_kit_names_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.startswith("MissingDependencyError pytest_asyncio is not installed")
     assert 'pip install "agentmem-sessions[testing]"' in result.stdout
+
+
+def test_the_kits_sdk_items_are_those_the_sdk_stored(sdk_items: list[Any]) -> None:
+    from agentmem.testing import SDK_ITEMS
+
+    assert sdk_items == SDK_ITEMS
