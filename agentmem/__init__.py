@@ -73,6 +73,7 @@ _SUBMODULES = frozenset(
         "redis",
         "session",
         "sql",
+        "testing",
         "windows",
     }
 )

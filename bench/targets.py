@@ -78,103 +78,55 @@ class Target(ABC):
 # --- agentmem --------------------------------------------------------------------------------
 
 
-class AgentmemSQLite(Target):
-    kind, family = "agentmem", "sqlite"
+class Agentmem(Target):
+    """An agentmem backend, opened through the tests' registry of backends (tests/_backends.py):
+    one engine and one Redis client shared by every session of the run."""
 
-    def __init__(self, on_file: bool) -> None:
-        self.backend = "sqlite-file" if on_file else "sqlite-memory"
-        self._on_file = on_file
-
-    async def start(self, env: Env) -> None:
-        from agentmem import SQLiteSession
-
-        self._cls = SQLiteSession
-        self._path = str(env.workdir / "agentmem.db") if self._on_file else ":memory:"
-
-    async def make(self, session_id: str) -> BenchSession:
-        return self._cls(session_id, db_path=self._path)
-
-    async def release(self, session: BenchSession) -> None:
-        await session.close()  # type: ignore[attr-defined]
-
-    async def stop(self) -> None:
-        pass
-
-
-class AgentmemSQLAlchemy(Target):
     kind = "agentmem"
 
-    def __init__(self, on_postgres: bool) -> None:
-        self.backend = "postgres" if on_postgres else "sqlalchemy-sqlite"
-        self.family = "postgres" if on_postgres else "sqlite"
-        self._on_postgres = on_postgres
+    def __init__(self, backend: str, family: str) -> None:
+        self.backend, self.family = backend, family
 
     async def start(self, env: Env) -> None:
-        from agentmem import SQLAlchemySession
         from agentmem.migrate import upgrade
+        from tests._backends import Backend
 
-        self._cls = SQLAlchemySession
-        self._engine = _engine(env, self._on_postgres, "agentmem-sqlalchemy.db")
-        await upgrade(self._engine)
+        stores = {
+            "sqlite-memory": Backend("sqlite-memory"),
+            "sqlite-file": Backend("sqlite-file", str(env.workdir / "agentmem.db")),
+            "sqlalchemy-sqlite": Backend(
+                "sqlalchemy-sqlite", str(env.workdir / "agentmem-sqlalchemy.db")
+            ),
+            "postgres": Backend("postgres", env.postgres_url, pool_size=POSTGRES_POOL_SIZE),
+            "redis": Backend("redis", redis_url=env.redis_url),
+            # Its own tables: the session ids of a run are the same for every target.
+            "cached": Backend(
+                "cached",
+                env.postgres_url,
+                env.redis_url,
+                prefix=env.tag,
+                pool_size=POSTGRES_POOL_SIZE,
+                table_prefix="cached_",
+            ),
+        }
+        self._store = stores[self.backend]
+        self._engine = self._store.create_engine() if self._store.uses_engine else None
+        if self._engine is not None:
+            await upgrade(self._engine, table_prefix=self._store.table_prefix)
+        needs_redis = self.backend in ("redis", "cached")
+        self._client = _redis_client(env) if needs_redis else None
 
     async def make(self, session_id: str) -> BenchSession:
-        return self._cls(self._engine, session_id)
+        return self._store.open(session_id, engine=self._engine, client=self._client)
 
     async def release(self, session: BenchSession) -> None:
         await session.close()  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
-        await self._engine.dispose()
-
-
-class AgentmemRedis(Target):
-    kind, backend, family = "agentmem", "redis", "redis"
-
-    async def start(self, env: Env) -> None:
-        from agentmem import RedisSession
-
-        self._cls = RedisSession
-        self._client = _redis_client(env)
-
-    async def make(self, session_id: str) -> BenchSession:
-        return self._cls(session_id, client=self._client)
-
-    async def release(self, session: BenchSession) -> None:
-        await session.close()  # type: ignore[attr-defined]
-
-    async def stop(self) -> None:
-        await self._client.aclose()
-
-
-class AgentmemCached(Target):
-    """CachedSession: PostgreSQL (the store of record) with the Redis read cache in front."""
-
-    kind, backend, family = "agentmem", "cached", "postgres"
-
-    async def start(self, env: Env) -> None:
-        from agentmem import CachedSession, SQLAlchemySession
-        from agentmem.migrate import upgrade
-
-        self._cached, self._sql = CachedSession, SQLAlchemySession
-        self._engine = _engine(env, True, "")
-        # Its own tables: the session ids of a run are the same for every target.
-        await upgrade(self._engine, table_prefix="cached_")
-        self._client = _redis_client(env)
-        self._key_prefix = f"{env.tag}-cache"
-
-    async def make(self, session_id: str) -> BenchSession:
-        return self._cached(
-            self._sql(self._engine, session_id, table_prefix="cached_"),
-            client=self._client,
-            key_prefix=self._key_prefix,
-        )
-
-    async def release(self, session: BenchSession) -> None:
-        await session.close()  # type: ignore[attr-defined]
-
-    async def stop(self) -> None:
-        await self._client.aclose()
-        await self._engine.dispose()
+        if self._client is not None:
+            await self._client.aclose()
+        if self._engine is not None:
+            await self._engine.dispose()
 
 
 # --- OpenAI Agents SDK -------------------------------------------------------------------------
@@ -503,12 +455,12 @@ def _redis_client(env: Env) -> Any:
 def all_targets() -> list[Target]:
     """Every target, agentmem's first."""
     return [
-        AgentmemSQLite(on_file=False),
-        AgentmemSQLite(on_file=True),
-        AgentmemSQLAlchemy(on_postgres=False),
-        AgentmemSQLAlchemy(on_postgres=True),
-        AgentmemRedis(),
-        AgentmemCached(),
+        Agentmem("sqlite-memory", "sqlite"),
+        Agentmem("sqlite-file", "sqlite"),
+        Agentmem("sqlalchemy-sqlite", "sqlite"),
+        Agentmem("postgres", "postgres"),
+        Agentmem("redis", "redis"),
+        Agentmem("cached", "postgres"),
         SdkSQLite(on_file=False),
         SdkSQLite(on_file=True),
         SdkSQLAlchemy(on_postgres=False),

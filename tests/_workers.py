@@ -1,32 +1,19 @@
-"""Functions run in child processes by the multi-process tests (spawned, so importable)."""
+"""Functions run in child processes by the multi-process tests (spawned, so importable); each
+opens its sessions by the registry's picklable :class:`~tests._backends.Backend`."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from agentmem import Session
+from tests._backends import Backend
 
 
-def open_session(kind: str, target: str, session_id: str) -> Session:
-    """A session in a child process: ``kind`` is "sqlite" (target: file path) or "postgres"
-    (target: URL)."""
-    if kind == "sqlite":
-        from agentmem import SQLiteSession
-
-        return SQLiteSession(session_id, target)
-    if kind == "postgres":
-        from agentmem import SQLAlchemySession
-
-        return SQLAlchemySession.from_url(session_id, url=target)
-    raise ValueError(kind)
-
-
-def write_items(kind: str, target: str, session_id: str, writer: int, count: int) -> int:
+def write_items(backend: Backend, session_id: str, writer: int, count: int) -> int:
     """Add ``count`` one-item batches ``{"w": writer, "i": i}``; return how many were added."""
 
     async def run() -> int:
-        async with open_session(kind, target, session_id) as session:
+        async with backend.open(session_id) as session:  # type: ignore[attr-defined]
             for i in range(count):
                 await session.add_items([{"w": writer, "i": i}])
         return count
@@ -34,12 +21,12 @@ def write_items(kind: str, target: str, session_id: str, writer: int, count: int
     return asyncio.run(run())
 
 
-def pop_until_empty(kind: str, target: str, session_id: str) -> list[Any]:
+def pop_until_empty(backend: Backend, session_id: str) -> list[Any]:
     """Pop until the session is empty; return what this process popped."""
 
     async def run() -> list[Any]:
         popped = []
-        async with open_session(kind, target, session_id) as session:
+        async with backend.open(session_id) as session:  # type: ignore[attr-defined]
             while (item := await session.pop_item()) is not None:
                 popped.append(item)
         return popped

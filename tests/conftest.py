@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from agentmem import Session
+from tests._backends import (
+    RUN_ID,
+    Backend,
+    SessionFactory,
+    engine_of,
+    new_postgres_database,
+    session_factory,
+    unique_id,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 POSTGRES_URL = os.environ.get(
@@ -25,11 +32,8 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("AGENTMEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = bool(os.environ.get("CI"))
-RUN_ID = uuid.uuid4().hex[:10]
 
-SessionFactory = Callable[..., Awaitable[Session]]
 T = TypeVar("T")
-NEW_ID: Any = object()  # the factories' default: a fresh unique session id
 
 
 def run_in_new_loop(make: Callable[[], Awaitable[T]]) -> T:
@@ -37,11 +41,6 @@ def run_in_new_loop(make: Callable[[], Awaitable[T]]) -> T:
     sync fixtures may be set up while a test's loop is already running."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(make())).result()  # type: ignore[arg-type]
-
-
-def unique_id(prefix: str = "s") -> str:
-    """A session id no other test (or test run) uses."""
-    return f"{prefix}-{RUN_ID}-{uuid.uuid4().hex[:12]}"
 
 
 def server_unavailable(what: str, error: BaseException) -> None:
@@ -65,34 +64,13 @@ def sdk_items() -> list[dict[str, Any]]:
 # --- PostgreSQL: one database per test run -----------------------------------------------------
 
 
-def _with_database(url: str, database: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=database).render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
-def postgres_database() -> Any:
+def postgres_database() -> Iterator[str]:
     """Create a database for this run, yield its ``postgresql+asyncpg://`` URL, drop it after."""
-    import asyncpg
+    from agentmem.migrate import async_url
 
-    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    name = f"agentmem_test_{RUN_ID}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    try:
-        run_in_new_loop(lambda: admin(f'CREATE DATABASE "{name}"'))
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        server_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
-    url = _with_database(admin_url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield url
-    run_in_new_loop(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with new_postgres_database(POSTGRES_URL, f"agentmem_test_{RUN_ID}") as url:
+        yield async_url(url)
 
 
 @pytest.fixture(scope="session")
@@ -115,99 +93,52 @@ def postgres_url(postgres_database: str) -> str:
 
 @pytest.fixture
 async def postgres_engine(postgres_url: str) -> AsyncIterator[Any]:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(postgres_url)
-    yield engine
-    await engine.dispose()
+    async with engine_of(Backend("postgres", postgres_url)) as engine:
+        yield engine
 
 
 # --- backend factories for the contract suite --------------------------------------------------
 # Each yields ``make(session_id=NEW_ID, **kwargs) -> Session``: a new session object on that backend
 # (a fresh unique id unless one is given), closed after the test. Items are removed after the test.
+# How each backend is opened is the registry's (tests/_backends.py).
 
 
-async def _closing_factory(build: Callable[..., Session]) -> AsyncIterator[SessionFactory]:
-    made: list[Session] = []
-
-    async def make(session_id: Any = NEW_ID, **kwargs: Any) -> Session:
-        session = build(unique_id() if session_id is NEW_ID else session_id, **kwargs)
-        made.append(session)
-        return session
-
-    yield make
-    for session in made:
-        if not getattr(session, "closed", False):
-            await session.clear_session()
-        await session.close()  # type: ignore[attr-defined]
+async def _factory(backend: Backend, engine: Any = None) -> AsyncIterator[SessionFactory]:
+    async with session_factory(backend, engine) as make:
+        yield make
 
 
 @pytest.fixture
 async def sqlite_memory_session() -> AsyncIterator[SessionFactory]:
-    from agentmem import SQLiteSession
-
-    async for make in _closing_factory(SQLiteSession):
+    async for make in _factory(Backend("sqlite-memory")):
         yield make
 
 
 @pytest.fixture
 async def sqlite_file_session(tmp_path: Path) -> AsyncIterator[SessionFactory]:
-    from agentmem import SQLiteSession
-
-    path = tmp_path / "conversations.db"
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return SQLiteSession(session_id, path, **kwargs)
-
-    async for make in _closing_factory(build):
+    async for make in _factory(Backend("sqlite-file", str(tmp_path / "conversations.db"))):
         yield make
 
 
 @pytest.fixture
-async def postgres_session(postgres_engine: Any) -> AsyncIterator[SessionFactory]:
-    from agentmem import SQLAlchemySession
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return SQLAlchemySession(postgres_engine, session_id, **kwargs)
-
-    async for make in _closing_factory(build):
+async def postgres_session(
+    postgres_url: str, postgres_engine: Any
+) -> AsyncIterator[SessionFactory]:
+    async for make in _factory(Backend("postgres", postgres_url), postgres_engine):
         yield make
 
 
 @pytest.fixture
 async def sqlalchemy_sqlite_session(tmp_path: Path) -> AsyncIterator[SessionFactory]:
     """SQLAlchemySession on a caller's aiosqlite engine (tables created on first use)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from agentmem import SQLAlchemySession
-
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return SQLAlchemySession(engine, session_id, create_tables=True, **kwargs)
-
-    async for make in _closing_factory(build):
+    async for make in _factory(Backend("sqlalchemy-sqlite", str(tmp_path / "engine.db"))):
         yield make
-    await engine.dispose()
-
-
-async def _engine_factory(engine: Any) -> AsyncIterator[SessionFactory]:
-    from agentmem import SQLAlchemySession
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return SQLAlchemySession(engine, session_id, create_tables=True, **kwargs)
-
-    async for make in _closing_factory(build):
-        yield make
-    await engine.dispose()
 
 
 @pytest.fixture
 async def sqlalchemy_memory_session() -> AsyncIterator[SessionFactory]:
     """SQLAlchemySession on a caller's in-memory aiosqlite engine (``sqlite+aiosqlite://``)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    async for make in _engine_factory(create_async_engine("sqlite+aiosqlite://")):
+    async for make in _factory(Backend("sqlalchemy-memory")):
         yield make
 
 
@@ -215,12 +146,7 @@ async def sqlalchemy_memory_session() -> AsyncIterator[SessionFactory]:
 async def sqlalchemy_shared_cache_session() -> AsyncIterator[SessionFactory]:
     """SQLAlchemySession on a named shared-cache in-memory database, with a pool of several
     connections to it."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import AsyncAdaptedQueuePool
-
-    url = f"sqlite+aiosqlite:///file:{unique_id('mem')}?mode=memory&cache=shared&uri=true"
-    engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool)
-    async for make in _engine_factory(engine):
+    async for make in _factory(Backend("sqlalchemy-shared-cache", unique_id("mem"))):
         yield make
 
 
@@ -228,11 +154,7 @@ async def sqlalchemy_shared_cache_session() -> AsyncIterator[SessionFactory]:
 async def sqlalchemy_static_pool_session() -> AsyncIterator[SessionFactory]:
     """SQLAlchemySession on an in-memory engine with an explicit ``StaticPool``: every
     checkout, concurrent ones too, gets the one connection."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import StaticPool
-
-    engine = create_async_engine("sqlite+aiosqlite:///:memory:", poolclass=StaticPool)
-    async for make in _engine_factory(engine):
+    async for make in _factory(Backend("sqlalchemy-static-pool")):
         yield make
 
 
@@ -240,14 +162,7 @@ async def sqlalchemy_static_pool_session() -> AsyncIterator[SessionFactory]:
 async def sqlalchemy_memory_url_session() -> AsyncIterator[SessionFactory]:
     """``SQLAlchemySession.from_url`` on ``sqlite+aiosqlite:///:memory:``: the sessions share
     one engine, and so one database, until the last of them closes."""
-    from agentmem import SQLAlchemySession
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return SQLAlchemySession.from_url(
-            session_id, url="sqlite+aiosqlite:///:memory:", create_tables=True, **kwargs
-        )
-
-    async for make in _closing_factory(build):
+    async for make in _factory(Backend("sqlalchemy-memory-url")):
         yield make
 
 
@@ -277,35 +192,17 @@ async def redis_client() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def redis_session(redis_client: Any) -> AsyncIterator[SessionFactory]:
-    from agentmem import RedisSession
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return RedisSession(
-            session_id,
-            REDIS_URL,
-            session_prefix=f"{REDIS_PREFIX}:session",
-            messages_prefix=f"{REDIS_PREFIX}:messages",
-            **kwargs,
-        )
-
-    async for make in _closing_factory(build):
+    async for make in _factory(Backend("redis", redis_url=REDIS_URL, prefix=REDIS_PREFIX)):
         yield make
 
 
 @pytest.fixture
-async def cached_session(postgres_engine: Any, redis_client: Any) -> AsyncIterator[SessionFactory]:
+async def cached_session(
+    postgres_url: str, postgres_engine: Any, redis_client: Any
+) -> AsyncIterator[SessionFactory]:
     """CachedSession: SQLAlchemySession on PostgreSQL behind this run's Redis keys."""
-    from agentmem import CachedSession, SQLAlchemySession
-
-    def build(session_id: str, **kwargs: Any) -> Session:
-        return CachedSession(
-            SQLAlchemySession(postgres_engine, session_id),
-            REDIS_URL,
-            key_prefix=f"{REDIS_PREFIX}:cache",
-            **kwargs,
-        )
-
-    async for make in _closing_factory(build):
+    backend = Backend("cached", postgres_url, REDIS_URL, REDIS_PREFIX)
+    async for make in _factory(backend, postgres_engine):
         yield make
 
 

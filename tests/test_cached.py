@@ -11,11 +11,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +21,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from agentmem import CachedSession, SQLAlchemySession, SQLiteSession
+from tests._servers import RedisServer, free_port, redis_servers
 from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
 
 pytestmark = pytest.mark.cached
@@ -483,61 +480,12 @@ async def test_a_process_killed_after_its_commit_leaves_no_stale_cache(
 # --- 4. Redis down, flushed, evicting, restarted ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free port (so it may be stopped and paused)."""
-
-    def __init__(self, directory: Path, persistent: bool) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        appendonly = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
-        self.args = [
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--dir", str(directory), "--save", ""),
-            *(appendonly or ("--appendonly", "no")),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(10)
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Any]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("SKIPPED LOUDLY: redis-server is not installed")
-    servers: list[PrivateRedis] = []
-
-    def start(persistent: bool = False) -> PrivateRedis:
-        server = PrivateRedis(tmp_path, persistent)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        if server.process is not None and server.process.poll() is None:
-            server.stop()
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """``start(persistent=False)``: a new redis-server of this test's own (so it may be stopped
+    and paused)."""
+    with redis_servers(tmp_path) as start:
+        yield lambda persistent=False: start(persistent=persistent)
 
 
 def cache_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -548,7 +496,7 @@ async def test_an_unreachable_redis_costs_one_warning_and_nothing_else(
     make: Any, postgres_engine: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agentmem")
-    session = make(redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    session = make(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     other = make(session.session_id, redis_url=session._connection.url)
     await session.add_items([{"n": 1}, {"n": 2}])
     assert await session.get_items() == [{"n": 1}, {"n": 2}]

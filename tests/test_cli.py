@@ -15,15 +15,15 @@ import pty
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import POSTGRES_URL, REDIS_PREFIX, REDIS_URL, server_unavailable, unique_id
+from tests._backends import Backend, new_postgres_database
+from tests.conftest import POSTGRES_URL, REDIS_PREFIX, REDIS_URL, unique_id
 
 SCRIPT = Path(sys.executable).with_name("agentmem")
 REPO = Path(__file__).resolve().parent.parent
@@ -67,58 +67,38 @@ def assert_user_error(result: subprocess.CompletedProcess[str], *phrases: str) -
 # --- stores --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Store:
-    """One isolated store, as the command line names it."""
-
-    kind: str
-    url: str
-    extra: list[str] = field(default_factory=list)
-
-    @property
-    def args(self) -> list[str]:
-        return ["--url", self.url, *self.extra]
+Store = Backend
+"""One isolated store, named on the command line by ``store.args`` (the registry's
+:class:`~tests._backends.Backend`: "sqlite-file", "postgres" or "redis")."""
 
 
-async def _admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+def sqlite_file(path: Path) -> Store:
+    return Store("sqlite-file", str(path))
 
 
 @pytest.fixture
-async def empty_postgres() -> AsyncIterator[str]:
+def empty_postgres() -> Iterator[str]:
     """A new PostgreSQL database without agentmem's schema: its plain ``postgresql://`` URL."""
     from sqlalchemy.engine import make_url
 
-    name = f"agentmem_cli_{uuid.uuid4().hex[:12]}"
-    try:
-        await _admin(f'CREATE DATABASE "{name}"')
-    except (OSError, TimeoutError, ImportError) as exc:
-        server_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
-    url = make_url(POSTGRES_URL).set(drivername="postgresql", database=name)
-    yield url.render_as_string(hide_password=False)
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_postgres_database(POSTGRES_URL, f"agentmem_cli_{uuid.uuid4().hex[:12]}") as url:
+        yield make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture
-async def postgres_store(empty_postgres: str, tmp_path: Path) -> Store:
+def postgres_store(empty_postgres: str, tmp_path: Path) -> Store:
     agentmem("upgrade", "--url", empty_postgres, cwd=tmp_path)
     return Store("postgres", empty_postgres)
 
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Store:
-    return Store("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+    return sqlite_file(tmp_path / "store.db")
 
 
 @pytest.fixture
 def redis_store(redis_client: Any) -> Store:
-    return Store("redis", REDIS_URL, ["--key-prefix", f"{REDIS_PREFIX}:cli-{uuid.uuid4().hex}"])
+    return Store("redis", redis_url=REDIS_URL, prefix=f"{REDIS_PREFIX}:cli-{uuid.uuid4().hex}")
 
 
 STORES = [
@@ -344,7 +324,7 @@ def test_export_then_import_restores_everything(
     agentmem("sessions", "export", "empty", "-o", "one.jsonl", *store.args, cwd=tmp_path)
     assert json.loads((tmp_path / "one.jsonl").read_text()) == originals[1]
 
-    target = Store("sqlite", f"sqlite:///{tmp_path / 'restored.db'}")
+    target = sqlite_file(tmp_path / "restored.db")
     (tmp_path / "all.jsonl").write_text(exported, encoding="utf-8")
     agentmem("sessions", "import", "all.jsonl", *target.args, cwd=tmp_path)
     restored = agentmem("sessions", "export", *target.args, cwd=tmp_path).stdout
@@ -367,7 +347,7 @@ def test_copy_round_trip_through_every_backend(
         for n in range(5)
     ] + [conversation("empty", "2024-12-31T00:00:00+00:00", [])]
     seed(sqlite_store, tmp_path, originals)
-    final = Store("sqlite", f"sqlite:///{tmp_path / 'final.db'}")
+    final = sqlite_file(tmp_path / "final.db")
 
     chain = [sqlite_store, redis_store, postgres_store, final]  # includes Redis -> PostgreSQL
     for source, target in itertools.pairwise(chain):
@@ -394,7 +374,7 @@ def test_copy_round_trip_through_every_backend(
 def test_copy_selected_sessions_refuses_to_overwrite_unless_replace(
     store: Store, sqlite_store: Store, tmp_path: Path
 ) -> None:
-    source = Store("sqlite", f"sqlite:///{tmp_path / 'source.db'}")
+    source = sqlite_file(tmp_path / "source.db")
     seed(
         source,
         tmp_path,
@@ -438,7 +418,7 @@ def test_import_of_a_bad_file_writes_nothing(store: Store, tmp_path: Path) -> No
         agentmem("sessions", "import", "missing.jsonl", *store.args, cwd=tmp_path, ok=False),
         "cannot read missing.jsonl",
     )
-    if store.kind != "sqlite":  # a SQLite file that was never written does not exist
+    if store.kind != "sqlite-file":  # a SQLite file that was never written does not exist
         assert listed(store, tmp_path) == []
 
 
@@ -447,7 +427,7 @@ def test_import_of_a_bad_file_writes_nothing(store: Store, tmp_path: Path) -> No
 
 @pytest.mark.sqlite
 def test_progress_bar_on_a_terminal_and_quiet_when_piped(tmp_path: Path) -> None:
-    store = Store("sqlite", f"sqlite:///{tmp_path / 'many.db'}")
+    store = sqlite_file(tmp_path / "many.db")
     seed(
         store,
         tmp_path,
@@ -618,7 +598,7 @@ def hinted_commands(output: str) -> list[list[str]]:
 
 def test_demo_hints_repeat_every_option_given(store: Store, tmp_path: Path) -> None:
     options = [*store.args, "--session", "hinted"]
-    if store.kind == "sqlite":
+    if store.kind == "sqlite-file":
         options += ["--table-prefix", "am_"]  # the demo creates its tables on SQLite
     first = agentmem("demo", *options, "What city is the Golden Gate Bridge in?", cwd=tmp_path)
 
@@ -714,7 +694,7 @@ def test_export_piped_into_import_of_dev_stdin(store: Store, tmp_path: Path) -> 
         conversation("p2", "2025-01-01T00:00:00+00:00", [{"n": 2}, {"n": 3}]),
     ]
     seed(store, tmp_path, originals)
-    target = Store("sqlite", f"sqlite:///{tmp_path / 'piped.db'}")
+    target = sqlite_file(tmp_path / "piped.db")
     command = [sys.executable, "-m", "agentmem.cli", "sessions"]
 
     exporter = subprocess.Popen(
@@ -822,9 +802,9 @@ def wait_until_open(process: subprocess.Popen[str], path: Path) -> None:
 def test_writes_wait_for_a_sqlite_file_in_use(tmp_path: Path) -> None:
     import time
 
-    store = Store("sqlite", f"sqlite:///{tmp_path / 'busy.db'}")
+    store = sqlite_file(tmp_path / "busy.db")
     seed(store, tmp_path, [conversation(n, "2025-01-01T00:00:00+00:00", []) for n in ("a", "b")])
-    source = Store("sqlite", f"sqlite:///{tmp_path / 'source.db'}")
+    source = sqlite_file(tmp_path / "source.db")
     seed(source, tmp_path, [conversation("copied", "2025-01-01T00:00:00+00:00", [{"n": 1}])])
     export = write_export(
         tmp_path / "in.jsonl", [conversation("imported", "2025-01-01T00:00:00+00:00", [])]
@@ -917,7 +897,7 @@ def test_timestamp_out_of_range_fails_the_import_naming_the_line(
         write_export(tmp_path / "range.jsonl", [good, bad])
         result = agentmem("sessions", "import", "range.jsonl", *store.args, cwd=tmp_path, ok=False)
         assert_user_error(result, "range.jsonl:2:", "created_at", "out of range")
-    if store.kind != "sqlite":  # a SQLite file that was never written does not exist
+    if store.kind != "sqlite-file":  # a SQLite file that was never written does not exist
         assert listed(store, tmp_path) == []
     else:
         assert not (tmp_path / "store.db").exists()

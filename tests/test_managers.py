@@ -17,6 +17,7 @@ import pytest
 
 from agentmem import SessionClosedError
 from agentmem.manager import Conversation, SessionManagerABC
+from tests._backends import Backend, engine_of
 from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
 
 
@@ -43,72 +44,57 @@ async def _case(manager: SessionManagerABC[Any]) -> AsyncIterator[ManagerCase]:
         await manager.close()
 
 
+async def _backend_case(backend: Backend, engine: Any = None) -> AsyncIterator[ManagerCase]:
+    """The manager of ``backend`` (from the registry, tests/_backends.py) on ``engine``."""
+    async with engine_of(backend, engine) as shared_engine:
+        async for case in _case(backend.manager(engine=shared_engine)):
+            yield case
+
+
 @pytest.fixture
 async def sqlite_memory_manager() -> AsyncIterator[ManagerCase]:
-    from agentmem import SQLiteSessionManager
-
-    async for case in _case(SQLiteSessionManager()):
+    async for case in _backend_case(Backend("sqlite-memory")):
         yield case
 
 
 @pytest.fixture
 async def sqlite_file_manager(tmp_path: Path) -> AsyncIterator[ManagerCase]:
-    from agentmem import SQLiteSessionManager
-
-    async for case in _case(SQLiteSessionManager(tmp_path / "managed.db")):
+    async for case in _backend_case(Backend("sqlite-file", str(tmp_path / "managed.db"))):
         yield case
 
 
 @pytest.fixture
 async def sqlalchemy_sqlite_manager(tmp_path: Path) -> AsyncIterator[ManagerCase]:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from agentmem import SQLAlchemySessionManager
-
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
-    async for case in _case(SQLAlchemySessionManager(engine, create_tables=True)):
+    async for case in _backend_case(Backend("sqlalchemy-sqlite", str(tmp_path / "engine.db"))):
         yield case
-    await engine.dispose()
 
 
 @pytest.fixture
-async def postgres_manager(postgres_engine: Any) -> AsyncIterator[ManagerCase]:
-    from agentmem import SQLAlchemySessionManager
-
-    async for case in _case(SQLAlchemySessionManager(postgres_engine)):
+async def postgres_manager(postgres_url: str, postgres_engine: Any) -> AsyncIterator[ManagerCase]:
+    async for case in _backend_case(Backend("postgres", postgres_url), postgres_engine):
         yield case
 
 
 @pytest.fixture
 async def postgres_url_manager(postgres_url: str) -> AsyncIterator[ManagerCase]:
-    from agentmem import SQLAlchemySessionManager
-
-    async for case in _case(SQLAlchemySessionManager.from_url(postgres_url)):
+    """``SQLAlchemySessionManager.from_url``: no engine given, the manager builds its own."""
+    async for case in _case(Backend("postgres", postgres_url).manager()):
         yield case
 
 
 @pytest.fixture
 async def redis_manager(redis_client: Any) -> AsyncIterator[ManagerCase]:
-    from agentmem import RedisSessionManager
-
     prefix = f"{REDIS_PREFIX}:{uuid.uuid4().hex[:8]}"
-    manager = RedisSessionManager(
-        REDIS_URL, session_prefix=f"{prefix}:session", messages_prefix=f"{prefix}:messages"
-    )
-    async for case in _case(manager):
+    async for case in _backend_case(Backend("redis", redis_url=REDIS_URL, prefix=prefix)):
         yield case
 
 
 @pytest.fixture
-async def cached_manager(postgres_engine: Any, redis_client: Any) -> AsyncIterator[ManagerCase]:
-    from agentmem import CachedSessionManager, SQLAlchemySessionManager
-
-    manager = CachedSessionManager(
-        SQLAlchemySessionManager(postgres_engine),
-        REDIS_URL,
-        key_prefix=f"{REDIS_PREFIX}:cache",
-    )
-    async for case in _case(manager):
+async def cached_manager(
+    postgres_url: str, postgres_engine: Any, redis_client: Any
+) -> AsyncIterator[ManagerCase]:
+    backend = Backend("cached", postgres_url, REDIS_URL, REDIS_PREFIX)
+    async for case in _backend_case(backend, postgres_engine):
         yield case
 
 

@@ -10,11 +10,10 @@ import asyncio
 import multiprocessing
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from agentmem import MissingDependencyError, RedisSession, RedisSessionManager, SessionClosedError
+from tests._servers import RedisServer, free_port, redis_servers
 from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
 
 pytestmark = pytest.mark.redis
@@ -572,62 +572,11 @@ async def test_eight_processes_pop_each_item_once(make: Any, spawn_pool: Any) ->
 # --- servers of our own: unreachable, restarted, password, round trips -------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A redis-server process on a free port, appending every write to disk."""
-
-    def __init__(self, directory: Path, *args: str) -> None:
-        self.port = _free_port()
-        self.args = [
-            "redis-server",
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)),
-            *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-            *args,
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(10)
-
-
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("SKIPPED LOUDLY: redis-server is not installed")
-    servers: list[RedisServer] = []
-
-    def start(*args: str) -> RedisServer:
-        server = RedisServer(tmp_path / str(len(servers)), *args)
-        (tmp_path / str(len(servers))).mkdir()
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        if server.process is not None and server.process.poll() is None:
-            server.stop()
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """``start(*args)``: a new persistent redis-server of this test's own, with more options."""
+    with redis_servers(tmp_path) as start:
+        yield start
 
 
 @pytest.mark.timeout(20)
@@ -691,7 +640,7 @@ def tls_certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 async def test_rediss_url(start_server: Any, tls_certificate: tuple[Path, Path]) -> None:
     cert, key = tls_certificate
-    tls_port = _free_port()
+    tls_port = free_port()
     start_server(
         *("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)),
         *("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"),

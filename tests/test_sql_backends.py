@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentmem import SQLAlchemySession, SQLiteSession
 from tests import _workers
+from tests._backends import Backend, new_postgres_database
 from tests.conftest import run_in_new_loop, unique_id
 
 WRITERS = 8
@@ -27,12 +28,11 @@ ADDS_PER_WRITER = 200
         pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
-def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(kind, target) of a store several processes can open: a SQLite file or PostgreSQL."""
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A store several processes can open: a SQLite file or PostgreSQL."""
     if request.param == "sqlite":
-        return "sqlite", str(tmp_path / "shared.db")
-    url: str = request.getfixturevalue("postgres_url")
-    return "postgres", url
+        return Backend("sqlite-file", str(tmp_path / "shared.db"))
+    return Backend("postgres", request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,9 @@ def processes() -> Iterator[ProcessPoolExecutor]:
         yield pool
 
 
-def _read(kind: str, target: str, session_id: str) -> list[Any]:
+def _read(backend: Backend, session_id: str) -> list[Any]:
     async def read() -> list[Any]:
-        async with _workers.open_session(kind, target, session_id) as session:
+        async with backend.open(session_id) as session:  # type: ignore[attr-defined]
             return await session.get_items()
 
     return run_in_new_loop(read)
@@ -51,16 +51,15 @@ def _read(kind: str, target: str, session_id: str) -> list[Any]:
 
 @pytest.mark.slow
 def test_eight_processes_append_to_one_session(
-    shared_store: tuple[str, str], processes: ProcessPoolExecutor
+    shared_store: Backend, processes: ProcessPoolExecutor
 ) -> None:
-    kind, target = shared_store
     session_id = unique_id("mp")
     futures = [
-        processes.submit(_workers.write_items, kind, target, session_id, w, ADDS_PER_WRITER)
+        processes.submit(_workers.write_items, shared_store, session_id, w, ADDS_PER_WRITER)
         for w in range(WRITERS)
     ]
     assert [f.result(timeout=300) for f in futures] == [ADDS_PER_WRITER] * WRITERS
-    items = _read(kind, target, session_id)
+    items = _read(shared_store, session_id)
     assert len(items) == WRITERS * ADDS_PER_WRITER
     for w in range(WRITERS):
         assert [item["i"] for item in items if item["w"] == w] == list(range(ADDS_PER_WRITER))
@@ -68,33 +67,32 @@ def test_eight_processes_append_to_one_session(
 
 @pytest.mark.slow
 def test_processes_popping_one_session_get_each_item_once(
-    shared_store: tuple[str, str], processes: ProcessPoolExecutor
+    shared_store: Backend, processes: ProcessPoolExecutor
 ) -> None:
-    kind, target = shared_store
     session_id = unique_id("pop")
     total = 600
 
     async def fill() -> None:
-        async with _workers.open_session(kind, target, session_id) as session:
+        async with shared_store.open(session_id) as session:  # type: ignore[attr-defined]
             await session.add_items([{"n": n} for n in range(total)])
 
     run_in_new_loop(fill)
     futures = [
-        processes.submit(_workers.pop_until_empty, kind, target, session_id) for _ in range(6)
+        processes.submit(_workers.pop_until_empty, shared_store, session_id) for _ in range(6)
     ]
     popped = [item["n"] for f in futures for item in f.result(timeout=300)]
     assert sorted(popped) == list(range(total))
-    assert _read(kind, target, session_id) == []
+    assert _read(shared_store, session_id) == []
 
 
 @pytest.mark.sqlite
 def test_sqlite_file_history_survives_the_process(tmp_path: Path) -> None:
-    path = str(tmp_path / "survives.db")
+    store = Backend("sqlite-file", str(tmp_path / "survives.db"))
     session_id = unique_id()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        pool.submit(_workers.write_items, "sqlite", path, session_id, 0, 3).result(timeout=120)
-    assert _read("sqlite", path, session_id) == [{"w": 0, "i": i} for i in range(3)]
+        pool.submit(_workers.write_items, store, session_id, 0, 3).result(timeout=120)
+    assert _read(store, session_id) == [{"w": 0, "i": i} for i in range(3)]
 
 
 @pytest.mark.sqlite
@@ -278,24 +276,8 @@ async def test_a_loop_of_in_memory_calls_can_be_cancelled_and_lets_others_run() 
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database of this test alone, dropped afterwards."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"agentmem_fresh_{unique_id('db').replace('-', '_')}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run_in_new_loop(lambda: admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        run_in_new_loop(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with new_postgres_database(postgres_url, unique_id("fresh").replace("-", "_")) as url:
+        yield url
 
 
 @pytest.mark.postgres
@@ -317,4 +299,4 @@ def test_processes_starting_together_with_create_tables_on_a_fresh_database(
         outcomes = [future.result(timeout=300) for future in futures]
     assert outcomes == ["ok"] * count
     for n in range(count):
-        assert _read("postgres", fresh_postgres_url, f"p{n}") == [{"from": f"p{n}"}]
+        assert _read(Backend("postgres", fresh_postgres_url), f"p{n}") == [{"from": f"p{n}"}]

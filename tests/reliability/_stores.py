@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from hypothesis import settings
 
-from agentmem import Session
+from tests._backends import Backend
 
 APPLICATION_NAME = "agentmem-reliability"
 """The ``application_name`` of this suite's PostgreSQL connections: the only backends it kills."""
@@ -20,54 +20,13 @@ PROFILE = settings.get_profile(os.environ.get("AGENTMEM_RELIABILITY_PROFILE", "c
 
 
 @dataclass(frozen=True)
-class Store:
-    """One backend's store: ``kind`` is "sqlite-memory", "sqlite-file", "postgres", "redis" or
-    "cached" (PostgreSQL behind a Redis cache); ``target`` the file path or server URL (for
-    "cached", the PostgreSQL URL); ``redis_url`` and ``prefix`` the Redis server and key prefix
-    of "redis" and "cached"."""
+class Store(Backend):
+    """One backend's store, as the registry (tests/_backends.py) opens it, with this suite's
+    pools (five connections) and ``application_name``: ``kind`` is "sqlite-memory",
+    "sqlite-file", "postgres", "redis" or "cached" (PostgreSQL behind a Redis cache); ``target``
+    the file path or, for "postgres" and "cached", the PostgreSQL URL; ``redis_url`` and
+    ``prefix`` the Redis server and key prefix of "redis" and "cached". ``open(session_id)``
+    gives a session with connections of its own (closed by the caller)."""
 
-    kind: str
-    target: str = ""
-    redis_url: str = ""
-    prefix: str = ""
-    pool_size: int = 5
-
-    @property
-    def shared(self) -> bool:
-        """Whether two session objects (or processes) on one id see one history."""
-        return self.kind != "sqlite-memory"
-
-    def open(self, session_id: str, application_name: str = APPLICATION_NAME) -> Session:
-        """A new session object on this store (closed by the caller)."""
-        if self.kind in ("sqlite-memory", "sqlite-file"):
-            from agentmem import SQLiteSession
-
-            return SQLiteSession(session_id, self.target or ":memory:")
-        if self.kind in ("postgres", "cached"):
-            from agentmem import CachedSession, SQLAlchemySession
-
-            kwargs = {
-                "pool_size": self.pool_size,
-                "max_overflow": 0,
-                "connect_args": {"server_settings": {"application_name": application_name}},
-            }
-            store = SQLAlchemySession.from_url(session_id, url=self.target, engine_kwargs=kwargs)
-            if self.kind == "postgres":
-                return store
-            return CachedSession(
-                store,
-                self.redis_url,
-                key_prefix=f"{self.prefix}:cache",
-                max_connections=self.pool_size,
-            )
-        if self.kind == "redis":
-            from agentmem import RedisSession
-
-            return RedisSession(
-                session_id,
-                self.redis_url,
-                session_prefix=f"{self.prefix}:session",
-                messages_prefix=f"{self.prefix}:messages",
-                max_connections=self.pool_size,
-            )
-        raise ValueError(f"unknown store kind {self.kind!r}")
+    pool_size: int | None = 5
+    application_name: str = APPLICATION_NAME

@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentmem import CallTimeoutError, RedisSession, SQLAlchemySession
+from tests._servers import PostgresServer, RedisServer
 from tests.conftest import run_in_new_loop, unique_id
 from tests.reliability import _children, _load
 from tests.reliability._stores import Store
-from tests.reliability.conftest import PrivatePostgres, PrivateRedis, stop_postgres_processes
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ async def test_postgres_backends_killed_mid_transaction_lose_and_duplicate_nothi
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_a_restarted_postgres_server(private_postgres: PrivatePostgres) -> None:
+async def test_a_restarted_postgres_server(private_postgres: PostgresServer) -> None:
     engine = _engine(private_postgres.url, unique_id("app"), pool_size=3)
     session_id = unique_id("restart")
     outcome = _load.Outcome()
@@ -192,7 +192,7 @@ async def test_a_restarted_postgres_server(private_postgres: PrivatePostgres) ->
 
 @pytest.mark.postgres
 async def test_a_stopped_postgres_server_times_out_one_call_and_keeps_the_rest_of_the_pool(
-    private_postgres: PrivatePostgres,
+    private_postgres: PostgresServer,
 ) -> None:
     """SIGSTOP on the whole server: a read gets ``CallTimeoutError`` after ``call_timeout``
     (once: not retried), only its connection is dropped, and after SIGCONT calls work again on
@@ -219,7 +219,7 @@ async def test_a_stopped_postgres_server_times_out_one_call_and_keeps_the_rest_o
         await asyncio.gather(session.get_items(), session.get_items())  # two pooled connections
         before = await backends()
         assert len(before) == 2
-        stop_postgres_processes(private_postgres, signal.SIGSTOP)
+        private_postgres.signal_processes(signal.SIGSTOP)
         try:
             async with asyncio.timeout(60):  # the safety net, far above call_timeout
                 started = time.monotonic()
@@ -229,7 +229,7 @@ async def test_a_stopped_postgres_server_times_out_one_call_and_keeps_the_rest_o
                 with pytest.raises(CallTimeoutError):
                     await new_pool.add_items([{"n": "lost"}])  # its connection never opens
         finally:
-            stop_postgres_processes(private_postgres, signal.SIGCONT)
+            private_postgres.signal_processes(signal.SIGCONT)
         assert isinstance(raised.value, TimeoutError)
         message = str(raised.value)
         assert "call_timeout=2 s" in message and f"127.0.0.1:{private_postgres.port}" in message
@@ -254,7 +254,7 @@ async def test_a_stopped_postgres_server_times_out_one_call_and_keeps_the_rest_o
 # --- Redis (a private server: the shared one is never restarted or flushed) --------------------
 
 
-def _redis_sessions(server: PrivateRedis, session_id: str, count: int) -> list[RedisSession]:
+def _redis_sessions(server: RedisServer, session_id: str, count: int) -> list[RedisSession]:
     return [
         RedisSession(session_id, server.url, max_connections=4, socket_connect_timeout=1)
         for _ in range(count)
@@ -263,7 +263,7 @@ def _redis_sessions(server: PrivateRedis, session_id: str, count: int) -> list[R
 
 @pytest.mark.redis
 async def test_redis_clients_killed_under_load_lose_and_duplicate_nothing(
-    private_redis: PrivateRedis,
+    private_redis: RedisServer,
 ) -> None:
     sessions = _redis_sessions(private_redis, unique_id("killed"), 8)
     outcome = _load.Outcome()
@@ -300,7 +300,7 @@ async def test_redis_clients_killed_under_load_lose_and_duplicate_nothing(
 
 @pytest.mark.redis
 async def test_redis_down_raises_clear_errors_and_a_restart_keeps_what_was_acknowledged(
-    private_redis: PrivateRedis,
+    private_redis: RedisServer,
 ) -> None:
     sessions = _redis_sessions(private_redis, unique_id("restart"), 3)
     outcome = _load.Outcome()
@@ -332,7 +332,7 @@ async def test_redis_down_raises_clear_errors_and_a_restart_keeps_what_was_ackno
 
 
 @pytest.mark.redis
-async def test_flushall_and_script_flush_mid_run(private_redis: PrivateRedis) -> None:
+async def test_flushall_and_script_flush_mid_run(private_redis: RedisServer) -> None:
     """Writes go on without an error; what remains is, per writer, the batches acknowledged after
     the flush, whole and in order (the flushed ones are gone, as Redis was told).
 
@@ -498,7 +498,7 @@ def test_a_writer_killed_mid_batch_leaves_whole_batches(sql_store: Store, delay:
 
 @pytest.mark.cached
 async def test_the_cached_mode_works_from_sql_while_redis_dies_restarts_and_is_flushed(
-    private_redis: PrivateRedis, postgres_url: str
+    private_redis: RedisServer, postgres_url: str
 ) -> None:
     store = Store("cached", postgres_url, private_redis.url, unique_id("rel"))
     session_id = unique_id("cached")
