@@ -309,6 +309,68 @@ async def cached_session(postgres_engine: Any, redis_client: Any) -> AsyncIterat
         yield make
 
 
+# --- Redis Cluster: a private one, started once per test session -------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Any:
+    """Three primaries with a replica each on free loopback ports (see tests/_cluster.py)."""
+    from tests._cluster import Cluster, redis_cluster_installed
+
+    if not redis_cluster_installed():
+        message = "redis-server and redis-cli are not installed; the Redis Cluster tests need them"
+        if IN_CI:
+            pytest.fail(f"{message}; they must run in CI", pytrace=False)
+        pytest.skip(f"SKIPPED LOUDLY: {message}")
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_url(cluster: Any) -> str:
+    """The agentmem URL of the test cluster (``redis+cluster://`` names a cluster node)."""
+    return str(cluster.url).replace("redis://", "redis+cluster://", 1)
+
+
+@pytest.fixture
+async def redis_cluster_session(redis_cluster: Any) -> AsyncIterator[SessionFactory]:
+    from agentmem import RedisSession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return RedisSession(
+            session_id,
+            cluster_url(redis_cluster),
+            session_prefix=f"{REDIS_PREFIX}:session",
+            messages_prefix=f"{REDIS_PREFIX}:messages",
+            **kwargs,
+        )
+
+    async for make in _closing_factory(build):
+        yield make
+
+
+@pytest.fixture
+async def cached_cluster_session(
+    postgres_engine: Any, redis_cluster: Any
+) -> AsyncIterator[SessionFactory]:
+    """CachedSession: SQLAlchemySession on PostgreSQL behind the test Redis Cluster."""
+    from agentmem import CachedSession, SQLAlchemySession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return CachedSession(
+            SQLAlchemySession(postgres_engine, session_id),
+            cluster_url(redis_cluster),
+            key_prefix=f"{REDIS_PREFIX}:cache",
+            **kwargs,
+        )
+
+    async for make in _closing_factory(build):
+        yield make
+
+
 # Backends of the contract suite: one fixture name and one marker each.
 BACKENDS = [
     pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
@@ -327,6 +389,12 @@ BACKENDS = [
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),
+    pytest.param("redis_cluster_session", marks=pytest.mark.cluster, id="redis-cluster"),
+    pytest.param(
+        "cached_cluster_session",
+        marks=[pytest.mark.cluster, pytest.mark.cached],
+        id="cached-cluster",
+    ),
 ]
 
 

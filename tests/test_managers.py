@@ -17,7 +17,7 @@ import pytest
 
 from agentmem import SessionClosedError
 from agentmem.manager import Conversation, SessionManagerABC
-from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
+from tests.conftest import REDIS_PREFIX, REDIS_URL, cluster_url, unique_id
 
 
 @dataclass
@@ -112,6 +112,35 @@ async def cached_manager(postgres_engine: Any, redis_client: Any) -> AsyncIterat
         yield case
 
 
+@pytest.fixture
+async def redis_cluster_manager(redis_cluster: Any) -> AsyncIterator[ManagerCase]:
+    from agentmem import RedisSessionManager
+
+    prefix = f"{REDIS_PREFIX}:{uuid.uuid4().hex[:8]}"
+    manager = RedisSessionManager(
+        cluster_url(redis_cluster),
+        session_prefix=f"{prefix}:session",
+        messages_prefix=f"{prefix}:messages",
+    )
+    async for case in _case(manager):
+        yield case
+
+
+@pytest.fixture
+async def cached_cluster_manager(
+    postgres_engine: Any, redis_cluster: Any
+) -> AsyncIterator[ManagerCase]:
+    from agentmem import CachedSessionManager, SQLAlchemySessionManager
+
+    manager = CachedSessionManager(
+        SQLAlchemySessionManager(postgres_engine),
+        cluster_url(redis_cluster),
+        key_prefix=f"{REDIS_PREFIX}:cache",
+    )
+    async for case in _case(manager):
+        yield case
+
+
 MANAGERS = [
     pytest.param("sqlite_memory_manager", marks=pytest.mark.sqlite, id="sqlite-memory"),
     pytest.param("sqlite_file_manager", marks=pytest.mark.sqlite, id="sqlite-file"),
@@ -120,6 +149,12 @@ MANAGERS = [
     pytest.param("postgres_url_manager", marks=pytest.mark.postgres, id="postgres-url"),
     pytest.param("redis_manager", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_manager", marks=pytest.mark.cached, id="cached"),
+    pytest.param("redis_cluster_manager", marks=pytest.mark.cluster, id="redis-cluster"),
+    pytest.param(
+        "cached_cluster_manager",
+        marks=[pytest.mark.cluster, pytest.mark.cached],
+        id="cached-cluster",
+    ),
 ]
 
 

@@ -54,7 +54,7 @@ from agentmem.session import (
 )
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from agentmem.redis.client import RedisClient
 
 __all__ = ["RedisSession", "RedisSessionManager"]
 
@@ -140,7 +140,7 @@ class RedisSession(SessionABC):
         redis_url: str = DEFAULT_URL,
         db: int | None = None,
         *,
-        client: Redis | None = None,
+        client: RedisClient | None = None,
         session_prefix: str = DEFAULT_SESSION_PREFIX,
         messages_prefix: str = DEFAULT_MESSAGES_PREFIX,
         ttl: TTL | None = None,
@@ -223,7 +223,7 @@ class RedisSession(SessionABC):
         session._clients = manager._clients
         return session
 
-    def _client(self) -> Redis:
+    def _client(self) -> RedisClient:
         self._check_open()
         if self._client_given is not None:
             return self._client_given
