@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import select
 import sys
 import threading
 import weakref
@@ -19,7 +20,13 @@ from agentmem._deps import missing
 # ``help(agentmem)``); building a connection or taking a client raises MissingDependencyError.
 try:
     from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-    from redis.asyncio.connection import parse_url
+    from redis.asyncio.connection import (
+        AbstractConnection,
+        Connection,
+        SSLConnection,
+        UnixDomainSocketConnection,
+        parse_url,
+    )
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -231,12 +238,58 @@ class _Connection:
         # A blocking pool queues callers when every connection is busy, where the default pool
         # raises MaxConnectionsError.
         pool = BlockingConnectionPool.from_url(
-            self.url, retry=Retry(NoBackoff(), 0), **self.options
+            self.url,
+            retry=Retry(NoBackoff(), 0),
+            connection_class=_CHECKED[parse_url(self.url).get("connection_class", Connection)],
+            **self.options,
         )
         return Redis.from_pool(pool)
 
 
+_HUNG_UP: Final = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
 if _REDIS_INSTALLED:
+
+    class _PeerChecked(AbstractConnection):
+        """A connection that, before each command, drops its socket if the server has closed it
+        (``CLIENT KILL``, ``timeout``, a restart): the command then goes out on a new
+        connection instead of failing on the dead one.
+
+        The server closed it before the command was sent, so the command was never run: this
+        is safe for writes too. (redis-py checks a pooled connection only through the event
+        loop's view of the socket, which may not have seen the close yet; this asks the
+        kernel.)
+        """
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if self.is_connected and _closed_by_peer(self._writer):
+                await self.disconnect()
+            await super().send_packed_command(command, check_health)
+
+    class _CheckedConnection(_PeerChecked, Connection):
+        pass
+
+    class _CheckedSSLConnection(_PeerChecked, SSLConnection):
+        pass
+
+    class _CheckedUnixConnection(_PeerChecked, UnixDomainSocketConnection):
+        pass
+
+    _CHECKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+        Connection: _CheckedConnection,
+        SSLConnection: _CheckedSSLConnection,
+        UnixDomainSocketConnection: _CheckedUnixConnection,
+    }
+
+    def _closed_by_peer(writer: Any) -> bool:
+        """Whether the kernel reports the connection closed (or reset) by the other end."""
+        sock = writer.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), _HUNG_UP)
+        return bool(poller.poll(0))
 
     class _QueueingCluster(RedisCluster):
         """A ``RedisCluster`` whose callers wait for a free connection, as on a blocking pool.
