@@ -251,6 +251,66 @@ async def sqlalchemy_memory_url_session() -> AsyncIterator[SessionFactory]:
         yield make
 
 
+# --- PgBouncer: private poolers in front of the test PostgreSQL --------------------------------
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_servers(postgres_url: str) -> Any:
+    """``get(pool_mode)``: a PgBouncer in that mode (``transaction`` or ``session``), started on
+    first use, stopped at the end of the run (see tests/_pgbouncer.py)."""
+    from tests._pgbouncer import PgBouncer, pgbouncer_installed
+
+    if not pgbouncer_installed():
+        message = "pgbouncer is not installed (apt-get install pgbouncer)"
+        if IN_CI:
+            pytest.fail(f"{message}; the PgBouncer tests must run in CI", pytrace=False)
+        pytest.skip(f"SKIPPED LOUDLY: {message}")
+    started: dict[str, PgBouncer] = {}
+
+    def get(pool_mode: str) -> PgBouncer:
+        if pool_mode not in started:
+            bouncer = PgBouncer(POSTGRES_URL, pool_mode)
+            bouncer.start()
+            started[pool_mode] = bouncer
+        return started[pool_mode]
+
+    yield get
+    for bouncer in started.values():
+        bouncer.stop()
+
+
+def through_pgbouncer(bouncer: Any, postgres_url: str) -> str:
+    """The ``postgresql+asyncpg://`` URL of the database of ``postgres_url`` through ``bouncer``."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(postgres_url).database or "postgres"
+    return str(bouncer.url(database)).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+async def pgbouncer_engine(pgbouncer_servers: Any, postgres_url: str) -> AsyncIterator[Any]:
+    """An engine on this run's database through PgBouncer in transaction mode."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import pgbouncer_connect_args
+
+    url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    engine = create_async_engine(url, connect_args=pgbouncer_connect_args())
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def pgbouncer_session(pgbouncer_engine: Any) -> AsyncIterator[SessionFactory]:
+    from agentmem import SQLAlchemySession
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLAlchemySession(pgbouncer_engine, session_id, **kwargs)
+
+    async for make in _closing_factory(build):
+        yield make
+
+
 # --- Redis: one key prefix per test run ---------------------------------------------------------
 
 REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
@@ -387,6 +447,7 @@ BACKENDS = [
         "sqlalchemy_static_pool_session", marks=pytest.mark.sqlite, id="sqlalchemy-static-pool"
     ),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("pgbouncer_session", marks=pytest.mark.pgbouncer, id="pgbouncer"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),
     pytest.param("redis_cluster_session", marks=pytest.mark.cluster, id="redis-cluster"),

@@ -113,6 +113,14 @@ async def cached_manager(postgres_engine: Any, redis_client: Any) -> AsyncIterat
 
 
 @pytest.fixture
+async def pgbouncer_manager(pgbouncer_engine: Any) -> AsyncIterator[ManagerCase]:
+    from agentmem import SQLAlchemySessionManager
+
+    async for case in _case(SQLAlchemySessionManager(pgbouncer_engine)):
+        yield case
+
+
+@pytest.fixture
 async def redis_cluster_manager(redis_cluster: Any) -> AsyncIterator[ManagerCase]:
     from agentmem import RedisSessionManager
 
@@ -147,6 +155,7 @@ MANAGERS = [
     pytest.param("sqlalchemy_sqlite_manager", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
     pytest.param("postgres_manager", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("postgres_url_manager", marks=pytest.mark.postgres, id="postgres-url"),
+    pytest.param("pgbouncer_manager", marks=pytest.mark.pgbouncer, id="pgbouncer"),
     pytest.param("redis_manager", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_manager", marks=pytest.mark.cached, id="cached"),
     pytest.param("redis_cluster_manager", marks=pytest.mark.cluster, id="redis-cluster"),
