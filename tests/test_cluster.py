@@ -255,3 +255,16 @@ async def test_a_killed_primary_fails_over_and_keeps_every_replicated_write(
         await session.clear_session()
     primary.start()  # rejoins as a replica of the new primary
     redis_cluster.wait_healthy()
+
+
+async def test_the_next_call_after_client_kill_on_every_node_works(redis_cluster: Cluster) -> None:
+    async with _session(redis_cluster, unique_id("killed")) as session:
+        for n in range(10):
+            await asyncio.gather(*(session.get_items() for _ in range(4)))
+            for node in redis_cluster.live():
+                with node.client() as admin:
+                    admin.client_kill_filter(_type="normal", skipme=True)
+            await session.add_items([{"n": n}])
+            assert (await session.get_items())[-1] == {"n": n}
+        assert [item["n"] for item in await session.get_items()] == list(range(10))
+        await session.clear_session()

@@ -12,7 +12,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
 
 from agentmem._deps import missing
 
@@ -234,6 +234,12 @@ class _Connection:
             )
             assert isinstance(cluster, _QueueingCluster)
             cluster.queue(options["max_connections"], pool_timeout)
+            # Before any connection opens: every node's connections check for a server close.
+            nodes = cluster.nodes_manager
+            checked = _CHECKED[nodes.connection_kwargs["connection_class"]]
+            nodes.connection_kwargs["connection_class"] = checked
+            for node in nodes.startup_nodes.values():
+                node.connection_class = cast("type[Connection]", checked)
             return cluster
         # A blocking pool queues callers when every connection is busy, where the default pool
         # raises MaxConnectionsError.
