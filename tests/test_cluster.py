@@ -49,6 +49,7 @@ def _id_in_slot(slot: int) -> str:
     return f"{base}-{n}"
 
 
+@pytest.mark.cached
 @pytest.mark.parametrize("session_id", ["plain", "with {braces}", "}{", "%7B", "ünï", "a" * 255])
 async def test_every_key_of_a_session_shares_one_slot(
     redis_cluster: Cluster, postgres_engine: Any, session_id: str

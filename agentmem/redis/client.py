@@ -252,7 +252,8 @@ class _Connection:
         return Redis.from_pool(pool)
 
 
-_HUNG_UP: Final = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+# poll() flags of a socket the other end closed or reset (POLLRDHUP: Linux only).
+_HUNG_UP: Final = sum(getattr(select, flag, 0) for flag in ("POLLHUP", "POLLERR", "POLLRDHUP"))
 
 
 if _REDIS_INSTALLED:
@@ -291,7 +292,7 @@ if _REDIS_INSTALLED:
     def _closed_by_peer(writer: Any) -> bool:
         """Whether the kernel reports the connection closed (or reset) by the other end."""
         sock = writer.transport.get_extra_info("socket")
-        if sock is None:
+        if sock is None or not hasattr(select, "poll"):
             return False
         poller = select.poll()
         poller.register(sock.fileno(), _HUNG_UP)
@@ -313,11 +314,10 @@ if _REDIS_INSTALLED:
             self._pool_timeout = pool_timeout
 
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-            # Learn the topology before the command, under redis-py's lock: commands that
-            # begin while it is unknown would each discover it, closing one another's
-            # connections.
-            if self._initialize:
-                await self.initialize()
+            # Learn the topology before the command, under redis-py's lock (a no-op once
+            # known): commands that begin while it is unknown would each discover it, closing
+            # one another's connections.
+            await self.initialize()
             if self._slots is None:
                 return await super().execute_command(*args, **kwargs)
             try:
