@@ -384,11 +384,12 @@ class CachedSession(SessionABC):
             store: The SQL session of record: a ``SQLAlchemySession`` or a ``SQLiteSession`` on
                 a file (an in-memory SQLite database is private to its object, so it cannot
                 sit behind a shared cache).
-            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL of the cache. Ignored when
-                ``client`` is given.
+            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL of the cache, or
+                ``redis+cluster://`` naming a node of a Redis Cluster. Ignored when ``client``
+                is given.
             db: The Redis database number, if the URL does not name one (default 0).
-            client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
-                never closed by the session.
+            client: A ``redis.asyncio.Redis`` or ``RedisCluster`` to use instead of connecting
+                from ``redis_url``; never closed by the session.
             ttl: How long (seconds or ``timedelta``) a copy stays cached after it was filled or
                 last written (reads do not extend it); ``None`` never expires.
             key_prefix: Prefix of the cache's keys. The keys also name the store (see
