@@ -119,7 +119,9 @@ def test_a_cluster_url_refuses_a_database_other_than_0(redis_cluster: Cluster) -
 
 
 async def test_callers_beyond_max_connections_wait_for_one(redis_cluster: Cluster) -> None:
-    async with _session(redis_cluster, unique_id(), max_connections=1) as session:
+    async with _session(
+        redis_cluster, unique_id(), max_connections=1, pool_timeout=None
+    ) as session:
         await asyncio.gather(*(session.add_items([{"n": n}]) for n in range(50)))
         assert sorted(item["n"] for item in await session.get_items()) == list(range(50))
         await session.clear_session()
