@@ -88,5 +88,11 @@ async def test_the_next_call_after_a_server_restart_works(
     async def restart() -> None:
         private_redis.kill()
         await asyncio.to_thread(private_redis.start)
+        # The port opens before the append-only file is loaded (replies are LOADING until then).
+        async with Redis.from_url(private_redis.url) as admin:
+            for _ in range(6000):  # a minute at most
+                if not (await admin.info("persistence"))["loading"]:
+                    break
+                await asyncio.sleep(0.01)
 
     await _each_round(private_redis, tmp_path, restart)
