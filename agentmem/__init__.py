@@ -22,6 +22,7 @@ from agentmem.session import Session, SessionABC
 if TYPE_CHECKING:
     from agentmem.cache.session import CachedSession, CachedSessionManager
     from agentmem.redis.session import RedisSession, RedisSessionManager
+    from agentmem.sql.pooler import pgbouncer_connect_args
     from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
     from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
 
@@ -43,6 +44,7 @@ __all__ = [
     "SessionABC",
     "SessionClosedError",
     "__version__",
+    "pgbouncer_connect_args",
 ]
 
 __version__ = "0.1.0"
@@ -56,6 +58,7 @@ _LAZY = {
     "RedisSessionManager": "agentmem.redis.session",
     "CachedSession": "agentmem.cache.session",
     "CachedSessionManager": "agentmem.cache.session",
+    "pgbouncer_connect_args": "agentmem.sql.pooler",
 }
 
 

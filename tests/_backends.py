@@ -55,7 +55,19 @@ SQLALCHEMY_SQLITE_KINDS = (
     "sqlalchemy-shared-cache",
     "sqlalchemy-static-pool",
 )
-KINDS = (*SQLITE_KINDS, *SQLALCHEMY_SQLITE_KINDS, "postgres", "redis", "cached")
+KINDS = (
+    *SQLITE_KINDS,
+    *SQLALCHEMY_SQLITE_KINDS,
+    "postgres",
+    "pgbouncer",
+    "redis",
+    "redis-cluster",
+    "cached",
+    "cached-cluster",
+)
+# Kinds opened as another is, on other servers: PostgreSQL through PgBouncer (transaction
+# mode), Redis Cluster (``redis_url`` is a ``redis+cluster://`` URL).
+_FAMILY = {"pgbouncer": "postgres", "redis-cluster": "redis", "cached-cluster": "cached"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,11 @@ class Backend:
             raise ValueError(f"unknown backend kind {self.kind!r}")
 
     @property
+    def family(self) -> str:
+        """The kind whose classes open this store (``redis-cluster`` opens as ``redis``)."""
+        return _FAMILY.get(self.kind, self.kind)
+
+    @property
     def shared(self) -> bool:
         """Whether two session objects (or processes) on one id see one history."""
         return self.kind != "sqlite-memory"
@@ -94,7 +111,7 @@ class Backend:
     @property
     def uses_engine(self) -> bool:
         """Whether its sessions share a SQLAlchemy engine that someone creates and disposes."""
-        return self.kind not in (*SQLITE_KINDS, "sqlalchemy-memory-url", "redis")
+        return self.family not in (*SQLITE_KINDS, "sqlalchemy-memory-url", "redis")
 
     # --- SQLAlchemy -------------------------------------------------------------------------
 
@@ -110,7 +127,7 @@ class Backend:
                 f"sqlite+aiosqlite:///file:{self.target}?mode=memory&cache=shared&uri=true"
             ),
         }
-        if self.kind in ("postgres", "cached"):
+        if self.family in ("postgres", "cached"):
             from agentmem.migrate import async_url
 
             return async_url(self.target)
@@ -128,11 +145,15 @@ class Backend:
 
             return {"poolclass": AsyncAdaptedQueuePool}
         kwargs: dict[str, Any] = {}
+        if self.kind == "pgbouncer":
+            from agentmem import pgbouncer_connect_args
+
+            kwargs["connect_args"] = pgbouncer_connect_args()
         if self.pool_size is not None:
             kwargs.update(pool_size=self.pool_size, max_overflow=0)
         if self.application_name:
             settings = {"application_name": self.application_name}
-            kwargs["connect_args"] = {"server_settings": settings}
+            kwargs.setdefault("connect_args", {})["server_settings"] = settings
         return kwargs
 
     def create_engine(self) -> Any:
@@ -177,10 +198,10 @@ class Backend:
             options["client"] = client
         elif self.pool_size is not None:
             options["max_connections"] = self.pool_size
-        if self.kind == "redis" and self.prefix:
+        if self.family == "redis" and self.prefix:
             options["session_prefix"] = f"{self.prefix}:session"
             options["messages_prefix"] = f"{self.prefix}:messages"
-        if self.kind == "cached" and self.prefix:
+        if self.family == "cached" and self.prefix:
             options["key_prefix"] = f"{self.prefix}:cache"
         return options
 
@@ -205,7 +226,7 @@ class Backend:
             from agentmem import SQLiteSession
 
             return SQLiteSession(session_id, self.target or ":memory:", **options)
-        if self.kind == "redis":
+        if self.family == "redis":
             from agentmem import RedisSession
 
             return RedisSession(
@@ -214,7 +235,7 @@ class Backend:
                 **self._redis_options(client),
                 **options,
             )
-        if self.kind == "cached":
+        if self.family == "cached":
             from agentmem import CachedSession
 
             return CachedSession(
@@ -234,11 +255,11 @@ class Backend:
             from agentmem import SQLiteSessionManager
 
             manager = SQLiteSessionManager(*([self.target] if self.target else []))
-        elif self.kind == "redis":
+        elif self.family == "redis":
             from agentmem import RedisSessionManager
 
             manager = RedisSessionManager(*self._redis_url(client), **self._redis_options(client))
-        elif self.kind == "cached":
+        elif self.family == "cached":
             from agentmem import CachedSessionManager
 
             manager = CachedSessionManager(

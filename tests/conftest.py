@@ -166,6 +166,64 @@ async def sqlalchemy_memory_url_session() -> AsyncIterator[SessionFactory]:
         yield make
 
 
+# --- PgBouncer: private poolers in front of the test PostgreSQL --------------------------------
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_servers(postgres_url: str) -> Any:
+    """``get(pool_mode)``: a PgBouncer in that mode (``transaction`` or ``session``), started on
+    first use, stopped at the end of the run (see tests/_pgbouncer.py)."""
+    from tests._pgbouncer import PgBouncer, pgbouncer_installed
+
+    if not pgbouncer_installed():
+        message = "pgbouncer is not installed (apt-get install pgbouncer)"
+        if IN_CI:
+            pytest.fail(f"{message}; the PgBouncer tests must run in CI", pytrace=False)
+        pytest.skip(f"SKIPPED LOUDLY: {message}")
+    started: dict[str, PgBouncer] = {}
+
+    def get(pool_mode: str) -> PgBouncer:
+        if pool_mode not in started:
+            bouncer = PgBouncer(POSTGRES_URL, pool_mode)
+            bouncer.start()
+            started[pool_mode] = bouncer
+        return started[pool_mode]
+
+    yield get
+    for bouncer in started.values():
+        bouncer.stop()
+
+
+def through_pgbouncer(bouncer: Any, postgres_url: str) -> str:
+    """The ``postgresql+asyncpg://`` URL of the database of ``postgres_url`` through ``bouncer``."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(postgres_url).database or "postgres"
+    return str(bouncer.url(database)).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+async def pgbouncer_engine(pgbouncer_servers: Any, postgres_url: str) -> AsyncIterator[Any]:
+    """An engine on this run's database through PgBouncer in transaction mode."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import pgbouncer_connect_args
+
+    url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    engine = create_async_engine(url, connect_args=pgbouncer_connect_args())
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def pgbouncer_session(
+    pgbouncer_servers: Any, postgres_url: str, pgbouncer_engine: Any
+) -> AsyncIterator[SessionFactory]:
+    url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    async for make in _factory(Backend("pgbouncer", url), pgbouncer_engine):
+        yield make
+
+
 # --- Redis: one key prefix per test run ---------------------------------------------------------
 
 REDIS_PREFIX = f"agentmem-test-{RUN_ID}"
@@ -206,6 +264,49 @@ async def cached_session(
         yield make
 
 
+# --- Redis Cluster: a private one, started once per test session -------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Any:
+    """Three primaries with a replica each on free loopback ports (see tests/_cluster.py)."""
+    from tests._cluster import Cluster, redis_cluster_installed
+
+    if not redis_cluster_installed():
+        message = "redis-server and redis-cli are not installed; the Redis Cluster tests need them"
+        if IN_CI:
+            pytest.fail(f"{message}; they must run in CI", pytrace=False)
+        pytest.skip(f"SKIPPED LOUDLY: {message}")
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_url(cluster: Any) -> str:
+    """The agentmem URL of the test cluster (``redis+cluster://`` names a cluster node)."""
+    return str(cluster.url).replace("redis://", "redis+cluster://", 1)
+
+
+@pytest.fixture
+async def redis_cluster_session(redis_cluster: Any) -> AsyncIterator[SessionFactory]:
+    backend = Backend("redis-cluster", redis_url=cluster_url(redis_cluster), prefix=REDIS_PREFIX)
+    async for make in _factory(backend):
+        yield make
+
+
+@pytest.fixture
+async def cached_cluster_session(
+    postgres_url: str, postgres_engine: Any, redis_cluster: Any
+) -> AsyncIterator[SessionFactory]:
+    """CachedSession: SQLAlchemySession on PostgreSQL behind the test Redis Cluster."""
+    backend = Backend("cached-cluster", postgres_url, cluster_url(redis_cluster), REDIS_PREFIX)
+    async for make in _factory(backend, postgres_engine):
+        yield make
+
+
 # Backends of the contract suite: one fixture name and one marker each.
 BACKENDS = [
     pytest.param("sqlite_memory_session", marks=pytest.mark.sqlite, id="sqlite-memory"),
@@ -222,8 +323,15 @@ BACKENDS = [
         "sqlalchemy_static_pool_session", marks=pytest.mark.sqlite, id="sqlalchemy-static-pool"
     ),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("pgbouncer_session", marks=pytest.mark.pgbouncer, id="pgbouncer"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),
+    pytest.param("redis_cluster_session", marks=pytest.mark.cluster, id="redis-cluster"),
+    pytest.param(
+        "cached_cluster_session",
+        marks=[pytest.mark.cluster, pytest.mark.cached],
+        id="cached-cluster",
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ import pytest
 from agentmem import SessionClosedError
 from agentmem.manager import Conversation, SessionManagerABC
 from tests._backends import Backend, engine_of
-from tests.conftest import REDIS_PREFIX, REDIS_URL, unique_id
+from tests.conftest import REDIS_PREFIX, REDIS_URL, cluster_url, through_pgbouncer, unique_id
 
 
 @dataclass
@@ -98,14 +98,47 @@ async def cached_manager(
         yield case
 
 
+@pytest.fixture
+async def pgbouncer_manager(
+    pgbouncer_servers: Any, postgres_url: str, pgbouncer_engine: Any
+) -> AsyncIterator[ManagerCase]:
+    url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    async for case in _backend_case(Backend("pgbouncer", url), pgbouncer_engine):
+        yield case
+
+
+@pytest.fixture
+async def redis_cluster_manager(redis_cluster: Any) -> AsyncIterator[ManagerCase]:
+    prefix = f"{REDIS_PREFIX}:{uuid.uuid4().hex[:8]}"
+    backend = Backend("redis-cluster", redis_url=cluster_url(redis_cluster), prefix=prefix)
+    async for case in _backend_case(backend):
+        yield case
+
+
+@pytest.fixture
+async def cached_cluster_manager(
+    postgres_url: str, postgres_engine: Any, redis_cluster: Any
+) -> AsyncIterator[ManagerCase]:
+    backend = Backend("cached-cluster", postgres_url, cluster_url(redis_cluster), REDIS_PREFIX)
+    async for case in _backend_case(backend, postgres_engine):
+        yield case
+
+
 MANAGERS = [
     pytest.param("sqlite_memory_manager", marks=pytest.mark.sqlite, id="sqlite-memory"),
     pytest.param("sqlite_file_manager", marks=pytest.mark.sqlite, id="sqlite-file"),
     pytest.param("sqlalchemy_sqlite_manager", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
     pytest.param("postgres_manager", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("postgres_url_manager", marks=pytest.mark.postgres, id="postgres-url"),
+    pytest.param("pgbouncer_manager", marks=pytest.mark.pgbouncer, id="pgbouncer"),
     pytest.param("redis_manager", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_manager", marks=pytest.mark.cached, id="cached"),
+    pytest.param("redis_cluster_manager", marks=pytest.mark.cluster, id="redis-cluster"),
+    pytest.param(
+        "cached_cluster_manager",
+        marks=[pytest.mark.cluster, pytest.mark.cached],
+        id="cached-cluster",
+    ),
 ]
 
 

@@ -89,7 +89,7 @@ from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
 from agentmem.windows import mark_of, resolve_window_mode, window_length
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from agentmem.redis.client import RedisClient
 
 __all__ = ["CachedSession", "CachedSessionManager"]
 
@@ -313,7 +313,10 @@ class _Health:
 _servers: dict[tuple[Any, ...], _Health] = {}
 
 
-def _server_of(client: Redis) -> tuple[Any, ...]:
+def _server_of(client: RedisClient, url: str | None) -> tuple[Any, ...]:
+    if isinstance(client, _redis.RedisCluster):
+        # Its nodes change with the topology: a cluster is named by its URL (or its client).
+        return "cluster", url or id(client)
     kwargs = client.connection_pool.connection_kwargs
     return kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db", 0)
 
@@ -367,7 +370,7 @@ class CachedSession(SessionABC):
         redis_url: str = DEFAULT_URL,
         db: int | None = None,
         *,
-        client: Redis | None = None,
+        client: RedisClient | None = None,
         ttl: TTL | None = 3600,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         max_cached_items: int = DEFAULT_MAX_CACHED_ITEMS,
@@ -385,11 +388,12 @@ class CachedSession(SessionABC):
             store: The SQL session of record: a ``SQLAlchemySession`` or a ``SQLiteSession`` on
                 a file (an in-memory SQLite database is private to its object, so it cannot
                 sit behind a shared cache).
-            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL of the cache. Ignored when
-                ``client`` is given.
+            redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL of the cache, or
+                ``redis+cluster://`` naming a node of a Redis Cluster. Ignored when ``client``
+                is given.
             db: The Redis database number, if the URL does not name one (default 0).
-            client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
-                never closed by the session.
+            client: A ``redis.asyncio.Redis`` or ``RedisCluster`` to use instead of connecting
+                from ``redis_url``; never closed by the session.
             ttl: How long (seconds or ``timedelta``) a copy stays cached after it was filled or
                 last written (reads do not extend it); ``None`` never expires.
             key_prefix: Prefix of the cache's keys. The keys also name the store (see
@@ -461,19 +465,22 @@ class CachedSession(SessionABC):
 
     # --- Redis plumbing ----------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _client(self) -> RedisClient:
         if self._client_given is not None:
             return self._client_given
         assert self._clients is not None
         return self._clients.get()
 
-    def _server(self, client: Redis) -> _Health:
+    def _server(self, client: RedisClient) -> _Health:
         if self._health is None:
-            self._health = _servers.setdefault(_server_of(client), _Health())
+            self._health = _servers.setdefault(
+                _server_of(client, None if self._connection is None else self._connection.url),
+                _Health(),
+            )
         return self._health
 
     async def _redis(
-        self, client: Redis, call: Callable[[], Awaitable[T]]
+        self, client: RedisClient, call: Callable[[], Awaitable[T]]
     ) -> tuple[BaseException | None, T | None]:
         """Run one cache call: ``(None, result)``, or ``(the error, None)`` when Redis failed."""
         health = self._server(client)
@@ -494,7 +501,7 @@ class CachedSession(SessionABC):
             logger.info("Redis cache reachable again; CachedSession uses it")
         return None, result
 
-    async def _owed(self, client: Redis) -> BaseException | None:
+    async def _owed(self, client: RedisClient) -> BaseException | None:
         """Perform the invalidation this process owes for the session, if any: ``None`` when
         none is owed (any more), else why Redis refused it."""
         health = self._server(client)
@@ -505,12 +512,12 @@ class CachedSession(SessionABC):
             health.pending.discard(self.state_key)
         return error
 
-    async def _settle(self, client: Redis) -> bool:
+    async def _settle(self, client: RedisClient) -> bool:
         """Whether the cache may be used for this call: true unless this session's cache still
         waits for an invalidation (retried here) that Redis refuses."""
         return await self._owed(client) is None
 
-    async def _begin(self, client: Redis, gen: str) -> bool:
+    async def _begin(self, client: RedisClient, gen: str) -> bool:
         """Mark a write in flight before it goes to SQL: true when marked, false when Redis
         cannot be reached (the write goes on; this process owes the invalidation).
 
@@ -538,7 +545,7 @@ class CachedSession(SessionABC):
         return False
 
     def _end(
-        self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
+        self, client: RedisClient, began: str, gen: str, op: str, payload: list[Any]
     ) -> Awaitable[Any]:
         args: list[Any] = [began, gen, _token(), self._ttl_ms, self.max_cached_items, op, *payload]
         # A drop adds nothing: it may run over maxmemory (the invalidation a process owes too).
@@ -561,7 +568,7 @@ class CachedSession(SessionABC):
         return result
 
     async def _finish(
-        self, client: Redis, began: str, gen: str, op: str, payload: list[Any]
+        self, client: RedisClient, began: str, gen: str, op: str, payload: list[Any]
     ) -> None:
         """End a write; until an end succeeds, this process bypasses the session's cache."""
         pending = self._server(client).pending
@@ -585,7 +592,7 @@ class CachedSession(SessionABC):
         else:
             pending.add(self.state_key)
 
-    async def _get_whole(self, client: Redis) -> bytes | str | None:
+    async def _get_whole(self, client: RedisClient) -> bytes | str | None:
         """The cached string (header first), in one native command (its expiry left as is)."""
         whole: bytes | str | None = await client.get(self.items_key)
         return whole
@@ -768,7 +775,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         redis_url: str = DEFAULT_URL,
         db: int | None = None,
         *,
-        client: Redis | None = None,
+        client: RedisClient | None = None,
         ttl: TTL | None = 3600,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         max_cached_items: int = DEFAULT_MAX_CACHED_ITEMS,

@@ -6,20 +6,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import select
 import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
 
 from agentmem._deps import missing
 
 # Without redis-py this module still imports (so do the backends built on it, and
 # ``help(agentmem)``); building a connection or taking a client raises MissingDependencyError.
 try:
-    from redis.asyncio import BlockingConnectionPool, Redis
-    from redis.asyncio.connection import parse_url
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+    from redis.asyncio.connection import (
+        AbstractConnection,
+        Connection,
+        SSLConnection,
+        UnixDomainSocketConnection,
+        parse_url,
+    )
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +38,11 @@ else:
     _REDIS_INSTALLED = True
 
 
+if TYPE_CHECKING:
+    RedisClient: TypeAlias = "Redis | RedisCluster"
+    """A client of one Redis server or of a Redis Cluster."""
+
+
 def _require_redis() -> None:
     if not _REDIS_INSTALLED:
         raise missing("redis", "redis")
@@ -40,6 +52,7 @@ __all__ = [
     "DEFAULT_URL",
     "TTL",
     "Redis",
+    "RedisCluster",
     "OutOfMemoryError",
     "RedisConnectionError",
     "RedisError",
@@ -61,6 +74,9 @@ __all__ = [
 ]
 
 DEFAULT_URL: Final = "redis://localhost:6379"
+
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes naming a node of a Redis Cluster, and the scheme redis-py knows them by."""
 
 TTL = int | timedelta
 """Seconds (``int``) or a ``timedelta``."""
@@ -100,7 +116,9 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def __call__(
+        self, client: RedisClient, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -164,7 +182,8 @@ def _ttl_ms(ttl: object, name: str = "ttl") -> int:
 
 
 class _Connection:
-    """How to reach one Redis: a URL plus connection options, checked up front."""
+    """How to reach one Redis (or one Redis Cluster): a URL plus connection options, checked up
+    front."""
 
     def __init__(
         self,
@@ -179,12 +198,18 @@ class _Connection:
         _require_redis()
         if not isinstance(redis_url, str):
             raise TypeError(f"redis_url must be a str, got {type(redis_url).__name__}")
-        url_db = parse_url(redis_url).get("db")
+        scheme, sep, rest = redis_url.partition("://")
+        self.cluster = sep != "" and scheme in CLUSTER_SCHEMES
+        url = f"{CLUSTER_SCHEMES[scheme]}://{rest}" if self.cluster else redis_url
+        url_db = parse_url(url).get("db")
         if db is not None and url_db is not None and db != url_db:
             raise ValueError(f"db={db} contradicts the database {url_db} named in redis_url")
+        if self.cluster and (db or url_db):
+            raise ValueError("a Redis Cluster has only database 0")
         if not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
         self.url = redis_url
+        self._client_url = url
         self.options: dict[str, Any] = {
             "db": db or 0,
             "max_connections": max_connections,
@@ -197,14 +222,115 @@ class _Connection:
     def key(self) -> tuple[str, str]:
         return self.url, repr(sorted(self.options.items()))
 
-    def build(self) -> Redis:
+    def build(self) -> RedisClient:
+        # No automatic retries: a write whose reply was lost could otherwise be applied twice
+        # (or a pop lose an item), so the error goes to the caller.
+        if self.cluster:
+            options = dict(self.options)
+            del options["db"]
+            pool_timeout = options.pop("timeout")
+            cluster = _QueueingCluster.from_url(
+                self._client_url, retry=Retry(NoBackoff(), 0), **options
+            )
+            assert isinstance(cluster, _QueueingCluster)
+            cluster.queue(options["max_connections"], pool_timeout)
+            # Before any connection opens: every node's connections check for a server close.
+            nodes = cluster.nodes_manager
+            checked = _CHECKED[nodes.connection_kwargs["connection_class"]]
+            nodes.connection_kwargs["connection_class"] = checked
+            for node in nodes.startup_nodes.values():
+                node.connection_class = cast("type[Connection]", checked)
+            return cluster
         # A blocking pool queues callers when every connection is busy, where the default pool
-        # raises MaxConnectionsError. No automatic retries: a write whose reply was lost could
-        # otherwise be applied twice (or a pop lose an item), so the error goes to the caller.
+        # raises MaxConnectionsError.
         pool = BlockingConnectionPool.from_url(
-            self.url, retry=Retry(NoBackoff(), 0), **self.options
+            self.url,
+            retry=Retry(NoBackoff(), 0),
+            connection_class=_CHECKED[parse_url(self.url).get("connection_class", Connection)],
+            **self.options,
         )
         return Redis.from_pool(pool)
+
+
+# poll() flags of a socket the other end closed or reset (POLLRDHUP: Linux only).
+_HUNG_UP: Final = sum(getattr(select, flag, 0) for flag in ("POLLHUP", "POLLERR", "POLLRDHUP"))
+
+
+if _REDIS_INSTALLED:
+
+    class _PeerChecked(AbstractConnection):
+        """A connection that, before each command, drops its socket if the server has closed it
+        (``CLIENT KILL``, ``timeout``, a restart): the command then goes out on a new
+        connection instead of failing on the dead one.
+
+        The server closed it before the command was sent, so the command was never run: this
+        is safe for writes too. (redis-py checks a pooled connection only through the event
+        loop's view of the socket, which may not have seen the close yet; this asks the
+        kernel.)
+        """
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if self.is_connected and _closed_by_peer(self._writer):
+                await self.disconnect()
+            await super().send_packed_command(command, check_health)
+
+    class _CheckedConnection(_PeerChecked, Connection):
+        pass
+
+    class _CheckedSSLConnection(_PeerChecked, SSLConnection):
+        pass
+
+    class _CheckedUnixConnection(_PeerChecked, UnixDomainSocketConnection):
+        pass
+
+    _CHECKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+        Connection: _CheckedConnection,
+        SSLConnection: _CheckedSSLConnection,
+        UnixDomainSocketConnection: _CheckedUnixConnection,
+    }
+
+    def _closed_by_peer(writer: Any) -> bool:
+        """Whether the kernel reports the connection closed (or reset) by the other end."""
+        sock = writer.transport.get_extra_info("socket")
+        if sock is None or not hasattr(select, "poll"):
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), _HUNG_UP)
+        return bool(poller.poll(0))
+
+    class _QueueingCluster(RedisCluster):
+        """A ``RedisCluster`` whose callers wait for a free connection, as on a blocking pool.
+
+        redis-py's cluster client raises ``MaxConnectionsError`` when a node's connections are
+        all busy; here at most ``max_connections`` commands are under way at once (so never more
+        than that many connections to a node), and callers beyond wait up to ``pool_timeout``.
+        """
+
+        _slots: asyncio.Semaphore | None = None
+        _pool_timeout: float | None = None
+
+        def queue(self, max_connections: int, pool_timeout: float | None) -> None:
+            self._slots = asyncio.Semaphore(max_connections)
+            self._pool_timeout = pool_timeout
+
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            # Learn the topology before the command, under redis-py's lock (a no-op once
+            # known): commands that begin while it is unknown would each discover it, closing
+            # one another's connections.
+            await self.initialize()
+            if self._slots is None:
+                return await super().execute_command(*args, **kwargs)
+            try:
+                async with asyncio.timeout(self._pool_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no free Redis Cluster connection within {self._pool_timeout} s"
+                ) from None
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                self._slots.release()
 
 
 def _connection_unless_given(
@@ -224,8 +350,10 @@ def _connection_unless_given(
     """
     _require_redis()
     if client is not None:
-        if not isinstance(client, Redis):
-            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        if not isinstance(client, Redis | RedisCluster):
+            raise TypeError(
+                f"client must be a redis.asyncio.Redis or RedisCluster, got {type(client).__name__}"
+            )
         return None
     return _Connection(
         redis_url,
@@ -247,10 +375,10 @@ class _LoopClients:
     def __init__(self, connection: _Connection) -> None:
         self._connection = connection
         self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, RedisClient] = {}
         _all_loop_clients.add(self)
 
-    def get(self) -> Redis:
+    def get(self) -> RedisClient:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:

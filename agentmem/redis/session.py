@@ -57,7 +57,7 @@ from agentmem.session import (
 from agentmem.windows import WindowMode, resolve_window_mode
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from agentmem.redis.client import RedisClient
 
 __all__ = ["RedisSession", "RedisSessionManager"]
 
@@ -117,7 +117,8 @@ class RedisSession(SessionABC):
 
     Built from a URL, the session connects lazily over a blocking connection pool that every
     session with the same URL and options shares (one per event loop), released by ``close()``.
-    Built with ``client=``, it uses that ``redis.asyncio.Redis`` as is and never closes it.
+    Built with ``client=``, it uses that ``redis.asyncio.Redis`` (or ``RedisCluster``) as is and
+    never closes it.
 
     Example::
 
@@ -143,7 +144,7 @@ class RedisSession(SessionABC):
         redis_url: str = DEFAULT_URL,
         db: int | None = None,
         *,
-        client: Redis | None = None,
+        client: RedisClient | None = None,
         session_prefix: str = DEFAULT_SESSION_PREFIX,
         messages_prefix: str = DEFAULT_MESSAGES_PREFIX,
         ttl: TTL | None = None,
@@ -160,10 +161,12 @@ class RedisSession(SessionABC):
         Args:
             session_id: The conversation's id: any string of 1 to 255 characters.
             redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL, with an optional password
-                and database (``redis://:secret@host:6379/2``). Ignored when ``client`` is given.
+                and database (``redis://:secret@host:6379/2``), or ``redis+cluster://`` (or
+                ``rediss+cluster://``) naming a node of a Redis Cluster. Ignored when ``client``
+                is given.
             db: The database number, if the URL does not name one (default 0).
-            client: A ``redis.asyncio.Redis`` to use instead of connecting from ``redis_url``;
-                the session never closes it.
+            client: A ``redis.asyncio.Redis`` or ``RedisCluster`` to use instead of connecting
+                from ``redis_url``; the session never closes it.
             session_prefix: Prefix of the metadata hash key.
             messages_prefix: Prefix of the item list key.
             ttl: Expiry (seconds or ``timedelta``) that every write sets on all of the session's
@@ -236,7 +239,7 @@ class RedisSession(SessionABC):
         session._clients = manager._clients
         return session
 
-    def _client(self) -> Redis:
+    def _client(self) -> RedisClient:
         self._check_open()
         if self._client_given is not None:
             return self._client_given
@@ -423,7 +426,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
 
         Args:
             redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL, with an optional password
-                and database.
+                and database, or ``redis+cluster://`` naming a node of a Redis Cluster.
             db: The database number, if the URL does not name one (default 0).
             default_ttl: The ``ttl`` of sessions from ``get_session`` (seconds or ``timedelta``);
                 ``None`` never expires.

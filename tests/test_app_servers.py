@@ -1,0 +1,58 @@
+"""Many app servers: 4 processes, each with its own manager (its own pool or engine), take turns
+on the same 200 sessions at once, on the Redis Cluster, on PostgreSQL through PgBouncer in
+transaction mode, and in the cached mode on both: no item is lost, duplicated or out of order."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests import _app_servers
+from tests.conftest import cluster_url, through_pgbouncer, unique_id
+
+SERVERS = 4
+SESSIONS = 200
+TURNS = 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("redis-cluster", marks=pytest.mark.cluster),
+        pytest.param("pgbouncer", marks=pytest.mark.pgbouncer),
+        pytest.param("cached-cluster", marks=[pytest.mark.cluster, pytest.mark.pgbouncer]),
+    ],
+)
+async def test_app_servers_taking_turns_on_shared_sessions_lose_nothing(
+    kind: str, redis_cluster: Any, pgbouncer_servers: Any, postgres_url: str
+) -> None:
+    sql_url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    cluster = cluster_url(redis_cluster)
+    prefix = unique_id("apps")
+    session_ids = [f"{prefix}-{n}" for n in range(SESSIONS)]
+    with ProcessPoolExecutor(SERVERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [
+            pool.submit(
+                _app_servers.serve_turns, kind, sql_url, cluster, session_ids, server, TURNS
+            )
+            for server in range(SERVERS)
+        ]
+        assert [run.result(timeout=600) for run in runs] == [SESSIONS * TURNS] * SERVERS
+    async with _app_servers.open_manager(kind, sql_url, cluster) as manager:
+        for session_id in session_ids:
+            session = manager.get_session(session_id)
+            items = await session.get_items()
+            assert len(items) == SERVERS * TURNS * 2, session_id
+            for index in range(0, len(items), 2):  # each turn's batch whole, user first
+                user, assistant = items[index], items[index + 1]
+                assert (user["role"], assistant["role"]) == ("user", "assistant")
+                assert (user["server"], user["turn"]) == (assistant["server"], assistant["turn"])
+            for server in range(SERVERS):
+                turns = [i["turn"] for i in items if i["server"] == server and i["role"] == "user"]
+                assert turns == list(range(TURNS)), (session_id, server)
+            await manager.delete_session(session_id)
+            await session.close()
