@@ -97,3 +97,26 @@ end
 return #items
 """
 )
+
+# FORK's second half, for a Redis Cluster where the two sessions' keys live in different slots
+# (the source's items were read by one LRANGE). KEYS: new list, new hash. ARGV: now, ttl ms (0:
+# none), the source's id, then the items. Returns how many items were copied; an error when the
+# new list holds items (nothing written).
+FORK_INTO: Final = _Script(
+    f"""
+if redis.call('LLEN', KEYS[1]) > 0 then
+  return redis.error_reply('ERR {FORK_TARGET_NOT_EMPTY}')
+end
+local count = #ARGV - 3
+for i = 4, #ARGV, {_RPUSH_CHUNK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
+end
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
+redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'forked_from', ARGV[3], 'fork_point', count)
+local ttl = tonumber(ARGV[2])
+for i = 1, 2 do
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+end
+return count
+"""
+)

@@ -117,7 +117,7 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(
-        self, client: RedisClient, keys: Sequence[str], args: Sequence[str | int]
+        self, client: RedisClient, keys: Sequence[str], args: Sequence[str | int | bytes]
     ) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)

@@ -336,9 +336,12 @@ class RedisSession(SessionABC):
         """Copy this history into session ``session_id`` (same prefixes) and return a session
         for it, with this session's ttl (see :meth:`agentmem.SessionABC.fork`).
 
-        One Lua script; its hash records ``forked_from`` and ``fork_point``. The two sessions'
-        keys have different hash tags: on Redis Cluster, a fork needs both in one slot.
+        One Lua script; its hash records ``forked_from`` and ``fork_point``. On a Redis Cluster
+        where the two sessions' keys live in different slots, two round trips: the source's
+        items are read (one ``LRANGE``), then written by one script on the new session's slot.
         """
+        from redis.asyncio import RedisCluster
+
         client = self._client()
         target = self._check_fork_target(session_id)
         cursor = validate_upto(upto)
@@ -346,11 +349,22 @@ class RedisSession(SessionABC):
         count = -1 if cursor is None else cursor.count
         args: list[str | int] = [_now(), self._ttl_ms, count, self.session_id]
         try:
-            await _settled(
-                _windows.FORK(
-                    client, [self.messages_key, forked.messages_key, forked.session_key], args
+            if isinstance(client, RedisCluster) and client.keyslot(
+                self.messages_key
+            ) != client.keyslot(forked.messages_key):
+                stop = -1 if count < 0 else count - 1
+                items = (
+                    [] if count == 0 else await _settled(client.lrange(self.messages_key, 0, stop))
                 )
-            )
+                into: list[str | int | bytes] = [_now(), self._ttl_ms, self.session_id, *items]
+                keys = [forked.messages_key, forked.session_key]
+                await _settled(_windows.FORK_INTO(client, keys, into))
+            else:
+                await _settled(
+                    _windows.FORK(
+                        client, [self.messages_key, forked.messages_key, forked.session_key], args
+                    )
+                )
         except BaseException as exc:
             await forked.close()
             if _windows.FORK_TARGET_NOT_EMPTY in str(exc):  # the script's refusal
