@@ -1,0 +1,186 @@
+"""``AdvancedSession`` against the OpenAI Agents SDK's ``AdvancedSQLiteSession``: one scenario
+with the real ``Runner``, a scripted model and real tool calls, run on the SDK's session and on
+``AdvancedSession`` over every backend, gives the same turns, branches and usage answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from agents import Agent, Runner, function_tool, set_tracing_disabled
+from agents.extensions.memory import AdvancedSQLiteSession
+from agents.testing import ScriptedModel, assistant_message, function_call
+from agents.usage import Usage
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+
+from agentmem import AdvancedSession
+from agentmem.advanced import MAIN_BRANCH
+from tests.conftest import SessionFactory, unique_id
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_trace_export() -> Iterator[None]:
+    set_tracing_disabled(True)
+    yield
+    set_tracing_disabled(False)
+
+
+@function_tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"Sunny in {city}"
+
+
+USAGE = Usage(
+    requests=1,
+    input_tokens=100,
+    output_tokens=20,
+    total_tokens=120,
+    input_tokens_details=InputTokensDetails(cached_tokens=7, cache_write_tokens=0),
+    output_tokens_details=OutputTokensDetails(reasoning_tokens=3),
+)
+
+
+def agent() -> Agent[Any]:
+    """Turn 1 calls the tool twice, then answers; every later run just answers."""
+    model = ScriptedModel(
+        [
+            [
+                function_call("get_weather", {"city": "Paris"}, call_id="call_paris"),
+                function_call("get_weather", {"city": "Rome"}, call_id="call_rome"),
+            ],
+            [assistant_message("Sunny in Paris and Rome.")],
+            *([assistant_message(f"Answer {n}.")] for n in range(8)),
+        ],
+        default_usage=USAGE,
+    )
+    return Agent(name="Assistant", model=model, tools=[get_weather])
+
+
+async def outcome(call: Callable[[], Any]) -> Any:
+    """What a call gives, or the error it raises (type and message)."""
+    try:
+        return await call()
+    except (ValueError, LookupError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def untimed(rows: Any) -> Any:
+    """Rows without the times (agentmem has no per-item time; see the README)."""
+    if isinstance(rows, list):
+        return [untimed(row) for row in rows]
+    if isinstance(rows, dict):
+        return {k: v for k, v in rows.items() if k not in ("timestamp", "created_at")}
+    return rows
+
+
+def branches(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``list_branches`` by id: the SDK orders by creation time in whole seconds, so branches
+    made in one second come in no set order."""
+    return sorted(untimed(rows), key=lambda row: row["branch_id"])
+
+
+async def scenario(session: Any) -> list[Any]:
+    """Runs, branches, pops and clears; every answer of the advanced API along the way."""
+    bot = agent()
+    answers: list[Any] = []
+
+    async def run(text: str) -> None:
+        result = await Runner.run(bot, text, session=session)
+        await session.store_run_usage(result)
+
+    async def look(label: str) -> None:
+        answers.append(
+            (
+                label,
+                await session.get_items(),
+                untimed(await session.get_conversation_turns()),
+                untimed(await session.find_turns_by_content("cities")),
+                untimed(await session.find_turns_by_content("PARIS")),
+                await session.get_conversation_by_turns(),
+                sorted(await session.get_tool_usage(), key=lambda row: (row[2], str(row[0]))),
+                await session.get_turn_usage(),
+                await session.get_turn_usage(1),
+                await session.get_turn_usage(9),
+                await session.get_session_usage(),
+                await session.get_session_usage(MAIN_BRANCH),
+                branches(await session.list_branches()),
+            )
+        )
+
+    await run("Weather in Paris and Rome?")
+    await run("Which cities did I ask about?")
+    await run("Thanks!")
+    await look("main, three turns")
+
+    answers.append(await outcome(lambda: session.create_branch_from_turn(2, "alt")))
+    await look("alt, from turn 2")
+    await run("Which countries are they in?")
+    await look("alt, a new turn 2")
+    answers.append(await session.get_turn_usage(branch_id="alt"))
+    answers.append(await session.get_session_usage("alt"))
+    answers.append(await outcome(lambda: session.create_branch_from_turn(2, "alt")))
+    answers.append(await outcome(lambda: session.create_branch_from_turn(7)))
+    answers.append(await outcome(lambda: session.create_branch_from_turn(1, "  ")))
+
+    auto = await session.create_branch_from_content("paris")  # turn 1: copies nothing
+    assert re.fullmatch(r"branch_from_turn_1_\d+", auto), auto
+    answers.append(await outcome(lambda: session.create_branch_from_content("Lisbon")))
+    answers.append(branches(await session.list_branches()))
+    refused = await outcome(lambda: session.switch_to_branch(auto))
+    answers.append(str(refused).replace(auto, "<auto>"))
+    answers.append(await outcome(lambda: session.switch_to_branch("nowhere")))
+    await session.switch_to_branch("alt")
+    answers.append(await outcome(lambda: session.delete_branch("alt")))
+    answers.append(await outcome(lambda: session.delete_branch("main")))
+    answers.append(await outcome(lambda: session.delete_branch(" ")))
+    answers.append(await outcome(lambda: session.delete_branch("nowhere")))
+    await session.delete_branch("alt", force=True)
+    await look("main after deleting alt")
+    answers.append(await outcome(lambda: session.switch_to_branch("alt")))
+    answers.append(await outcome(lambda: session.create_branch_from_turn(1, "alt")))
+
+    await session.create_branch_from_turn(3, "short")
+    await run("Rain tomorrow?")
+    answers.append(await session.pop_item())
+    answers.append(await session.pop_item())  # the user message: turn 3 is gone, with its usage
+    await look("short after two pops")
+    await run("Snow?")
+    await look("short, a new turn 3")
+    await session.switch_to_branch("main")
+    await session.clear_session()
+    await look("cleared")
+    answers.append(await outcome(lambda: session.create_branch_from_turn(1, "short")))
+    return answers
+
+
+async def test_the_sdk_advanced_session_and_agentmem_give_the_same_answers(
+    make_session: SessionFactory,
+) -> None:
+    sdk = AdvancedSQLiteSession(session_id=unique_id(), create_tables=True)
+    try:
+        expected = await scenario(sdk)
+    finally:
+        sdk.close()
+    inner = await make_session()
+    session = AdvancedSession(inner)  # type: ignore[arg-type]
+    try:
+        got = await scenario(session)
+    finally:
+        await cleanup(session, ["alt", "short"])
+    for want, have in zip(expected, got, strict=True):
+        assert have == want
+
+
+async def cleanup(session: AdvancedSession, branches: list[str]) -> None:
+    """Remove what a test wrote beside the wrapped session: branches and the log."""
+    for name in [*branches, "advanced"]:
+        suffix = "::advanced" if name == "advanced" else f"::branch::{name}"
+        other = session.session.with_id(session.session_id + suffix)
+        await other.clear_session()
+        await other.close()
+    await session.clear_session()
+    await session.close()
