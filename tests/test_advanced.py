@@ -16,7 +16,7 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 from agents.usage import Usage
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
-from agentmem import AdvancedSession
+from agentmem import AdvancedSession, SQLiteSession, SQLiteSessionManager
 from agentmem.advanced import MAIN_BRANCH
 from tests.conftest import SessionFactory, unique_id
 
@@ -184,3 +184,167 @@ async def cleanup(session: AdvancedSession, branches: list[str]) -> None:
         await other.close()
     await session.clear_session()
     await session.close()
+
+
+ODD_ITEMS: list[dict[str, Any]] = [
+    {"type": "message", "role": "system", "content": "be brief"},
+    {"role": "user", "content": [{"type": "input_text", "text": "Look at ROME"}]},
+    {"type": "mcp_call", "server_label": "maps", "name": "route", "id": "m1"},
+    {"type": "mcp_call", "server_label": "maps", "id": "m2"},
+    {"type": "mcp_approval_request", "name": "pay", "id": "a1"},
+    {"type": "function_call", "name": "find", "namespace": "db", "call_id": "c1"},
+    {"type": "function_call", "name": "echo", "namespace": "echo", "call_id": "c2"},
+    {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+    {"type": "web_search_call", "id": "w1"},
+    {"type": "shell_call", "call_id": "s1"},
+    {"type": "tool_search_output", "call_id": "t0"},
+    {"role": "assistant", "content": "done"},
+    {"role": "user", "content": "Straße and rome_100%"},
+    {"type": "tool_search_call", "call_id": "t1"},
+    {"type": "tool_search_output", "call_id": "t1"},
+    {"type": "custom_tool_call", "name": "grep", "call_id": "g1"},
+    {"role": "user", "content": "x" * 150},
+]
+
+
+async def turn_answers(session: Any) -> list[Any]:
+    return [
+        untimed(await session.get_conversation_turns()),
+        await session.get_conversation_by_turns(),
+        sorted(await session.get_tool_usage(), key=lambda row: (row[2], str(row[0]))),
+        *[
+            untimed(await session.find_turns_by_content(term))
+            for term in ("rome", "STRASSE", "Straße", "_100%", "look at", "route", "")
+        ],
+    ]
+
+
+async def test_turn_queries_classify_items_as_the_sdk_does(make_session: SessionFactory) -> None:
+    sdk = AdvancedSQLiteSession(session_id=unique_id(), create_tables=True)
+    try:
+        await sdk.add_items(ODD_ITEMS)
+        expected = await turn_answers(sdk)
+    finally:
+        sdk.close()
+    session = AdvancedSession(await make_session())  # type: ignore[arg-type]
+    try:
+        await session.add_items(ODD_ITEMS)
+        assert await turn_answers(session) == expected
+    finally:
+        await cleanup(session, [])
+
+
+async def test_a_second_object_on_the_id_sees_branches_usage_and_clears(
+    make_session: SessionFactory,
+) -> None:
+    inner = await make_session()
+    if getattr(inner, "db_path", None) == ":memory:":
+        pytest.skip("an in-memory SQLite database is private to its session object")
+    first = AdvancedSession(inner)  # type: ignore[arg-type]
+    second = AdvancedSession(await make_session(inner.session_id))  # type: ignore[arg-type]
+    try:
+        bot = agent()
+        result = await Runner.run(bot, "Weather in Paris and Rome?", session=first)
+        await first.store_run_usage(result)
+        await Runner.run(bot, "And tomorrow?", session=first)
+        await first.create_branch_from_turn(2, "b")
+        assert [row["branch_id"] for row in await second.list_branches()] == ["main", "b"]
+        assert (await second.get_session_usage() or {})["requests"] == 2
+        await second.switch_to_branch("b")
+        assert await second.get_items() == await first.get_items()
+        assert await second.get_items(branch_id="main") == await inner.get_items()
+
+        await first.clear_session()  # elsewhere: `second` follows back to main
+        assert await second.get_current_branch() == "main"
+        assert await second.get_items() == []
+        assert await second.get_session_usage() is None
+        assert await second.list_branches() == []
+    finally:
+        await cleanup(first, ["b"])
+        await second.close()
+
+
+async def test_a_branch_whose_id_would_pass_the_limit_is_refused(
+    make_session: SessionFactory,
+) -> None:
+    long_id = "L" * 240
+    session = AdvancedSession(await make_session(long_id))  # type: ignore[arg-type]
+    try:
+        await session.add_items([{"role": "user", "content": "hi"}])
+        with pytest.raises(ValueError, match="maximum is 255"):
+            await session.create_branch_from_turn(1, "a-long-branch-name")
+        assert await session.get_current_branch() == "main"
+        assert await session.get_items() == [{"role": "user", "content": "hi"}]
+    finally:
+        await cleanup(session, [])
+
+
+async def test_a_fork_of_the_current_branch_is_a_new_advanced_session(
+    make_session: SessionFactory,
+) -> None:
+    session = AdvancedSession(await make_session())  # type: ignore[arg-type]
+    forked: AdvancedSession | None = None
+    try:
+        await session.add_items(
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        )
+        await session.create_branch_from_turn(2, "only-a")
+        forked = await session.fork(unique_id())
+        assert isinstance(forked, AdvancedSession)
+        assert await forked.get_items() == [{"role": "user", "content": "a"}]
+        assert await forked.list_branches() == [
+            {
+                "branch_id": "main",
+                "message_count": 1,
+                "user_turns": 1,
+                "is_current": True,
+                "created_at": None,
+            }
+        ]
+        origin = await forked.fork_origin()
+        assert origin is not None
+        assert origin.parent_id == session.branch_session_id("only-a")
+    finally:
+        if forked is not None:
+            await cleanup(forked, [])
+        await cleanup(session, ["only-a"])
+
+
+async def test_the_sdk_constructor_opens_an_agentmem_sqlite_session(tmp_path: Any) -> None:
+    path = tmp_path / "advanced.db"
+    session = AdvancedSession(session_id="conversation", db_path=path, create_tables=True)
+    try:
+        assert isinstance(session.session, SQLiteSession)
+        result = await Runner.run(agent(), "Weather in Paris and Rome?", session=session)
+        await session.store_run_usage(result)
+        assert (await session.get_turn_usage(1))["requests"] == 2  # type: ignore[index]
+    finally:
+        await session.close()
+    reopened = AdvancedSession(SQLiteSession("conversation", path))
+    try:
+        assert (await reopened.get_session_usage() or {})["total_turns"] == 1
+    finally:
+        await reopened.close()
+
+
+async def test_a_manager_session_can_be_wrapped(tmp_path: Any) -> None:
+    async with SQLiteSessionManager(tmp_path / "managed.db") as manager:
+        session = AdvancedSession(manager.get_session("conversation"))
+        await session.add_items([{"role": "user", "content": "hi"}])
+        await session.create_branch_from_turn(1, "again")
+        await session.add_items([{"role": "user", "content": "hello"}])
+        assert set(await manager.list_sessions()) == {
+            "conversation",
+            "conversation::advanced",
+            "conversation::branch::again",
+        }
+        await session.close()
+
+
+def test_bad_constructor_arguments_are_type_errors() -> None:
+    with pytest.raises(TypeError, match="session_id"):
+        AdvancedSession()
+    with pytest.raises(TypeError, match="either"):
+        AdvancedSession(SQLiteSession("a"), session_id="a")
+    with pytest.raises(TypeError, match="can fork"):
+        AdvancedSession(object())  # type: ignore[arg-type]
