@@ -364,10 +364,11 @@ class AdvancedSession(SessionABC):
         stay reserved."""
         self._check_open()
         async with self._lock:
-            if not self._has_log:
+            records = await self._log.get_items(None) if self._has_log else []
+            if not records:  # never branched nor tracked: nothing to tell other objects
                 await self.session.clear_session()
                 return
-            ledger = await self._ledger()
+            ledger = _Ledger(records)
             for branch_id in ledger.live:
                 await self._branch(branch_id).clear_session()
             await self.session.clear_session()

@@ -230,6 +230,8 @@ async def test_turn_queries_classify_items_as_the_sdk_does(make_session: Session
     try:
         await session.add_items(ODD_ITEMS)
         assert await turn_answers(session) == expected
+        rows = await session.get_tool_usage()
+        assert rows == sorted(rows, key=lambda row: (row[2], str(row[0])))
     finally:
         await cleanup(session, [])
 
@@ -254,6 +256,9 @@ async def test_a_second_object_on_the_id_sees_branches_usage_and_clears(
         assert await second.get_items() == await first.get_items()
         assert await second.get_items(branch_id="main") == await inner.get_items()
 
+        with pytest.raises(ValueError, match="already been used"):  # reserved via the log
+            await second.create_branch_from_turn(1, "b")
+
         await first.clear_session()  # elsewhere: `second` follows back to main
         assert await second.get_current_branch() == "main"
         assert await second.get_items() == []
@@ -277,6 +282,18 @@ async def test_a_branch_whose_id_would_pass_the_limit_is_refused(
         assert await session.get_items() == [{"role": "user", "content": "hi"}]
     finally:
         await cleanup(session, [])
+
+    no_room = AdvancedSession(await make_session("N" * 250))  # type: ignore[arg-type]
+    try:
+        await no_room.add_items([{"role": "user", "content": "hi"}])
+        with pytest.raises(ValueError, match="maximum is 255"):
+            await no_room.create_branch_from_turn(1, "b")
+        with pytest.raises(ValueError, match="maximum is 255"):
+            await no_room.get_session_usage()
+        assert await no_room.pop_item() == {"role": "user", "content": "hi"}
+        await no_room.clear_session()
+    finally:
+        await no_room.close()
 
 
 async def test_a_fork_of_the_current_branch_is_a_new_advanced_session(
@@ -335,6 +352,11 @@ async def test_a_manager_session_can_be_wrapped(tmp_path: Any) -> None:
         await session.add_items([{"role": "user", "content": "hello"}])
         assert set(await manager.list_sessions()) == {
             "conversation",
+            "conversation::advanced",
+            "conversation::branch::again",
+        }
+        await manager.delete_session("conversation")  # the branch and the log stay
+        assert set(await manager.list_sessions()) == {
             "conversation::advanced",
             "conversation::branch::again",
         }
