@@ -31,7 +31,14 @@ from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.items import MAX_SESSION_ID_LENGTH, SessionItem
 from agentmem.session import SessionABC
 
-__all__ = ["MAIN_BRANCH", "AdvancedSession", "BranchableSession"]
+__all__ = [
+    "MAIN_BRANCH",
+    "AdvancedSession",
+    "BranchableSession",
+    "message_type",
+    "tool_name",
+    "turn_numbers",
+]
 
 MAIN_BRANCH = "main"
 _BRANCH_INFIX = "::branch::"
@@ -398,6 +405,7 @@ class AdvancedSession(SessionABC):
 
     async def get_current_branch(self) -> str:
         """The id of the current branch (``"main"`` until a switch or a new branch)."""
+        self._check_open()
         return await self._current_branch()
 
     async def create_branch_from_turn(
