@@ -20,6 +20,7 @@ from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.session import Session, SessionABC
 
 if TYPE_CHECKING:
+    from agentmem.advanced import AdvancedSession
     from agentmem.cache.session import CachedSession, CachedSessionManager
     from agentmem.redis.session import RedisSession, RedisSessionManager
     from agentmem.sql.pooler import pgbouncer_connect_args
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
 
 __all__ = [
+    "AdvancedSession",
     "CachedSession",
     "CachedSessionManager",
     "CallTimeoutError",
@@ -50,6 +52,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AdvancedSession": "agentmem.advanced",
     "SQLAlchemySession": "agentmem.sql.sqlalchemy",
     "SQLiteSession": "agentmem.sql.sqlite",
     "SQLiteSessionManager": "agentmem.sql.sqlite",
@@ -65,6 +68,7 @@ _LAZY = {
 # Public submodules, reachable as attributes: ``agentmem.migrate.upgrade(engine)``.
 _SUBMODULES = frozenset(
     {
+        "advanced",
         "cache",
         "cli",
         "errors",
