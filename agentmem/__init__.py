@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from agentmem.errors import (
     CallTimeoutError,
+    DecryptionError,
+    EncryptionError,
     MissingDependencyError,
     SchemaError,
     SessionClosedError,
@@ -23,11 +25,15 @@ if TYPE_CHECKING:
     from agentmem.redis.session import RedisSession, RedisSessionManager
     from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
     from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
+    from agentmem.wrappers.encrypted import EncryptedSession
 
 __all__ = [
     "CachedSession",
     "CachedSessionManager",
     "CallTimeoutError",
+    "DecryptionError",
+    "EncryptedSession",
+    "EncryptionError",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -53,6 +59,7 @@ _LAZY = {
     "RedisSessionManager": "agentmem.redis.session",
     "CachedSession": "agentmem.cache.session",
     "CachedSessionManager": "agentmem.cache.session",
+    "EncryptedSession": "agentmem.wrappers.encrypted",
 }
 
 
@@ -69,6 +76,7 @@ _SUBMODULES = frozenset(
         "redis",
         "session",
         "sql",
+        "wrappers",
     }
 )
 
