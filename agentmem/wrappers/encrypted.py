@@ -17,7 +17,8 @@ import base64
 import binascii
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
@@ -38,7 +39,17 @@ if TYPE_CHECKING:
 
     from agentmem.manager import SessionManagerABC
 
-__all__ = ["FORMAT", "EncryptedSession", "generate_key", "load_key", "parse_keys"]
+__all__ = [
+    "FORMAT",
+    "EncryptedSession",
+    "RotationReport",
+    "generate_key",
+    "load_key",
+    "parse_keys",
+    "require_cryptography",
+    "rotate_store",
+    "rotation_keys",
+]
 
 logger = logging.getLogger("agentmem.encryption")
 
@@ -54,7 +65,13 @@ _REPLACE_ATTEMPTS: Final = 5
 OnError = Literal["raise", "skip"]
 
 
-def _aesgcm() -> type[AESGCM]:
+def require_cryptography() -> type[AESGCM]:
+    """The AES-GCM cipher class of the ``cryptography`` package.
+
+    Raises:
+        MissingDependencyError: ``cryptography`` is not installed; the message names the
+            ``pip install`` line of agentmem's ``encryption`` extra.
+    """
     try:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     except ImportError as exc:
@@ -129,7 +146,7 @@ def _clear_fields(fields: Iterable[str]) -> tuple[str, ...]:
     if isinstance(fields, str):
         raise TypeError("clear_fields must be a collection of field names, not a str")
     chosen = tuple(dict.fromkeys(fields))
-    unknown = [field for field in chosen if field not in CLEAR_FIELDS]
+    unknown = [name for name in chosen if name not in CLEAR_FIELDS]
     if unknown:
         raise ValueError(f"clear_fields may hold only 'role' and 'type', got {unknown!r}")
     return chosen
@@ -186,7 +203,7 @@ class EncryptedSession(SessionABC):
         on_error: OnError = "raise",
         clear_fields: Iterable[str] = (),
     ) -> None:
-        aesgcm = _aesgcm()
+        aesgcm = require_cryptography()
         parsed = parse_keys(keys)
         if current not in parsed:
             raise ValueError(f"current key id {current!r} is not in keys {sorted(parsed)!r}")
@@ -236,9 +253,9 @@ class EncryptedSession(SessionABC):
             "kid": key_id,
             "data": base64.b64encode(nonce + sealed).decode(),
         }
-        for field in self.clear_fields:
-            if field in item:
-                envelope[field] = item[field]
+        for name in self.clear_fields:
+            if name in item:
+                envelope[name] = item[name]
         return envelope
 
     def _open(self, stored: object, position: int) -> SessionItem:
@@ -273,9 +290,9 @@ class EncryptedSession(SessionABC):
                 key_id,
             ) from None
         item = orjson.loads(plaintext)
-        for field in CLEAR_FIELDS.intersection(stored):
-            if item.get(field) != stored[field]:
-                raise fail(f"its clear {field!r} field was altered", key_id)
+        for name in CLEAR_FIELDS.intersection(stored):
+            if item.get(name) != stored[name]:
+                raise fail(f"its clear {name!r} field was altered", key_id)
         return item
 
     def _opened(self, stored: list[SessionItem]) -> list[SessionItem]:
@@ -434,6 +451,90 @@ class EncryptedSession(SessionABC):
         return (
             f"EncryptedSession({self.inner!r}, current={self.current!r}, key_ids={self.key_ids!r})"
         )
+
+
+@dataclass
+class RotationReport:
+    """What :func:`rotate_store` did.
+
+    Attributes:
+        sessions_checked: Sessions read.
+        sessions_rotated: Sessions written back with items moved to the new key.
+        items_rotated: Items moved to the new key.
+        failed: ``(session id, error message)`` of the sessions left as they were because an
+            item under the old key does not decrypt (or the session kept changing).
+    """
+
+    sessions_checked: int = 0
+    sessions_rotated: int = 0
+    items_rotated: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def rotation_keys(keys: Mapping[str, object], from_key: str, to_key: str) -> dict[str, bytes]:
+    """The validated ``keys`` of a rotation from ``from_key`` to ``to_key``.
+
+    Raises:
+        TypeError, ValueError: a bad key, or ``from_key``/``to_key`` missing or equal.
+    """
+    parsed = parse_keys(keys)
+    for role, key_id in (("from", from_key), ("to", to_key)):
+        if key_id not in parsed:
+            raise ValueError(f"the {role} key id {key_id!r} is not in keys {sorted(parsed)!r}")
+    if from_key == to_key:
+        raise ValueError(f"the from and to key ids are the same ({from_key!r})")
+    return parsed
+
+
+async def rotate_store(
+    manager: SessionManagerABC[Any],
+    *,
+    keys: Mapping[str, object],
+    from_key: str,
+    to_key: str,
+    page_size: int = 500,
+    on_session: Callable[[str], object] | None = None,
+) -> RotationReport:
+    """Move every item under ``from_key`` in ``manager``'s store to ``to_key``, one session at
+    a time (each with :meth:`EncryptedSession.reencrypt`), over the manager's listing read
+    ``page_size`` sessions at a time.
+
+    Resumable: a session without items under ``from_key`` is read, not written, so running it
+    again after an interruption finishes the rest. Items under other key ids, and items that
+    are not encrypted, are left as they are. A session whose items under ``from_key`` do not
+    all decrypt is left as it was and reported in ``failed``; the others go on.
+
+    Args:
+        manager: The store's manager.
+        keys: Key id -> key; must hold ``from_key`` and ``to_key``.
+        from_key: The key id to move items away from.
+        to_key: The key id to encrypt them under.
+        page_size: Sessions listed per page.
+        on_session: Called with each session id once that session is done.
+
+    Raises:
+        TypeError, ValueError: bad keys, or ``from_key``/``to_key`` missing or equal.
+    """
+    parsed = rotation_keys(keys, from_key, to_key)
+    report = RotationReport()
+    async for info in manager.iter_sessions(page_size=page_size):
+        session = EncryptedSession(
+            manager.get_session(info.session_id), keys=parsed, current=to_key
+        )
+        try:
+            changed = await session.reencrypt(manager, from_key=from_key)
+        except (DecryptionError, RuntimeError) as error:
+            report.failed.append((info.session_id, str(error)))
+            changed = 0
+        finally:
+            await session.close()
+        report.sessions_checked += 1
+        if changed:
+            report.sessions_rotated += 1
+            report.items_rotated += changed
+        if on_session is not None:
+            on_session(info.session_id)
+    return report
 
 
 async def _close_session(session: Session) -> None:
