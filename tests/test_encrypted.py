@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from agentmem import DecryptionError, EncryptedSession, EncryptionError, MissingDependencyError
@@ -77,6 +78,7 @@ async def test_the_store_holds_envelopes_without_the_items(make_session: Session
     assert await session.get_items() == [item, item]
 
 
+@pytest.mark.sqlite
 async def test_clear_fields_keeps_role_and_type_in_clear(make_inner: SessionFactory) -> None:
     session = encrypted(await make_inner(), clear_fields=("role", "type"))
     await session.add_items([{"role": "user", "content": "hi"}, {"type": "reasoning"}])
@@ -87,6 +89,7 @@ async def test_clear_fields_keeps_role_and_type_in_clear(make_inner: SessionFact
     assert await session.get_items() == [{"role": "user", "content": "hi"}, {"type": "reasoning"}]
 
 
+@pytest.mark.sqlite
 async def test_an_altered_clear_field_is_detected(make_inner: SessionFactory) -> None:
     session = encrypted(await make_inner(), clear_fields=("role",))
     await session.add_items([{"role": "user", "content": "hi"}])
@@ -95,6 +98,24 @@ async def test_an_altered_clear_field_is_detected(make_inner: SessionFactory) ->
     await session.inner.add_items([{**envelope, "role": "system"}])
     with pytest.raises(DecryptionError, match="'role' field was altered"):
         await session.get_items()
+
+
+@pytest.mark.sqlite
+async def test_the_ciphertext_is_the_json_plus_28_bytes(make_inner: SessionFactory) -> None:
+    session = encrypted(await make_inner())
+    item = {"role": "user", "content": "x" * 1000}
+    await session.add_items([item])
+    [envelope] = await session.inner.get_items()
+    assert len(base64.b64decode(envelope["data"])) == len(orjson.dumps(item)) + 28
+
+
+@pytest.mark.sqlite
+async def test_a_duplicate_within_one_session_is_not_detected(make_inner: SessionFactory) -> None:
+    """A documented limit: items are authenticated one by one, not the history as a whole."""
+    session = encrypted(await make_inner())
+    await session.add_items([{"n": 1}])
+    await session.inner.add_items(await session.inner.get_items())
+    assert await session.get_items() == [{"n": 1}, {"n": 1}]
 
 
 # --- items that do not decrypt -------------------------------------------------------------------
@@ -124,6 +145,7 @@ TAMPERED = [
 ]
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize(("change", "reason"), TAMPERED)
 async def test_a_tampered_item_raises_naming_session_and_position(
     make_inner: SessionFactory, change: Callable[[Any], Any], reason: str
@@ -145,6 +167,7 @@ async def test_a_tampered_item_raises_naming_session_and_position(
     assert await session.get_items() == [{"n": 0}]
 
 
+@pytest.mark.sqlite
 async def test_pop_keeps_the_removed_item_in_the_error(make_inner: SessionFactory) -> None:
     session = encrypted(await make_inner())
     await session.inner.add_items([{"plain": "text"}])
@@ -169,6 +192,7 @@ async def test_an_item_copied_into_another_session_does_not_decrypt(
     assert await target.get_items(limit=0) == []
 
 
+@pytest.mark.sqlite
 async def test_another_key_does_not_decrypt(make_inner: SessionFactory) -> None:
     inner = await make_inner()
     await encrypted(inner).add_items([{"n": 1}])
@@ -177,6 +201,7 @@ async def test_another_key_does_not_decrypt(make_inner: SessionFactory) -> None:
         await impostor.get_items()
 
 
+@pytest.mark.sqlite
 async def test_skip_leaves_out_and_logs(
     make_inner: SessionFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -196,6 +221,7 @@ async def test_skip_leaves_out_and_logs(
 # --- keys ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite
 async def test_keys_may_be_raw_bytes_or_either_base64(make_inner: SessionFactory) -> None:
     raw = base64.b64decode(OLD)
     inner = await make_inner()
@@ -221,6 +247,7 @@ BAD_OPTIONS = [
 ]
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize(("options", "error", "message"), BAD_OPTIONS)
 async def test_bad_keys_and_options_are_refused_at_construction(
     make_inner: SessionFactory, options: dict[str, Any], error: type[Exception], message: str
@@ -231,6 +258,7 @@ async def test_bad_keys_and_options_are_refused_at_construction(
     assert OLD not in str(raised.value)
 
 
+@pytest.mark.sqlite
 async def test_missing_cryptography_names_the_extra(
     make_inner: SessionFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,6 +269,7 @@ async def test_missing_cryptography_names_the_extra(
         encrypted(await make_inner())
 
 
+@pytest.mark.sqlite
 async def test_wrappers_compose(make_inner: SessionFactory) -> None:
     outer = encrypted(encrypted(await make_inner(), keys={"in": NEW}, current="in"))
     await outer.add_items([{"n": 1}, {"n": 2}])

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import pty
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +198,44 @@ async def test_a_session_that_does_not_decrypt_is_reported_and_left_alone(
     with pytest.raises(DecryptionError):
         await bad.get_items()
     await opened.close()
+
+
+@pytest.mark.sqlite
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    local = asyncio.run(_populate(tmp_path))
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agentmem.cli",
+                "rotate-keys",
+                "--from",
+                "k1",
+                "--to",
+                "k2",
+                *local.args,
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "AGENTMEM_ENCRYPTION_KEYS": BOTH},
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=120,
+            check=True,
+        )
+        os.close(terminal)
+        drawn = b""
+        while chunk := _read(controller):
+            drawn += chunk
+    finally:
+        os.close(controller)
+    assert b"Rotating [" in drawn and b"1/1" in drawn
+    assert b"Rotated 1 item in 1 session" in process.stdout
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other end is closed
+        return b""

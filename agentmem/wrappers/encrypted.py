@@ -112,7 +112,9 @@ def load_key(key_id: str, key: object) -> bytes:
     elif isinstance(key, str):
         text = key.strip()
         try:
-            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=_altchars(text))
+            raw = base64.b64decode(
+                text + "=" * (-len(text) % 4), altchars=_altchars(text), validate=True
+            )
         except (binascii.Error, ValueError):
             raise ValueError(f"key {key_id!r} is not valid base64") from None
     else:
