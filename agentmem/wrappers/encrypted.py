@@ -189,6 +189,14 @@ class EncryptedSession(SessionABC):
         TypeError, ValueError: a bad key or key id, ``current`` not in ``keys``, a bad
             ``on_error`` or ``clear_fields``.
         MissingDependencyError: the ``cryptography`` package is not installed.
+
+    Attributes:
+        session_id: The wrapped session's id.
+        session_settings: The wrapped session's ``session_settings``.
+        inner: The wrapped session, which stores the envelopes.
+        current: The key id new items are encrypted under.
+        on_error: What a read does with an item that does not decrypt.
+        clear_fields: The item fields also stored in clear.
     """
 
     inner: Session
@@ -211,7 +219,7 @@ class EncryptedSession(SessionABC):
             raise ValueError(f"current key id {current!r} is not in keys {sorted(parsed)!r}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        super().__init__(inner.session_id, getattr(inner, "session_settings", None))
+        super().__init__(inner.session_id, inner.session_settings)
         self.inner = inner
         self.current = current
         self.on_error = on_error
@@ -368,14 +376,14 @@ class EncryptedSession(SessionABC):
 
     # --- key rotation ------------------------------------------------------------------------
 
-    def key_id_of(self, stored: object) -> str | None:
+    def _key_id_of(self, stored: object) -> str | None:
         """The key id a stored envelope names; ``None`` if it is not an envelope."""
         if isinstance(stored, dict) and stored.get("enc") == FORMAT:
             key_id = stored.get("kid")
             return key_id if isinstance(key_id, str) else None
         return None
 
-    def reencrypted(
+    def _reencrypted(
         self, stored: list[SessionItem], *, from_key: str | None = None
     ) -> tuple[list[SessionItem], int]:
         """``stored`` (this session's envelopes, oldest first) with the items that are not
@@ -389,7 +397,7 @@ class EncryptedSession(SessionABC):
         result = list(stored)
         changed = 0
         for index, envelope in enumerate(stored):
-            key_id = self.key_id_of(envelope)
+            key_id = self._key_id_of(envelope)
             if key_id == self.current or (from_key is not None and key_id != from_key):
                 continue
             item = self._open(envelope, index - len(stored))
@@ -427,7 +435,7 @@ class EncryptedSession(SessionABC):
             conversation = await manager.read_conversation(self.session_id)
             if conversation is None:
                 return 0
-            items, changed = self.reencrypted(conversation.items, from_key=from_key)
+            items, changed = self._reencrypted(conversation.items, from_key=from_key)
             if not changed:
                 return 0
             info = await manager.session_info(self.session_id)
