@@ -226,7 +226,10 @@ class EncryptedSession(SessionABC):
         self.clear_fields = _clear_fields(clear_fields)
         self._keys = parsed
         self._aesgcm = aesgcm
-        self._ciphers: dict[str, AESGCM] = {}
+        self._ciphers: dict[str, tuple[AESGCM, bytes]] = {}
+        from cryptography.exceptions import InvalidTag
+
+        self._invalid_tag = InvalidTag
 
     @property
     def key_ids(self) -> list[str]:
@@ -235,8 +238,9 @@ class EncryptedSession(SessionABC):
 
     # --- the cipher --------------------------------------------------------------------------
 
-    def _cipher(self, key_id: str) -> AESGCM:
-        """The AES-GCM cipher under this session's key derived from ``keys[key_id]``."""
+    def _cipher(self, key_id: str) -> tuple[AESGCM, bytes]:
+        """The AES-GCM cipher under this session's key derived from ``keys[key_id]``, and the
+        associated data of the items under that key."""
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             from cryptography.hazmat.primitives.hashes import SHA256
@@ -248,16 +252,15 @@ class EncryptedSession(SessionABC):
                 salt=FORMAT.encode(),
                 info=b"session:" + self.session_id.encode(),
             ).derive(self._keys[key_id])
-            cipher = self._ciphers[key_id] = self._aesgcm(derived)
+            associated_data = orjson.dumps([FORMAT, self.session_id, key_id])
+            cipher = self._ciphers[key_id] = (self._aesgcm(derived), associated_data)
         return cipher
-
-    def _associated_data(self, key_id: str) -> bytes:
-        return orjson.dumps([FORMAT, self.session_id, key_id])
 
     def _seal_json(self, plaintext: bytes, item: Mapping[str, Any]) -> dict[str, Any]:
         key_id = self.current
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._cipher(key_id).encrypt(nonce, plaintext, self._associated_data(key_id))
+        cipher, associated_data = self._cipher(key_id)
+        sealed = cipher.encrypt(nonce, plaintext, associated_data)
         envelope: dict[str, Any] = {
             "enc": FORMAT,
             "kid": key_id,
@@ -284,25 +287,23 @@ class EncryptedSession(SessionABC):
         if key_id not in self._keys:
             raise fail(f"its key id {key_id!r} is not in keys {self.key_ids!r}", key_id)
         try:
-            raw = base64.b64decode(data, validate=True)
+            raw = memoryview(binascii.a2b_base64(data, strict_mode=True))
         except (binascii.Error, ValueError):
             raise fail("its data is not base64", key_id) from None
-        from cryptography.exceptions import InvalidTag
-
+        cipher, associated_data = self._cipher(key_id)
         try:
-            plaintext = self._cipher(key_id).decrypt(
-                raw[:NONCE_BYTES], raw[NONCE_BYTES:], self._associated_data(key_id)
-            )
-        except (InvalidTag, ValueError):
+            plaintext = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], associated_data)
+        except (self._invalid_tag, ValueError):
             raise fail(
                 "its authentication tag does not match (altered, or copied from another "
                 "session, or the key is not the one it was written with)",
                 key_id,
             ) from None
         item = orjson.loads(plaintext)
-        for name in CLEAR_FIELDS.intersection(stored):
-            if item.get(name) != stored[name]:
-                raise fail(f"its clear {name!r} field was altered", key_id)
+        if len(stored) > 3:  # fields kept in clear
+            for name in CLEAR_FIELDS.intersection(stored):
+                if item.get(name) != stored[name]:
+                    raise fail(f"its clear {name!r} field was altered", key_id)
         return item
 
     def _opened(self, stored: list[SessionItem]) -> list[SessionItem]:
