@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentmem.errors import (
     CallTimeoutError,
+    CompactionError,
     DecryptionError,
     EncryptionError,
     MissingDependencyError,
@@ -25,12 +26,15 @@ if TYPE_CHECKING:
     from agentmem.redis.session import RedisSession, RedisSessionManager
     from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
     from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
+    from agentmem.wrappers.compacting import CompactingSession
     from agentmem.wrappers.encrypted import EncryptedSession
 
 __all__ = [
     "CachedSession",
     "CachedSessionManager",
     "CallTimeoutError",
+    "CompactingSession",
+    "CompactionError",
     "DecryptionError",
     "EncryptedSession",
     "EncryptionError",
@@ -60,6 +64,7 @@ _LAZY = {
     "CachedSession": "agentmem.cache.session",
     "CachedSessionManager": "agentmem.cache.session",
     "EncryptedSession": "agentmem.wrappers.encrypted",
+    "CompactingSession": "agentmem.wrappers.compacting",
 }
 
 

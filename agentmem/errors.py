@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CallTimeoutError",
+    "CompactionError",
     "DecryptionError",
     "EncryptionError",
     "MissingDependencyError",
@@ -75,3 +76,8 @@ class DecryptionError(EncryptionError):
         self.reason = reason
         self.key_id = key_id
         self.stored_item = stored_item
+
+
+class CompactionError(RuntimeError):
+    """:class:`agentmem.CompactingSession` could not compact a history: ``summarize`` failed or
+    returned no item, or the session kept changing. The history is left as it was."""

@@ -318,6 +318,28 @@ class EncryptedSession(SessionABC):
                 logger.warning("skipped an item that does not decrypt: %s", error)
         return items
 
+    def seal_items(self, items: list[SessionItem]) -> list[dict[str, Any]]:
+        """``items`` as this session stores them: checked, then encrypted under ``current``.
+
+        Raises:
+            TypeError, ValueError: an item is not a JSON object.
+        """
+        encoded = encode_items(items)
+        return [
+            self._seal_json(entry.json.encode(), item)
+            for entry, item in zip(encoded, items, strict=True)
+        ]
+
+    def open_items(self, stored: list[SessionItem]) -> list[SessionItem]:
+        """The items that ``stored`` (this session's envelopes, oldest first, the last one the
+        newest) hold.
+
+        Raises:
+            DecryptionError: one does not decrypt, whatever ``on_error`` says.
+        """
+        count = len(stored)
+        return [self._open(envelope, index - count) for index, envelope in enumerate(stored)]
+
     # --- the Session protocol ----------------------------------------------------------------
 
     async def get_items(self, limit: int | None = None) -> list[SessionItem]:
@@ -340,14 +362,9 @@ class EncryptedSession(SessionABC):
             TypeError, ValueError: an item is not a JSON object; nothing is written.
         """
         self._check_open()
-        encoded = encode_items(items)
-        if encoded:
-            await self.inner.add_items(
-                [
-                    self._seal_json(entry.json.encode(), item)
-                    for entry, item in zip(encoded, items, strict=True)
-                ]
-            )
+        sealed = self.seal_items(items)
+        if sealed:
+            await self.inner.add_items(sealed)
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, decrypted; ``None`` when the history is empty.
