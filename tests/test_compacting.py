@@ -222,7 +222,13 @@ async def test_a_200_turn_run_keeps_the_model_input_bounded(
     turns = 200
     model = ScriptedModel([[assistant_message(f"answer {n}")] for n in range(turns)])
     agent = Agent(name="Assistant", instructions="Reply very concisely.", model=model)
-    session = compacting(file_case, max_items=20, keep_last_turns=3)
+    summaries: list[int] = []
+
+    async def counted(items: list[Any]) -> Any:
+        summaries.append(len(items))
+        return await summary_of(items)
+
+    session = compacting(file_case, summarize=counted, max_items=20, keep_last_turns=3)
     try:
         for n in range(turns):
             await Runner.run(agent, f"question {n}", session=session)
@@ -237,3 +243,5 @@ async def test_a_200_turn_run_keeps_the_model_input_bounded(
     history = await session.get_items()
     assert len(history) <= 20 and history[0]["role"] == "system"
     assert history[0]["content"].count("question") >= turns - 10
+    assert len(summaries) == 28  # one every 7 turns: 20 items down to a summary and 3 turns
+    assert max(summaries) <= 16  # the previous summary and 7 turns
