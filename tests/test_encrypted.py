@@ -343,3 +343,24 @@ async def test_reencrypt_from_key_moves_only_that_key(case: ManagerCase) -> None
     assert await session.reencrypt(case.manager, from_key="a") == 1
     assert [e["kid"] for e in await session.inner.get_items()] == ["c", "b"]
     assert await session.get_items() == [{"under": "a"}, {"under": "b"}]
+
+
+@pytest.mark.sqlite
+async def test_the_runner_remembers_through_encryption(make_inner: SessionFactory) -> None:
+    from agents import Agent, Runner, set_tracing_disabled
+    from agents.testing import ScriptedModel, assistant_message
+
+    set_tracing_disabled(True)
+    model = ScriptedModel([[assistant_message("San Francisco")], [assistant_message("California")]])
+    agent = Agent(name="Assistant", instructions="Reply very concisely.", model=model)
+    session = encrypted(await make_inner())
+    try:
+        await Runner.run(agent, "What city is the Golden Gate Bridge in?", session=session)
+        await Runner.run(agent, "What state is it in?", session=session)
+    finally:
+        set_tracing_disabled(False)
+    second_input = model.calls[1].input
+    assert second_input[0] == {"content": "What city is the Golden Gate Bridge in?", "role": "user"}
+    assert "San Francisco" in str(second_input[1])
+    assert len(await session.get_items()) == 4
+    assert "Golden Gate" not in str(await session.inner.get_items())
