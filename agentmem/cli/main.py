@@ -1,4 +1,5 @@
-"""The ``agentmem`` command: run the demo, migrate a database, inspect and move conversations.
+"""The ``agentmem`` command: run the demo, migrate a database, inspect and move conversations,
+rotate the keys of encrypted ones.
 
 Every command takes ``--url`` (default: ``$AGENTMEM_DATABASE_URL``, else
 ``sqlite:///agentmem.db``): ``sqlite:///file.db``, ``postgresql://user@host/db`` or
@@ -622,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="agentmem",
         description="Conversation memory for LLM agents: run the demo, migrate, inspect and move "
-        "stored conversations.",
+        "stored conversations, rotate encryption keys.",
     )
     parser.add_argument("--version", action="version", version=f"agentmem {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
