@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from agentmem.errors import (
     CallTimeoutError,
+    CompactionError,
+    DecryptionError,
+    EncryptionError,
     MissingDependencyError,
     SchemaError,
     SessionClosedError,
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from agentmem.sql.pooler import pgbouncer_connect_args
     from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
     from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
+    from agentmem.wrappers.compacting import CompactingSession
+    from agentmem.wrappers.encrypted import EncryptedSession
 
 __all__ = [
     "AdvancedSession",
@@ -34,6 +39,11 @@ __all__ = [
     "CallTimeoutError",
     "ForkOrigin",
     "ItemCursor",
+    "CompactingSession",
+    "CompactionError",
+    "DecryptionError",
+    "EncryptedSession",
+    "EncryptionError",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -62,6 +72,8 @@ _LAZY = {
     "CachedSession": "agentmem.cache.session",
     "CachedSessionManager": "agentmem.cache.session",
     "pgbouncer_connect_args": "agentmem.sql.pooler",
+    "EncryptedSession": "agentmem.wrappers.encrypted",
+    "CompactingSession": "agentmem.wrappers.compacting",
 }
 
 
@@ -82,6 +94,7 @@ _SUBMODULES = frozenset(
         "sql",
         "testing",
         "windows",
+        "wrappers",
     }
 )
 

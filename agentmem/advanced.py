@@ -250,7 +250,7 @@ class AdvancedSession(SessionABC):
             )
         super().__init__(session.session_id, session.session_settings)
         self.window_mode = getattr(session, "window_mode", "items")
-        self.session = session
+        self.inner = session
         self._logger = logger if logger is not None else logging.getLogger(__name__)
         self._log_session: BranchableSession | None = None
         self._branches: dict[str, BranchableSession] = {MAIN_BRANCH: session}
@@ -261,7 +261,7 @@ class AdvancedSession(SessionABC):
     @property
     def db_path(self) -> Any:
         """The wrapped session's ``db_path`` (a SQLite session's file), else ``None``."""
-        return getattr(self.session, "db_path", None)
+        return getattr(self.inner, "db_path", None)
 
     # --- ids and the bookkeeping log -------------------------------------------------------
 
@@ -283,7 +283,7 @@ class AdvancedSession(SessionABC):
     def _branch(self, branch_id: str) -> BranchableSession:
         session = self._branches.get(branch_id)
         if session is None:
-            session = self.session.with_id(self.branch_session_id(branch_id))
+            session = self.inner.with_id(self.branch_session_id(branch_id))
             self._branches[branch_id] = session
         return session
 
@@ -292,7 +292,7 @@ class AdvancedSession(SessionABC):
         """The bookkeeping session, opened on first use (a session whose id leaves no room for
         the suffix works, without branches or usage)."""
         if self._log_session is None:
-            self._log_session = self.session.with_id(self._derived_id(_LOG_SUFFIX))
+            self._log_session = self.inner.with_id(self._derived_id(_LOG_SUFFIX))
         return self._log_session
 
     async def _ledger(self) -> _Ledger:
@@ -373,12 +373,12 @@ class AdvancedSession(SessionABC):
         async with self._lock:
             records = await self._log.get_items(None) if self._has_log else []
             if not records:  # never branched nor tracked: nothing to tell other objects
-                await self.session.clear_session()
+                await self.inner.clear_session()
                 return
             ledger = _Ledger(records)
             for branch_id in ledger.live:
                 await self._branch(branch_id).clear_session()
-            await self.session.clear_session()
+            await self.inner.clear_session()
             await self._record("clear", at=_now())
             self._clears_seen = ledger.clears + 1
             self._current = MAIN_BRANCH
@@ -393,7 +393,7 @@ class AdvancedSession(SessionABC):
     async def fork_origin(self) -> ForkOrigin | None:
         """Where the wrapped session was forked from."""
         self._check_open()
-        return await self.session.fork_origin()
+        return await self.inner.fork_origin()
 
     async def _close(self) -> None:
         for branch in self._branches.values():

@@ -26,7 +26,7 @@ against.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 __all__ = [
     "APPROVAL_REQUEST",
@@ -175,3 +175,25 @@ def resolve_window_mode(
     if whole_turns:
         return "turns"
     return "pairs" if whole_pairs else "items"
+
+
+def cut_window(items: list[Any], limit: int, mode: WindowMode) -> list[Any]:
+    """The window of ``limit`` over decoded ``items`` (oldest first), by the rule of
+    :func:`window_length`: what a wrapper that sees items only once decoded applies."""
+    taken = window_length((mark_of(item) for item in reversed(items)), limit, mode)
+    return items[len(items) - taken :] if taken else []
+
+
+EVERY_ITEM: Final = 2**53
+"""A limit above any history: the whole of it, whatever ``session_settings`` say."""
+
+
+async def plain_items(session: Any, limit: int | None) -> list[Any]:
+    """``session.get_items(limit)`` cut by count alone, whatever the session's window default
+    (a Session that is no agentmem session has no windows)."""
+    from agentmem.session import SessionABC
+
+    if isinstance(session, SessionABC):
+        return await session.get_items(limit, whole_pairs=False, whole_turns=False)
+    items: list[Any] = await session.get_items(limit)
+    return items

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from bench.targets import COMPARISONS, Env, Target, all_targets
+from bench.targets import COMPARISONS, AgentmemEncrypted, Env, Target, all_targets
 from bench.workloads import FULL, QUICK, WORKLOADS, ItemCache, Recorder, Sizes, Workload
 
 POSTGRES_URL = os.environ.get(
@@ -285,6 +285,31 @@ def print_cache_gain(results: dict[str, WorkloadResult]) -> None:
         print("\n".join(lines))
 
 
+def print_encryption_overhead(results: dict[str, WorkloadResult]) -> None:
+    """What EncryptedSession costs: each operation against the same backend unencrypted,
+    measured in the same run."""
+    lines = []
+    for key, result in results.items():
+        for backend in AgentmemEncrypted.INNER_BACKENDS:
+            plain = result.stats.get(f"agentmem/{backend}", {})
+            encrypted = result.stats.get(f"agentmem/enc-{backend}", {})
+            for op in encrypted:
+                if op in plain:
+                    extra = encrypted[op].p50_us - plain[op].p50_us
+                    lines.append(
+                        f"  {key:<4}{op:<22}{backend:<13}{plain[op].p50_us:>10.1f}"
+                        f"{encrypted[op].p50_us:>11.1f}{extra:>+10.1f}"
+                        f"{encrypted[op].p50_us / plain[op].p50_us:>8.2f}x"
+                    )
+    if lines:
+        print("\nEncryptedSession vs the same backend unencrypted (p50 µs)")
+        print(
+            f"  {'wl':<4}{'operation':<22}{'backend':<13}{'plain':>10}{'encrypted':>11}"
+            f"{'extra':>10}{'ratio':>9}"
+        )
+        print("\n".join(lines))
+
+
 def scaling(result: WorkloadResult, sizes: Sizes) -> dict[str, float]:
     small, large = f"get 20 @{sizes.w8_small:,}", f"get 20 @{sizes.w8_large:,}"
     return {
@@ -354,6 +379,7 @@ async def bench(args: argparse.Namespace) -> int:
     if rows:
         print_ratios(rows)
         print_cache_gain(results)
+        print_encryption_overhead(results)
     w8 = scaling(results["W8"], sizes) if "W8" in results else {}
     if w8:
         print_scaling(w8, sizes, judge=not args.quick)

@@ -129,6 +129,58 @@ class Agentmem(Target):
             await self._engine.dispose()
 
 
+class AgentmemEncrypted(Target):
+    """EncryptedSession (AES-256-GCM per item) around agentmem's session on one backend, in a
+    store of its own (a file, a table prefix, a Redis key prefix)."""
+
+    kind = "agentmem"
+    INNER_BACKENDS = ("sqlite-file", "postgres", "redis")
+
+    def __init__(self, inner_backend: str) -> None:
+        self.inner_backend = inner_backend
+        self.backend = f"enc-{inner_backend}"
+        self.family = "sqlite" if inner_backend == "sqlite-file" else inner_backend
+
+    async def start(self, env: Env) -> None:
+        from agentmem import EncryptedSession
+        from agentmem.wrappers import generate_key
+
+        self._wrap = EncryptedSession
+        self._keys = {"bench": generate_key()}
+        if self.inner_backend == "sqlite-file":
+            from agentmem import SQLiteSession
+
+            path = str(env.workdir / "agentmem-encrypted.db")
+            self._inner: Callable[[str], Any] = lambda sid: SQLiteSession(sid, db_path=path)
+        elif self.inner_backend == "postgres":
+            from agentmem import SQLAlchemySession
+            from agentmem.migrate import upgrade
+
+            self._engine = _engine(env, True, "")
+            await upgrade(self._engine, table_prefix="enc_")
+            engine = self._engine
+            self._inner = lambda sid: SQLAlchemySession(engine, sid, table_prefix="enc_")
+        else:
+            from agentmem import RedisSession
+
+            self._client = client = _redis_client(env)
+            self._inner = lambda sid: RedisSession(
+                sid, client=client, session_prefix="enc:session", messages_prefix="enc:messages"
+            )
+
+    async def make(self, session_id: str) -> BenchSession:
+        return self._wrap(self._inner(session_id), keys=self._keys, current="bench")
+
+    async def release(self, session: BenchSession) -> None:
+        await session.close()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self.inner_backend == "postgres":
+            await self._engine.dispose()
+        elif self.inner_backend == "redis":
+            await self._client.aclose()
+
+
 # --- OpenAI Agents SDK -------------------------------------------------------------------------
 
 
@@ -461,6 +513,7 @@ def all_targets() -> list[Target]:
         Agentmem("postgres", "postgres"),
         Agentmem("redis", "redis"),
         Agentmem("cached", "postgres"),
+        *(AgentmemEncrypted(backend) for backend in AgentmemEncrypted.INNER_BACKENDS),
         SdkSQLite(on_file=False),
         SdkSQLite(on_file=True),
         SdkSQLAlchemy(on_postgres=False),

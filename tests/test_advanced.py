@@ -179,7 +179,7 @@ async def cleanup(session: AdvancedSession, branches: list[str]) -> None:
     """Remove what a test wrote beside the wrapped session: branches and the log."""
     for name in [*branches, "advanced"]:
         suffix = "::advanced" if name == "advanced" else f"::branch::{name}"
-        other = session.session.with_id(session.session_id + suffix)
+        other = session.inner.with_id(session.session_id + suffix)
         await other.clear_session()
         await other.close()
     await session.clear_session()
@@ -331,7 +331,7 @@ async def test_the_sdk_constructor_opens_an_agentmem_sqlite_session(tmp_path: An
     path = tmp_path / "advanced.db"
     session = AdvancedSession(session_id="conversation", db_path=path, create_tables=True)
     try:
-        assert isinstance(session.session, SQLiteSession)
+        assert isinstance(session.inner, SQLiteSession)
         result = await Runner.run(agent(), "Weather in Paris and Rome?", session=session)
         await session.store_run_usage(result)
         assert (await session.get_turn_usage(1))["requests"] == 2  # type: ignore[index]

@@ -29,5 +29,7 @@ class TestSessionContract(SessionConformance):
         return sdk_items
 
     def shares_history(self, session: Session) -> bool:
-        # An in-memory SQLite database is private to its session object.
+        # An in-memory SQLite database is private to its session object (also when wrapped).
+        while hasattr(session, "inner"):
+            session = session.inner
         return getattr(session, "db_path", None) != ":memory:"

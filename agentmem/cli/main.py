@@ -1,4 +1,5 @@
-"""The ``agentmem`` command: run the demo, migrate a database, inspect and move conversations.
+"""The ``agentmem`` command: run the demo, migrate a database, inspect and move conversations,
+rotate the keys of encrypted ones.
 
 Every command takes ``--url`` (default: ``$AGENTMEM_DATABASE_URL``, else
 ``sqlite:///agentmem.db``): ``sqlite:///file.db``, ``postgresql://user@host/db`` or
@@ -33,6 +34,7 @@ import orjson
 from agentmem import __version__
 from agentmem._deps import missing
 from agentmem._redact import mask_credentials
+from agentmem.cli._keys import KEYS_ENV, read_keys
 from agentmem.cli._stores import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_URL,
@@ -54,7 +56,7 @@ __all__ = ["main"]
 
 URL_ENV = "AGENTMEM_DATABASE_URL"
 DEMO_SESSION_ID = "demo"
-COMMANDS = ("demo", "upgrade", "current", "check", "sessions")
+COMMANDS = ("demo", "upgrade", "current", "check", "sessions", "rotate-keys")
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -505,6 +507,50 @@ async def cmd_copy(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     return 0
 
 
+async def cmd_rotate_keys(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    from agentmem.wrappers.encrypted import require_cryptography, rotate_store, rotation_keys
+
+    require_cryptography()  # the missing package is reported before anything is read
+    keys = rotation_keys(read_keys(args.keys_file, args.keys_env), args.from_key, args.to_key)
+    store = await opened(stack, args.url, args)
+    progress = Progress("Rotating", len(await store.manager.list_sessions()))
+    async with store.reaching():
+        result = await rotate_store(
+            store.manager,
+            keys=keys,
+            from_key=args.from_key,
+            to_key=args.to_key,
+            page_size=args.batch_size,
+            on_session=lambda _: progress.advance(),
+        )
+    progress.finish()
+    for session_id, error in result.failed:
+        print(f"agentmem: session {session_id!r} left as it was: {error}", file=sys.stderr)
+    report(
+        args,
+        f"Rotated {count(result.items_rotated, 'item')} in "
+        f"{count(result.sessions_rotated, 'session')} from key {args.from_key!r} to "
+        f"{args.to_key!r} ({count(result.sessions_checked, 'session')} checked, "
+        f"{len(result.failed)} failed).",
+        {
+            "from": args.from_key,
+            "to": args.to_key,
+            "sessions_checked": result.sessions_checked,
+            "sessions_rotated": result.sessions_rotated,
+            "items_rotated": result.items_rotated,
+            "failed": [{"session_id": i, "error": e} for i, e in result.failed],
+        },
+    )
+    return 1 if result.failed else 0
+
+
+def positive(text: str) -> int:
+    value = non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
 def count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
@@ -609,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="agentmem",
         description="Conversation memory for LLM agents: run the demo, migrate, inspect and move "
-        "stored conversations.",
+        "stored conversations, rotate encryption keys.",
     )
     parser.add_argument("--version", action="version", version=f"agentmem {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -686,6 +732,29 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("session_ids", nargs="*", metavar="ID", help="default: every session")
     copy.add_argument("--replace", action="store_true", help="overwrite existing sessions")
     copy.set_defaults(run=cmd_copy)
+
+    rotate = commands.add_parser(
+        "rotate-keys",
+        parents=[store],
+        help="re-encrypt the items of encrypted sessions under a new key",
+        description="Move every item encrypted under key id FROM to key id TO, one session at "
+        "a time (each atomically). Keys are read from --keys-file or from "
+        f"${KEYS_ENV}, never from the command line: KEY_ID=BASE64_KEY entries separated by "
+        "newlines, commas or spaces. Re-running it finishes an interrupted rotation.",
+    )
+    rotate.add_argument("--from", dest="from_key", required=True, metavar="FROM", help="key id")
+    rotate.add_argument("--to", dest="to_key", required=True, metavar="TO", help="key id")
+    rotate.add_argument("--keys-file", metavar="FILE", help="read the keys from this file")
+    rotate.add_argument(
+        "--keys-env",
+        default=KEYS_ENV,
+        metavar="NAME",
+        help=f"read the keys from this environment variable (default {KEYS_ENV})",
+    )
+    rotate.add_argument(
+        "--batch-size", type=positive, default=500, help="sessions listed per page (default 500)"
+    )
+    rotate.set_defaults(run=cmd_rotate_keys)
     return parser
 
 
