@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from agentmem import AdvancedSession
-from tests.conftest import NEW_ID, SessionFactory
+from tests._backends import NEW_ID
+from tests.conftest import SessionFactory
 from tests.test_contract import *  # noqa: F403  (the contract tests, collected again here)
 
 

@@ -19,7 +19,8 @@ from agents.testing import ScriptedModel, assistant_message
 from agentmem import CompactingSession, CompactionError, EncryptedSession
 from agentmem.wrappers import generate_key
 from agentmem.wrappers.compacting import turn_starts
-from tests.conftest import NEW_ID, SessionFactory
+from tests._backends import NEW_ID
+from tests.conftest import SessionFactory
 from tests.test_contract import *  # noqa: F403  # the contract suite, on the wrapped backends
 from tests.test_managers import (  # noqa: F401  # the managers' fixtures
     MANAGERS,
