@@ -19,7 +19,8 @@ import pytest
 from agentmem import DecryptionError, EncryptedSession, EncryptionError, MissingDependencyError
 from agentmem.wrappers import generate_key
 from agentmem.wrappers.encrypted import FORMAT
-from tests.conftest import BACKENDS, NEW_ID, SessionFactory
+from tests._backends import NEW_ID
+from tests.conftest import BACKENDS, SessionFactory
 from tests.test_contract import *  # noqa: F403  # the contract suite, on the wrapped backends
 from tests.test_managers import (  # noqa: F401  # the managers' fixtures
     MANAGERS,
