@@ -25,9 +25,12 @@ from tests.test_contract import *  # noqa: F403  # the contract suite, on the wr
 from tests.test_managers import (  # noqa: F401  # the managers' fixtures
     MANAGERS,
     ManagerCase,
+    cached_cluster_manager,
     cached_manager,
+    pgbouncer_manager,
     postgres_manager,
     postgres_url_manager,
+    redis_cluster_manager,
     redis_manager,
     sqlalchemy_sqlite_manager,
     sqlite_file_manager,

@@ -43,7 +43,7 @@ def store(request: pytest.FixtureRequest) -> Store:
 @pytest.fixture
 async def manager(store: Store, tmp_path: Path) -> AsyncIterator[SessionManagerABC[Any]]:
     """The manager the command uses for ``store`` (a SQLite file is created at head first)."""
-    if store.kind == "sqlite":
+    if store.kind == "sqlite-file":
         agentmem("upgrade", *store.args, cwd=tmp_path)
     key_prefix = store.extra[1] if store.extra else DEFAULT_KEY_PREFIX
     opened = open_store(store.url, key_prefix=key_prefix)
@@ -121,7 +121,7 @@ async def test_keys_from_a_file(tmp_path: Path) -> None:
 
 async def _populate(tmp_path: Path) -> Store:
     """A SQLite store at head with one session of one item under k1."""
-    store = Store("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+    store = Store("sqlite-file", str(tmp_path / "store.db"))
     agentmem("upgrade", *store.args, cwd=tmp_path)
     opened = open_store(store.url)
     await session(opened.manager, "s", k1=K1).add_items([{"n": 1}])
