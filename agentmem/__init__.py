@@ -15,6 +15,8 @@ from agentmem.errors import (
     MissingDependencyError,
     SchemaError,
     SessionClosedError,
+    SessionLockLost,
+    SessionLockTimeout,
 )
 from agentmem.session import Session, SessionABC
 
@@ -39,6 +41,8 @@ __all__ = [
     "Session",
     "SessionABC",
     "SessionClosedError",
+    "SessionLockLost",
+    "SessionLockTimeout",
     "__version__",
 ]
 

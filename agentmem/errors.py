@@ -11,6 +11,8 @@ __all__ = [
     "MissingDependencyError",
     "SchemaError",
     "SessionClosedError",
+    "SessionLockLost",
+    "SessionLockTimeout",
 ]
 
 
@@ -32,3 +34,14 @@ class CallTimeoutError(TimeoutError):
     The connection it used is closed (the rest of the pool is kept) and the call is not
     retried. A write that timed out may or may not have been applied.
     """
+
+
+class SessionLockTimeout(TimeoutError):
+    """``session.exclusive(timeout=...)`` could not take the session's lock within ``timeout``:
+    another holder kept it the whole time. Nothing was run under the lock."""
+
+
+class SessionLockLost(RuntimeError):
+    """The lock taken by ``session.exclusive()`` was lost while held (on Redis: it expired or
+    another holder took it over). Writes made under the lost lock are refused with this error;
+    leaving the ``async with`` block raises it too, since the block did not run alone."""

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
+from agentmem._lock import SessionLock
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -649,6 +650,10 @@ class CachedSession(SessionABC):
         """Remove every item of this session from SQL, then cache it as empty."""
         self._check_open()
         await self._write(self.store.clear_session, "clear", [])
+
+    def _session_lock(self) -> SessionLock:
+        """The lock of the SQL store of record (the cache holds none of its own)."""
+        return self.store._session_lock()
 
     async def _close(self) -> None:
         try:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from agentmem._deps import require_driver
+from agentmem._lock import SessionLock
 from agentmem.errors import CallTimeoutError, SchemaError
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
@@ -42,6 +43,7 @@ from agentmem.session import (
 )
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._locks import FileSessionLock, PostgresSessionLock, lock_file
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
 
@@ -372,6 +374,21 @@ class SQLAlchemySession(SQLSessionBase):
         engine = await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
         await _schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine
+
+    def _session_lock(self) -> SessionLock:
+        """PostgreSQL: an advisory lock; a SQLite file: ``flock`` on the session's lock file in
+        ``<database>-locks/``; an in-memory SQLite database: a process-local lock."""
+        backend, database, prefix = self.store_identity
+        if backend == "postgresql":
+            key = ("postgresql", self._server(), prefix, self.session_id)
+            return PostgresSessionLock(key, self.engine, prefix, self.session_id)
+        if database == ":memory:" or database.startswith("file:"):
+            engine = id(self._engine) if self._engine is not None else self._url
+            return SessionLock(("sqlite-memory", engine, database, prefix, self.session_id))
+        return FileSessionLock(
+            ("sqlite", database, prefix, self.session_id),
+            lock_file(database, prefix, self.session_id),
+        )
 
     async def _close(self) -> None:
         await _release_engines(self._engine_keys)

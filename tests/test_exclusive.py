@@ -1,0 +1,148 @@
+"""``session.exclusive()``: one holder of a session at a time, on every backend (the contract
+suite's ``make_session``); across processes in tests/reliability/test_exclusive_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from agentmem import SessionLockTimeout
+from agentmem.errors import SessionClosedError
+from tests.conftest import SessionFactory
+
+# A wait that always ends in SessionLockTimeout: the lock is held by a task that is itself
+# waiting for the test to let it go, so the outcome does not depend on the machine's speed.
+HELD_ELSEWHERE = 0.05
+
+
+async def _second_object(make_session: SessionFactory, session: Any, request: Any) -> Any:
+    """Another session object on the same stored session: the same object for a store
+    private to its object (an in-memory SQLite session)."""
+    if request.node.callspec.params["make_session"] == "sqlite_memory_session":
+        return session
+    return await make_session(session.session_id)
+
+
+async def test_the_block_holds_the_lock_until_it_ends(
+    make_session: SessionFactory, request: pytest.FixtureRequest
+) -> None:
+    session = await make_session()
+    other = await _second_object(make_session, session, request)
+    held, done = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with session.exclusive(timeout=30):
+            await session.add_items([{"by": "holder"}])
+            held.set()
+            await done.wait()
+            await session.add_items([{"by": "holder", "n": 2}])
+
+    task = asyncio.create_task(holder())
+    await held.wait()
+    with pytest.raises(SessionLockTimeout):
+        async with other.exclusive(timeout=HELD_ELSEWHERE):
+            pytest.fail("ran while another holder held the lock")
+    done.set()
+    async with other.exclusive(timeout=60):
+        history = await other.get_items()
+        await other.add_items([{"by": "other"}])
+    await task
+    assert history == [{"by": "holder"}, {"by": "holder", "n": 2}]
+    assert await session.get_items() == [*history, {"by": "other"}]
+
+
+async def test_waiters_in_one_process_get_the_lock_in_arrival_order(
+    make_session: SessionFactory,
+) -> None:
+    session = await make_session()
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with session.exclusive():
+            await release.wait()
+            order.append(0)
+
+    async def waiter(n: int) -> None:
+        async with session.exclusive(timeout=60):
+            order.append(n)
+            await session.add_items([{"n": n}])
+
+    tasks = [asyncio.create_task(first())]
+    await asyncio.sleep(0)  # first takes the lock
+    for n in range(1, 5):
+        tasks.append(asyncio.create_task(waiter(n)))
+        await asyncio.sleep(0)  # each one queues before the next starts
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+    assert await session.get_items() == [{"n": n} for n in range(1, 5)]
+
+
+async def test_the_lock_is_released_when_the_block_raises(make_session: SessionFactory) -> None:
+    session = await make_session()
+    with pytest.raises(KeyError):
+        async with session.exclusive():
+            raise KeyError("boom")
+    async with session.exclusive(timeout=HELD_ELSEWHERE):
+        await session.add_items([{"after": "raise"}])
+    assert await session.get_items() == [{"after": "raise"}]
+
+
+async def test_a_cancelled_waiter_leaves_the_queue(make_session: SessionFactory) -> None:
+    session = await make_session()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with session.exclusive():
+            await release.wait()
+
+    hold = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(session.exclusive(timeout=60).__aenter__())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await hold
+    async with session.exclusive(timeout=HELD_ELSEWHERE):
+        pass
+
+
+@pytest.mark.parametrize("wait", [0, 1, 2.5, timedelta(seconds=3)])
+async def test_timeout_takes_seconds_or_a_timedelta(
+    make_session: SessionFactory, wait: Any
+) -> None:
+    session = await make_session()
+    async with session.exclusive(timeout=wait):
+        await session.add_items([{"t": str(wait)}])
+    assert await session.get_items() == [{"t": str(wait)}]
+
+
+@pytest.mark.parametrize(
+    ("wait", "error"),
+    [(-1, ValueError), (float("nan"), ValueError), ("30", TypeError), (True, TypeError)],
+)
+async def test_a_bad_timeout_is_refused(
+    make_session: SessionFactory, wait: Any, error: type[Exception]
+) -> None:
+    session = await make_session()
+    with pytest.raises(error, match="timeout"):
+        async with session.exclusive(timeout=wait):
+            pytest.fail("entered")
+
+
+async def test_a_closed_session_refuses_the_lock(make_session: SessionFactory) -> None:
+    session = await make_session()
+    await session.close()  # type: ignore[attr-defined]
+    with pytest.raises(SessionClosedError):
+        async with session.exclusive():
+            pytest.fail("entered")
+
+
+def test_session_lock_timeout_is_a_timeout_error() -> None:
+    assert issubclass(SessionLockTimeout, TimeoutError)
