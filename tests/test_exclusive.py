@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agentmem import SessionLockTimeout
+from agentmem import SessionLockLost, SessionLockTimeout
 from agentmem.errors import SessionClosedError
 from tests.conftest import SessionFactory
 
@@ -146,3 +146,33 @@ async def test_a_closed_session_refuses_the_lock(make_session: SessionFactory) -
 
 def test_session_lock_timeout_is_a_timeout_error() -> None:
     assert issubclass(SessionLockTimeout, TimeoutError)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("how", ["taken over", "expired"])
+async def test_redis_refuses_the_writes_of_a_holder_that_lost_the_lock(
+    redis_session: SessionFactory, redis_client: Any, how: str
+) -> None:
+    session: Any = await redis_session()
+    lock_key = f"{session.session_key}:lock"
+    with pytest.raises(SessionLockLost):
+        async with session.exclusive():
+            await session.add_items([{"n": 1}])
+            if how == "taken over":
+                await redis_client.set(lock_key, "another holder's token")
+            else:
+                await redis_client.delete(lock_key)  # as its expiry does
+            for write in (
+                lambda: session.add_items([{"n": 2}]),
+                session.pop_item,
+                session.clear_session,
+            ):
+                with pytest.raises(SessionLockLost, match="lost"):
+                    await write()
+    assert await session.get_items() == [{"n": 1}]
+    if how == "taken over":  # leaving the block left the new holder's lock alone
+        assert await redis_client.get(lock_key) == b"another holder's token"
+    # Outside the block the session writes unfenced again.
+    await redis_client.delete(lock_key)
+    await session.add_items([{"n": 3}])
+    assert await session.get_items() == [{"n": 1}, {"n": 3}]

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from agentmem._batch import new_batch_id
+from agentmem._batch import BATCH_ID_LENGTH, new_batch_id
 from agentmem._lock import SessionLock
 from agentmem.errors import SessionLockLost
 from agentmem.manager import (
@@ -78,7 +78,6 @@ _RPUSH_CHUNK = 1000
 # The ids of the newest batches a session holds, kept in its hash (field "batches"): a retried
 # add_items whose first attempt was applied (its reply lost) is applied once.
 _RECENT_BATCHES = 32
-_BATCH_ID_LENGTH = 32
 
 # Refuses a write made under a lock that is no longer the caller's (KEYS[3]: the lock key,
 # present only while the caller holds the session's lock; ARGV[TOKEN]: its token).
@@ -115,7 +114,7 @@ for i = 5, #ARGV, {_RPUSH_CHUNK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
 end
 recent = recent .. batch
-local keep = {_RECENT_BATCHES * (_BATCH_ID_LENGTH + 1)}
+local keep = {_RECENT_BATCHES * (BATCH_ID_LENGTH + 1)}
 if #recent > keep then recent = string.sub(recent, -keep) end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'batches', recent)

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
+from agentmem._batch import new_batch_id
 from agentmem._deps import require_driver
 from agentmem._lock import SessionLock
 from agentmem.errors import CallTimeoutError, SchemaError
@@ -534,12 +535,21 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def add(self, items: list[EncodedItem]) -> None:
         data, roles, types = zip(*items, strict=True)
-        sql = self.session._pg.add
-        await _with_driver(
-            self.session,
-            lambda c: c.execute(sql, self.session_id, data, roles, types),
-            retry=False,
-        )
+        sql = self.session._pg
+        batch_id = new_batch_id()
+
+        async def add(c: Any) -> None:
+            try:
+                await c.execute(sql.add, self.session_id, data, roles, types, batch_id)
+            except Exception as exc:
+                if getattr(exc, "constraint_name", None) != sql.batch_index:
+                    raise
+                # An earlier attempt of this call, still running when this one began, stored
+                # the batch.
+
+        # Retried once on a new connection after a connection error: the batch id makes a
+        # retry of a committed attempt (its reply lost) store nothing.
+        await _with_driver(self.session, add, retry=True)
 
     async def pop(self) -> str | None:
         sql = self.session._pg.pop
@@ -612,7 +622,7 @@ class _AiosqliteOperations(_EngineOperations):
 
     async def add(self, items: list[EncodedItem]) -> None:
         await self._in_thread(
-            _sql.sqlite_add, self.session._lite, self.session_id, items, retry=False
+            _sql.sqlite_add, self.session._lite, self.session_id, items, new_batch_id(), retry=True
         )
 
     async def pop(self) -> str | None:

@@ -29,6 +29,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agentmem._batch import new_batch_id
 from agentmem._lock import SessionLock
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
@@ -236,7 +237,7 @@ class _ThreadOperations(Operations):
         return await self._run(_sql.sqlite_get, limit)
 
     async def add(self, items: list[EncodedItem]) -> None:
-        await self._run(_sql.sqlite_add, items)
+        await self._run(_sql.sqlite_add, items, new_batch_id())
 
     async def pop(self) -> str | None:
         return await self._run(_sql.sqlite_pop)
