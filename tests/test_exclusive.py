@@ -176,3 +176,30 @@ async def test_redis_refuses_the_writes_of_a_holder_that_lost_the_lock(
     await redis_client.delete(lock_key)
     await session.add_items([{"n": 3}])
     assert await session.get_items() == [{"n": 1}, {"n": 3}]
+
+
+@pytest.mark.postgres
+async def test_postgres_reports_a_lock_lost_with_its_connection(
+    postgres_session: SessionFactory, postgres_engine: Any
+) -> None:
+    from agentmem.sql._locks import advisory_key
+
+    session: Any = await postgres_session()
+    key = advisory_key(session.table_prefix, session.session_id)
+    with pytest.raises(SessionLockLost):
+        async with session.exclusive(), postgres_engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            # The lock's connection dies (an idle-session timeout, a failover): the server
+            # drops the lock with it, and another holder (here: this connection) may take
+            # it at once.
+            killed = await raw.fetchval(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                "'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = $1",
+                key,
+            )
+            assert killed
+            assert await raw.fetchval("SELECT pg_try_advisory_lock($1)", key)
+            assert await raw.fetchval("SELECT pg_advisory_unlock($1)", key)
+    async with session.exclusive(timeout=HELD_ELSEWHERE):
+        await session.add_items([{"after": "lost"}])
+    assert await session.get_items() == [{"after": "lost"}]
