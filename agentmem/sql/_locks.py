@@ -5,8 +5,8 @@
   when the holder closes it or its process ends. The wait polls (1 ms, doubling to 50 ms): across
   processes the order in which waiters get it is not defined.
 - PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) keyed by a 64-bit hash of the
-  table prefix and the session id, on a pooled connection held for the whole block. The server
-  queues waiters in arrival order; ``lock_timeout`` bounds the wait. If that connection dies, the
+  table prefix and the session id, on a pooled connection held for the whole block. Waiters wait
+  in the server's lock queue; ``lock_timeout`` bounds the wait. If that connection dies, the
   server drops the lock: the block's exit then raises :class:`agentmem.SessionLockLost`.
 """
 
