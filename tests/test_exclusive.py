@@ -4,14 +4,16 @@ suite's ``make_session``); across processes in tests/reliability/test_exclusive_
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentmem import SessionLockLost, SessionLockTimeout
 from agentmem.errors import SessionClosedError
-from tests.conftest import SessionFactory
+from tests.conftest import SessionFactory, unique_id
 
 # A wait that always ends in SessionLockTimeout: the lock is held by a task that is itself
 # waiting for the test to let it go, so the outcome does not depend on the machine's speed.
@@ -203,3 +205,41 @@ async def test_postgres_reports_a_lock_lost_with_its_connection(
     async with session.exclusive(timeout=HELD_ELSEWHERE):
         await session.add_items([{"after": "lost"}])
     assert await session.get_items() == [{"after": "lost"}]
+
+
+@pytest.mark.sqlite
+async def test_threads_with_their_own_event_loops_take_turns(tmp_path: Path) -> None:
+    from agentmem import SQLiteSession
+
+    path, session_id = tmp_path / "threads.db", unique_id("threads")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def run() -> None:
+            session = SQLiteSession(session_id, path)
+            async with session, session.exclusive():
+                held.set()
+                await asyncio.to_thread(release.wait, 120)
+                await session.add_items([{"by": "thread"}])
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 120)
+        async with SQLiteSession(session_id, path) as session:
+            with pytest.raises(SessionLockTimeout):
+                async with session.exclusive(timeout=HELD_ELSEWHERE):
+                    pytest.fail("ran while another thread held the lock")
+            async with asyncio.TaskGroup() as group:
+                group.create_task(asyncio.to_thread(release.set))
+
+                async def take() -> None:
+                    async with session.exclusive(timeout=120):
+                        assert await session.get_items() == [{"by": "thread"}]
+
+                group.create_task(take())
+    finally:
+        release.set()
+        await asyncio.to_thread(thread.join)
