@@ -299,10 +299,14 @@ class RedisSession(SessionABC):
         """Append ``items`` in order, atomically, in one round trip (a Lua script).
 
         The script also stamps ``updated_at`` and sets (or, with ``ttl=None``, removes) the
-        expiry of every key of the session.
+        expiry of every key of the session. The call's batch id is kept with the session's
+        newest 32: after a connection error the call is sent once more, and a script that
+        finds its batch id already applied adds nothing.
 
         Raises:
             TypeError, ValueError: an item is not a JSON object; nothing is written.
+            SessionLockLost: this object holds the session's lock (``exclusive()``) and the
+                lock was lost; nothing is written.
             SessionClosedError: the session (or its manager) was closed.
         """
         client = self._client()
