@@ -192,10 +192,10 @@ async def test_postgres_reports_a_lock_lost_with_its_connection(
         async with session.exclusive(), postgres_engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             # The lock's connection dies (an idle-session timeout, a failover): the server
-            # drops the lock with it, and another holder (here: this connection) may take
-            # it at once.
+            # drops the lock with it (terminate waits until the backend is gone), and another
+            # holder (here: this connection) may take it at once.
             killed = await raw.fetchval(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                "SELECT pg_terminate_backend(pid, 60000) FROM pg_locks WHERE locktype = "
                 "'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = $1",
                 key,
             )
