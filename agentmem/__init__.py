@@ -18,6 +18,8 @@ from agentmem.errors import (
     MissingDependencyError,
     SchemaError,
     SessionClosedError,
+    SessionLockLost,
+    SessionLockTimeout,
 )
 from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.session import Session, SessionABC
@@ -55,6 +57,8 @@ __all__ = [
     "Session",
     "SessionABC",
     "SessionClosedError",
+    "SessionLockLost",
+    "SessionLockTimeout",
     "__version__",
     "pgbouncer_connect_args",
 ]

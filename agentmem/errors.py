@@ -14,6 +14,8 @@ __all__ = [
     "MissingDependencyError",
     "SchemaError",
     "SessionClosedError",
+    "SessionLockLost",
+    "SessionLockTimeout",
 ]
 
 
@@ -81,3 +83,14 @@ class DecryptionError(EncryptionError):
 class CompactionError(RuntimeError):
     """:class:`agentmem.CompactingSession` could not compact a history: ``summarize`` failed or
     returned no item, or the session kept changing. The history is left as it was."""
+
+
+class SessionLockTimeout(TimeoutError):
+    """``session.exclusive(timeout=...)`` could not take the session's lock within ``timeout``:
+    another holder kept it the whole time. Nothing was run under the lock."""
+
+
+class SessionLockLost(RuntimeError):
+    """The lock taken by ``session.exclusive()`` was lost while held (on Redis: it expired or
+    another holder took it over). Writes made under the lost lock are refused with this error;
+    leaving the ``async with`` block raises it too, since the block did not run alone."""

@@ -7,10 +7,14 @@ the reverse.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from agentmem.errors import SessionClosedError
+from agentmem._lock import DEFAULT_LOCK_TIMEOUT, SessionLock, validate_lock_timeout
+from agentmem.errors import SessionClosedError, SessionLockLost
 from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.items import (
     MAX_SESSION_ID_LENGTH,
@@ -231,6 +235,49 @@ class SessionABC(Closing):
         if session_id == self.session_id:
             raise ValueError(f"cannot fork session {session_id!r} onto itself")
         return session_id
+
+    @asynccontextmanager
+    async def exclusive(
+        self,
+        timeout: float | timedelta = DEFAULT_LOCK_TIMEOUT,  # noqa: ASYNC109 (the API)
+    ) -> AsyncIterator[None]:
+        """Hold this session's lock for the ``async with`` block: one holder at a time, across
+        tasks, threads, processes and machines sharing the store.
+
+        Example:
+            >>> async with session.exclusive(timeout=30):
+            ...     await Runner.run(agent, "Hello", session=session)
+
+        Waiters get the lock in arrival order within a process; across processes as the
+        backend allows (see the README, "Safe turns"). The lock is not reentrant: a second
+        ``exclusive()`` on the same session inside the block waits for the first.
+
+        Args:
+            timeout: Seconds (or a ``timedelta``) to wait for the lock.
+
+        Raises:
+            SessionLockTimeout: another holder kept the lock for ``timeout``.
+            SessionLockLost: the lock was lost while held (Redis: expired or taken over);
+                raised on leaving the block (and by writes under the lost lock).
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        lock = self._session_lock()
+        await lock.acquire(validate_lock_timeout(timeout))
+        try:
+            yield
+        except BaseException:
+            await lock.release()
+            raise
+        if not await lock.release():
+            raise SessionLockLost(
+                f"the lock of session {self.session_id!r} was lost while the block ran"
+            )
+
+    def _session_lock(self) -> SessionLock:
+        """A new hold on this session's lock, for one ``exclusive()`` block: the store's
+        shared lock (each backend's own); process-local on a store private to a process."""
+        return SessionLock((type(self).__name__, id(self), self.session_id))
 
     def _resolve_limit(self, limit: int | None) -> int | None:
         """The effective limit: the argument, else ``session_settings.limit``; validated."""

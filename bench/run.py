@@ -266,6 +266,17 @@ def print_ratios(rows: list[Ratio]) -> None:
         )
 
 
+def print_lock_cost(turn: WorkloadResult, locked: WorkloadResult) -> None:
+    """What ``exclusive()`` adds to a turn: W10's p50 minus W5's, per agentmem backend."""
+    print("\nThe lock's cost (exclusive(), uncontended): p50 of W10 minus p50 of W5")
+    for name, ops in sorted(locked.stats.items()):
+        plain = turn.stats.get(name, {}).get("turn")
+        if plain is not None and "turn" in ops:
+            under = ops["turn"].p50_us
+            extra = under - plain.p50_us
+            print(f"  {name:<28}{plain.p50_us:>10.1f} -> {under:>10.1f} µs ({extra:+.1f})")
+
+
 def print_cache_gain(results: dict[str, WorkloadResult]) -> None:
     """What the Redis cache buys: its reads against PostgreSQL alone, measured in the same run."""
     lines = []
@@ -368,8 +379,9 @@ async def bench(args: argparse.Namespace) -> int:
         try:
             for workload in workloads:
                 start = perf_counter_ns()
-                results[workload.key] = await run_workload(workload, targets, sizes, tag)
-                print_workload(workload, results[workload.key], targets)
+                runs_on = [t for t in targets if t.kind == "agentmem" or not workload.agentmem_only]
+                results[workload.key] = await run_workload(workload, runs_on, sizes, tag)
+                print_workload(workload, results[workload.key], runs_on)
                 print(f"  ({(perf_counter_ns() - start) / 1e9:.1f} s with setup and checks)")
         finally:
             for target in targets:
@@ -380,6 +392,8 @@ async def bench(args: argparse.Namespace) -> int:
         print_ratios(rows)
         print_cache_gain(results)
         print_encryption_overhead(results)
+    if "W5" in results and "W10" in results:
+        print_lock_cost(results["W5"], results["W10"])
     w8 = scaling(results["W8"], sizes) if "W8" in results else {}
     if w8:
         print_scaling(w8, sizes, judge=not args.quick)

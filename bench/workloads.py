@@ -1,4 +1,4 @@
-"""The standard workloads, W1 to W8, and the items they write.
+"""The standard workloads, W1 to W8 and W10, and the items they write.
 
 A workload runs on every target in rounds (see ``bench.run``): ``setup`` builds the history
 untimed, each ``run_round`` does its share of the timed operations, and ``verify`` checks that
@@ -250,6 +250,22 @@ class W5AgentTurn(WorkloadRun):
         self.expect("history", await self.session.get_items(), self.items)
 
 
+class W10TurnUnderLock(W5AgentTurn):
+    """W5's turn inside ``session.exclusive()``: its cost over W5 is the lock's (take and
+    release, uncontended)."""
+
+    async def run_round(self, index: int, rec: Recorder) -> None:
+        lat, session, items = rec.op("turn"), self.session, self.items
+        for turn in _share(self.sizes.w5_turns, self.sizes.rounds, index):
+            new = items[turn * 4 : turn * 4 + 4]
+            t = perf_counter_ns()
+            async with session.exclusive():  # type: ignore[attr-defined]
+                history = await session.get_items()
+                await session.add_items(new)
+            lat.append(perf_counter_ns() - t)
+            self.expect(f"turn {turn} history", len(history), turn * 4)
+
+
 class W6ConcurrentSessions(WorkloadRun):
     """Many sessions at once, each its own task: a lost or reordered write shows in ``verify``."""
 
@@ -342,6 +358,8 @@ class Workload:
     # Under concurrency a turn's latency is mostly its wait in the queue, which depends on the
     # pool's fairness more than on the backend; compare wall time per operation instead.
     compare_throughput: bool = False
+    # Uses what only agentmem's sessions have (exclusive()): runs on the agentmem targets.
+    agentmem_only: bool = False
 
 
 WORKLOADS = [
@@ -358,4 +376,10 @@ WORKLOADS = [
     ),
     Workload("W7", "pop", W7Pop),
     Workload("W8", "newest 20 at a short vs a long history", W8NewestBySize),
+    Workload(
+        "W10",
+        "turn under the lock: exclusive, read all, add 4",
+        W10TurnUnderLock,
+        agentmem_only=True,
+    ),
 ]

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from agentmem import migrate
+
 REPO = Path(__file__).resolve().parent.parent
 DIST = "agentmem-sessions"
 VERSION = "0.1.0"
@@ -142,7 +144,7 @@ def test_installed_wheel_upgrades_a_new_sqlite_file(installed_python: Path, tmp_
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "at 0001" in result.stdout
+    assert f"at {migrate.head()}" in result.stdout
     assert db.exists()
 
 
@@ -167,7 +169,7 @@ def test_installed_command_upgrades_and_checks(installed_python: Path, tmp_path:
         text=True,
         timeout=120,
     )
-    assert "0001" in result.stdout
+    assert migrate.head() in result.stdout
 
 
 @pytest.mark.slow
@@ -191,4 +193,4 @@ def test_installed_wheel_upgrades_postgres(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "at 0001" in result.stdout
+    assert f"at {migrate.head()}" in result.stdout

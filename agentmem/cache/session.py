@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import orjson
 
+from agentmem._lock import SessionLock
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
@@ -727,6 +728,10 @@ class CachedSession(SessionABC):
         """Where this session was forked from (read from SQL); ``None`` if it was not."""
         self._check_open()
         return await self.store.fork_origin()
+
+    def _session_lock(self) -> SessionLock:
+        """The lock of the SQL store of record (the cache holds none of its own)."""
+        return self.store._session_lock()
 
     async def _close(self) -> None:
         try:

@@ -30,7 +30,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
+    from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:
     _REDIS_INSTALLED = False
@@ -57,6 +57,7 @@ __all__ = [
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
+    "ResponseError",
     "_Connection",
     "_connection_unless_given",
     "_LoopClients",

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
+from agentmem._batch import BATCH_ID_LENGTH, new_batch_id
+from agentmem._lock import SessionLock
+from agentmem.errors import SessionLockLost
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
@@ -31,6 +34,8 @@ from agentmem.manager import (
     validate_page_size,
 )
 from agentmem.redis import _windows
+from agentmem.redis import client as _redis
+from agentmem.redis._lock import LOCK_LOST, RedisSessionLock
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
@@ -64,6 +69,8 @@ __all__ = ["RedisSession", "RedisSessionManager"]
 DEFAULT_SESSION_PREFIX: Final = "agentmem:session"
 DEFAULT_MESSAGES_PREFIX: Final = "agentmem:messages"
 
+T = TypeVar("T")
+
 _SCAN_COUNT = 1000
 _PIPELINE_CHUNK = 500
 
@@ -71,7 +78,30 @@ logger = logging.getLogger("agentmem")
 # Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
 _RPUSH_CHUNK = 1000
 
-_ADD_SOURCE = f"""
+# The ids of the newest batches a session holds, kept in its hash (field "batches"): a retried
+# add_items whose first attempt was applied (its reply lost) is applied once.
+_RECENT_BATCHES = 32
+
+# Refuses a write made under a lock that is no longer the caller's (KEYS[3]: the lock key,
+# present only while the caller holds the session's lock; ARGV[TOKEN]: its token).
+_FENCE = f"""
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[TOKEN] then
+  return redis.error_reply('{LOCK_LOST} the session lock of this writer was lost')
+end
+"""
+
+_EXPIRE = """
+local ttl = tonumber(ARGV[2])
+for i = 1, 2 do
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+end
+"""
+
+# KEYS: messages list, session hash[, lock]. ARGV: now, ttl ms, batch id, lock token, items...
+# Returns 1 when added, 0 when the batch id was already applied.
+_ADD_SOURCE = (
+    _FENCE.replace("TOKEN", "4")
+    + f"""
 local meta_type = redis.call('TYPE', KEYS[2]).ok
 if meta_type ~= 'none' and meta_type ~= 'hash' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. meta_type .. ', not a hash')
@@ -80,33 +110,44 @@ local list_type = redis.call('TYPE', KEYS[1]).ok
 if list_type ~= 'none' and list_type ~= 'list' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. list_type .. ', not a list')
 end
-for i = 3, #ARGV, {_RPUSH_CHUNK} do
+local recent = redis.call('HGET', KEYS[2], 'batches') or ''
+local batch = ARGV[3] .. ','
+if string.find(recent, batch, 1, true) then return 0 end
+for i = 5, #ARGV, {_RPUSH_CHUNK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
 end
+recent = recent .. batch
+local keep = {_RECENT_BATCHES * (BATCH_ID_LENGTH + 1)}
+if #recent > keep then recent = string.sub(recent, -keep) end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
-redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
-local ttl = tonumber(ARGV[2])
-for _, key in ipairs(KEYS) do
-  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-end
-return 1
+redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'batches', recent)
 """
+    + _EXPIRE
+    + "return 1\n"
+)
 
-_POP_SOURCE = """
+# KEYS: messages list, session hash[, lock]. ARGV: now, ttl ms, lock token.
+_POP_SOURCE = (
+    _FENCE.replace("TOKEN", "3")
+    + """
 local item = redis.call('RPOP', KEYS[1])
 if item then
   redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
-  local ttl = tonumber(ARGV[2])
-  for _, key in ipairs(KEYS) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
+"""
+    + _EXPIRE
+    + """
 end
 return item
 """
+)
+
+# KEYS: messages list, session hash, lock. ARGV: now, ttl ms, lock token (as for a pop).
+_CLEAR_FENCED_SOURCE = _FENCE.replace("TOKEN", "3") + "return redis.call('DEL', KEYS[1], KEYS[2])\n"
 
 
 _ADD = _Script(_ADD_SOURCE)
 _POP = _Script(_POP_SOURCE)
+_CLEAR_FENCED = _Script(_CLEAR_FENCED_SOURCE)
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -137,6 +178,7 @@ class RedisSession(SessionABC):
     ttl: timedelta | None
     session_key: str
     messages_key: str
+    _fence: tuple[str, str] | None = None  # (lock key, token) while exclusive() holds the lock
 
     def __init__(
         self,
@@ -304,33 +346,81 @@ class RedisSession(SessionABC):
         """Append ``items`` in order, atomically, in one round trip (a Lua script).
 
         The script also stamps ``updated_at`` and sets (or, with ``ttl=None``, removes) the
-        expiry of every key of the session.
+        expiry of every key of the session. The call's batch id is kept with the session's
+        newest 32: after a connection error the call is sent once more, and a script that
+        finds its batch id already applied adds nothing.
 
         Raises:
             TypeError, ValueError: an item is not a JSON object; nothing is written.
+            SessionLockLost: this object holds the session's lock (``exclusive()``) and the
+                lock was lost; nothing is written.
             SessionClosedError: the session (or its manager) was closed.
         """
         client = self._client()
         encoded = encode_items(items)
         if not encoded:
             return
-        args: list[str | int] = [_now(), self._ttl_ms]
+        keys, token = self._fenced_keys()
+        args: list[str | int] = [_now(), self._ttl_ms, new_batch_id(), token]
         args.extend(item.json for item in encoded)
-        await _settled(_ADD(client, self._keys, args))
+        try:
+            await self._fenced(_ADD(client, keys, args))
+        except (_redis.RedisConnectionError, _redis.RedisTimeoutError):
+            # The reply may be lost after the script ran: the batch id makes the retry a no-op.
+            await self._fenced(_ADD(client, keys, args))
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, atomically, in one round trip (a Lua script).
+
+        Never retried: after a lost reply the caller gets the connection error (the item may
+        have been removed), so a pop never removes more than one item.
 
         Returns:
             The newest item, or ``None`` when the history is empty.
         """
         client = self._client()
-        data: bytes | str | None = await _settled(_POP(client, self._keys, [_now(), self._ttl_ms]))
+        keys, token = self._fenced_keys()
+        data: bytes | str | None = await self._fenced(
+            _POP(client, keys, [_now(), self._ttl_ms, token])
+        )
         return None if data is None else decode_item(data)
 
     async def clear_session(self) -> None:
-        """Delete every key of this session (other sessions are untouched)."""
-        await _settled(self._client().delete(*self._keys))
+        """Delete every key of this session (other sessions are untouched); never retried."""
+        client = self._client()
+        keys, token = self._fenced_keys()
+        if len(keys) == 2:
+            await _settled(client.delete(*keys))
+        else:
+            await self._fenced(_CLEAR_FENCED(client, keys, [_now(), self._ttl_ms, token]))
+
+    def _session_lock(self) -> SessionLock:
+        """A Redis lock key with an expiry, renewed while held; it fences this object's
+        writes (see :mod:`agentmem.redis._lock`)."""
+        lock_key = f"{self.session_key}:lock"
+        return RedisSessionLock(("redis", lock_key), self._client, lock_key, self._set_fence)
+
+    def _set_fence(self, fence: tuple[str, str] | None) -> None:
+        self._fence = fence
+
+    def _fenced_keys(self) -> tuple[list[str], str]:
+        """The keys of a write script (with the lock key while this object holds the lock)
+        and the lock's token ("" without)."""
+        if self._fence is None:
+            return self._keys, ""
+        return [*self._keys, self._fence[0]], self._fence[1]
+
+    async def _fenced(self, call: Awaitable[T]) -> T:
+        """Await a write script; a refusal for a lost lock raises SessionLockLost."""
+        try:
+            return await _settled(call)
+        except _redis.ResponseError as exc:
+            if str(exc).startswith(LOCK_LOST):
+                raise SessionLockLost(
+                    f"session {self.session_id!r}: the lock held by exclusive() was lost "
+                    "(expired or taken over); the write was refused"
+                ) from None
+            raise
 
     async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Self:
         """Copy this history into session ``session_id`` (same prefixes) and return a session

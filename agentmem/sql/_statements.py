@@ -49,6 +49,7 @@ class PostgresStatements:
     """One statement per operation, with ``$n`` parameters for asyncpg."""
 
     add: str
+    batch_index: str
     select_all: str
     select_newest: str
     pop: str
@@ -59,17 +60,24 @@ class PostgresStatements:
 def postgres_statements(table_prefix: str) -> PostgresStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
     return PostgresStatements(
-        # $1 session id; $2, $3, $4 arrays of JSON text, role, type. The CTE's upsert locks the
-        # session row before any id is drawn from the sequence.
+        # $1 session id; $2, $3, $4 arrays of JSON text, role, type; $5 the batch id, stored
+        # on the first item. The CTE's upsert locks the session row before any id is drawn
+        # from the sequence. A batch id already stored (a retry whose first attempt committed)
+        # inserts nothing; one committed by an attempt still running when this one began
+        # violates the unique index instead (see ``batch_index``).
         add=(
             f"WITH s AS (INSERT INTO {s} (session_id, created_at, updated_at) "
             f"VALUES ($1, now(), now()) ON CONFLICT (session_id) DO UPDATE "
             f"SET updated_at = excluded.updated_at RETURNING session_id) "
-            f"INSERT INTO {m} (session_id, message_data, role, item_type) "
-            f"SELECT s.session_id, i.message_data, i.role, i.item_type FROM s CROSS JOIN "
+            f"INSERT INTO {m} (session_id, message_data, role, item_type, batch_id) "
+            f"SELECT s.session_id, i.message_data, i.role, i.item_type, "
+            f"CASE WHEN i.n = 1 THEN $5::text END FROM s CROSS JOIN "
             f"unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
-            f"AS i(message_data, role, item_type, n) ORDER BY i.n"
+            f"AS i(message_data, role, item_type, n) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $1 AND batch_id = $5::text) "
+            f"ORDER BY i.n"
         ),
+        batch_index=f"ix_{table_prefix}messages_session_id_batch_id",
         select_all=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
         select_newest=(
             f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
@@ -91,6 +99,7 @@ class SQLiteStatements:
     """The statements of the SQLite operations, with ``?`` parameters."""
 
     touch: str
+    batch_stored: str
     insert: str
     select_all: str
     select_newest: str
@@ -107,9 +116,10 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
             f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?) "
             f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at"
         ),
+        batch_stored=f"SELECT 1 FROM {m} WHERE session_id = ? AND batch_id = ?",
         insert=(
-            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
-            f"VALUES (?, ?, ?, ?, ?)"
+            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at, batch_id) "
+            f"VALUES (?, ?, ?, ?, ?, ?)"
         ),
         select_all=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
         select_newest=(
@@ -252,11 +262,18 @@ def sqlite_add(
     sql: SQLiteStatements,
     session_id: str,
     items: Sequence[EncodedItem],
+    batch_id: str,
 ) -> None:
+    """Append ``items``, the first one marked with ``batch_id``; nothing if that batch is
+    already stored (a retried call)."""
     now = sqlite_now()
     with _WriteTransaction(conn):
+        if conn.execute(sql.batch_stored, (session_id, batch_id)).fetchone() is not None:
+            return
         conn.execute(sql.touch, (session_id, now, now))
-        conn.executemany(sql.insert, [(session_id, *item, now) for item in items])
+        rows: list[tuple[object, ...]] = [(session_id, *item, now, None) for item in items]
+        rows[0] = (session_id, *items[0], now, batch_id)
+        conn.executemany(sql.insert, rows)
 
 
 def sqlite_pop(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> str | None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
@@ -109,6 +110,17 @@ def _define_tables(prefix: str) -> Tables:
         Column("item_type", String(64), nullable=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index(f"ix_{prefix}messages_session_id_id", "session_id", "id"),
+        # The id of the add_items call that stored a batch, on its first item only: a retried
+        # call whose first attempt committed is recognised and stored once.
+        Column("batch_id", String(32), nullable=True),
+        Index(
+            f"ix_{prefix}messages_session_id_batch_id",
+            "session_id",
+            "batch_id",
+            unique=True,
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
     return Tables(prefix, md, sessions, messages)
 
@@ -159,3 +171,4 @@ class MessageRecord(Base):
     role: Mapped[str | None]
     item_type: Mapped[str | None]
     created_at: Mapped[datetime]
+    batch_id: Mapped[str | None]

@@ -22,7 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
+from agentmem._batch import new_batch_id
 from agentmem._deps import require_driver
+from agentmem._lock import SessionLock
 from agentmem.errors import CallTimeoutError, SchemaError
 from agentmem.forks import ForkOrigin
 from agentmem.manager import (
@@ -43,6 +45,7 @@ from agentmem.session import (
 )
 from agentmem.sql import _manage, _windows, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._locks import FileSessionLock, PostgresSessionLock, lock_file
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
 from agentmem.windows import WindowMode
@@ -408,6 +411,21 @@ class SQLAlchemySession(SQLSessionBase):
         await _schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine
 
+    def _session_lock(self) -> SessionLock:
+        """PostgreSQL: an advisory lock; a SQLite file: ``flock`` on the session's lock file in
+        ``<database>-locks/``; an in-memory SQLite database: a process-local lock."""
+        backend, database, prefix = self.store_identity
+        if backend == "postgresql":
+            key = ("postgresql", self._server(), prefix, self.session_id)
+            return PostgresSessionLock(key, self.engine, prefix, self.session_id)
+        if database == ":memory:" or database.startswith("file:"):
+            engine = id(self._engine) if self._engine is not None else self._url
+            return SessionLock(("sqlite-memory", engine, database, prefix, self.session_id))
+        return FileSessionLock(
+            ("sqlite", database, prefix, self.session_id),
+            lock_file(database, prefix, self.session_id),
+        )
+
     async def _close(self) -> None:
         await _release_engines(self._engine_keys)
 
@@ -552,12 +570,21 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def add(self, items: list[EncodedItem]) -> None:
         data, roles, types = zip(*items, strict=True)
-        sql = self.session._pg.add
-        await _with_driver(
-            self.session,
-            lambda c: c.execute(sql, self.session_id, data, roles, types),
-            retry=False,
-        )
+        sql = self.session._pg
+        batch_id = new_batch_id()
+
+        async def add(c: Any) -> None:
+            try:
+                await c.execute(sql.add, self.session_id, data, roles, types, batch_id)
+            except Exception as exc:
+                if getattr(exc, "constraint_name", None) != sql.batch_index:
+                    raise
+                # An earlier attempt of this call, still running when this one began, stored
+                # the batch.
+
+        # Retried once on a new connection after a connection error: the batch id makes a
+        # retry of a committed attempt (its reply lost) store nothing.
+        await _with_driver(self.session, add, retry=True)
 
     async def pop(self) -> str | None:
         sql = self.session._pg.pop
@@ -654,7 +681,7 @@ class _AiosqliteOperations(_EngineOperations):
 
     async def add(self, items: list[EncodedItem]) -> None:
         await self._in_thread(
-            _sql.sqlite_add, self.session._lite, self.session_id, items, retry=False
+            _sql.sqlite_add, self.session._lite, self.session_id, items, new_batch_id(), retry=True
         )
 
     async def pop(self) -> str | None:

@@ -29,6 +29,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from agentmem._batch import new_batch_id
+from agentmem._lock import SessionLock
 from agentmem.forks import ForkOrigin
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
@@ -43,6 +45,7 @@ from agentmem.manager import (
 from agentmem.session import EncodedItem, encode_items, validate_session_id
 from agentmem.sql import _manage, _windows, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._locks import FileSessionLock, lock_file
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
 from agentmem.windows import WindowMode
@@ -236,7 +239,7 @@ class _ThreadOperations(Operations):
         return await self._run(_sql.sqlite_get, limit)
 
     async def add(self, items: list[EncodedItem]) -> None:
-        await self._run(_sql.sqlite_add, items)
+        await self._run(_sql.sqlite_add, items, new_batch_id())
 
     async def pop(self) -> str | None:
         return await self._run(_sql.sqlite_pop)
@@ -363,6 +366,17 @@ class SQLiteSession(SQLSessionBase):
     def store_identity(self) -> tuple[str, str, str]:
         """``("sqlite", resolved file path or ":memory:", table prefix)``."""
         return "sqlite", self.db_path, self._database.table_prefix
+
+    def _session_lock(self) -> SessionLock:
+        """A file: ``flock`` on the session's lock file in ``<db_path>-locks/``; in memory (a
+        database private to this object): a process-local lock."""
+        prefix = self._database.table_prefix
+        if self.db_path == MEMORY:
+            return SessionLock(("sqlite-memory", id(self._database), self.session_id))
+        return FileSessionLock(
+            ("sqlite", self.db_path, prefix, self.session_id),
+            lock_file(self.db_path, prefix, self.session_id),
+        )
 
     async def _close(self) -> None:
         if _files.release(self._database):

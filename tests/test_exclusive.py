@@ -1,0 +1,245 @@
+"""``session.exclusive()``: one holder of a session at a time, on every backend (the contract
+suite's ``make_session``); across processes in tests/reliability/test_exclusive_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmem import SessionLockLost, SessionLockTimeout
+from agentmem.errors import SessionClosedError
+from tests.conftest import SessionFactory, unique_id
+
+# A wait that always ends in SessionLockTimeout: the lock is held by a task that is itself
+# waiting for the test to let it go, so the outcome does not depend on the machine's speed.
+HELD_ELSEWHERE = 0.05
+
+
+async def _second_object(make_session: SessionFactory, session: Any, request: Any) -> Any:
+    """Another session object on the same stored session: the same object for a store
+    private to its object (an in-memory SQLite session)."""
+    if request.node.callspec.params["make_session"] == "sqlite_memory_session":
+        return session
+    return await make_session(session.session_id)
+
+
+async def test_the_block_holds_the_lock_until_it_ends(
+    make_session: SessionFactory, request: pytest.FixtureRequest
+) -> None:
+    session = await make_session()
+    other = await _second_object(make_session, session, request)
+    held, done = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with session.exclusive(timeout=30):
+            await session.add_items([{"by": "holder"}])
+            held.set()
+            await done.wait()
+            await session.add_items([{"by": "holder", "n": 2}])
+
+    task = asyncio.create_task(holder())
+    await held.wait()
+    with pytest.raises(SessionLockTimeout):
+        async with other.exclusive(timeout=HELD_ELSEWHERE):
+            pytest.fail("ran while another holder held the lock")
+    done.set()
+    async with other.exclusive(timeout=60):
+        history = await other.get_items()
+        await other.add_items([{"by": "other"}])
+    await task
+    assert history == [{"by": "holder"}, {"by": "holder", "n": 2}]
+    assert await session.get_items() == [*history, {"by": "other"}]
+
+
+async def test_waiters_in_one_process_get_the_lock_in_arrival_order(
+    make_session: SessionFactory,
+) -> None:
+    session = await make_session()
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with session.exclusive():
+            await release.wait()
+            order.append(0)
+
+    async def waiter(n: int) -> None:
+        async with session.exclusive(timeout=60):
+            order.append(n)
+            await session.add_items([{"n": n}])
+
+    tasks = [asyncio.create_task(first())]
+    await asyncio.sleep(0)  # first takes the lock
+    for n in range(1, 5):
+        tasks.append(asyncio.create_task(waiter(n)))
+        await asyncio.sleep(0)  # each one queues before the next starts
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+    assert await session.get_items() == [{"n": n} for n in range(1, 5)]
+
+
+async def test_the_lock_is_released_when_the_block_raises(make_session: SessionFactory) -> None:
+    session = await make_session()
+    with pytest.raises(KeyError):
+        async with session.exclusive():
+            raise KeyError("boom")
+    async with session.exclusive(timeout=HELD_ELSEWHERE):
+        await session.add_items([{"after": "raise"}])
+    assert await session.get_items() == [{"after": "raise"}]
+
+
+async def test_a_cancelled_waiter_leaves_the_queue(make_session: SessionFactory) -> None:
+    session = await make_session()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with session.exclusive():
+            await release.wait()
+
+    hold = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(session.exclusive(timeout=60).__aenter__())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await hold
+    async with session.exclusive(timeout=HELD_ELSEWHERE):
+        pass
+
+
+@pytest.mark.parametrize("wait", [0, 1, 2.5, timedelta(seconds=3)])
+async def test_timeout_takes_seconds_or_a_timedelta(
+    make_session: SessionFactory, wait: Any
+) -> None:
+    session = await make_session()
+    async with session.exclusive(timeout=wait):
+        await session.add_items([{"t": str(wait)}])
+    assert await session.get_items() == [{"t": str(wait)}]
+
+
+@pytest.mark.parametrize(
+    ("wait", "error"),
+    [(-1, ValueError), (float("nan"), ValueError), ("30", TypeError), (True, TypeError)],
+)
+async def test_a_bad_timeout_is_refused(
+    make_session: SessionFactory, wait: Any, error: type[Exception]
+) -> None:
+    session = await make_session()
+    with pytest.raises(error, match="timeout"):
+        async with session.exclusive(timeout=wait):
+            pytest.fail("entered")
+
+
+async def test_a_closed_session_refuses_the_lock(make_session: SessionFactory) -> None:
+    session = await make_session()
+    await session.close()  # type: ignore[attr-defined]
+    with pytest.raises(SessionClosedError):
+        async with session.exclusive():
+            pytest.fail("entered")
+
+
+def test_session_lock_timeout_is_a_timeout_error() -> None:
+    assert issubclass(SessionLockTimeout, TimeoutError)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("how", ["taken over", "expired"])
+async def test_redis_refuses_the_writes_of_a_holder_that_lost_the_lock(
+    redis_session: SessionFactory, redis_client: Any, how: str
+) -> None:
+    session: Any = await redis_session()
+    lock_key = f"{session.session_key}:lock"
+    with pytest.raises(SessionLockLost):
+        async with session.exclusive():
+            await session.add_items([{"n": 1}])
+            if how == "taken over":
+                await redis_client.set(lock_key, "another holder's token")
+            else:
+                await redis_client.delete(lock_key)  # as its expiry does
+            for write in (
+                lambda: session.add_items([{"n": 2}]),
+                session.pop_item,
+                session.clear_session,
+            ):
+                with pytest.raises(SessionLockLost, match="lost"):
+                    await write()
+    assert await session.get_items() == [{"n": 1}]
+    if how == "taken over":  # leaving the block left the new holder's lock alone
+        assert await redis_client.get(lock_key) == b"another holder's token"
+    # Outside the block the session writes unfenced again.
+    await redis_client.delete(lock_key)
+    await session.add_items([{"n": 3}])
+    assert await session.get_items() == [{"n": 1}, {"n": 3}]
+
+
+@pytest.mark.postgres
+async def test_postgres_reports_a_lock_lost_with_its_connection(
+    postgres_session: SessionFactory, postgres_engine: Any
+) -> None:
+    from agentmem.sql._locks import advisory_key
+
+    session: Any = await postgres_session()
+    key = advisory_key(session.table_prefix, session.session_id)
+    with pytest.raises(SessionLockLost):
+        async with session.exclusive(), postgres_engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            # The lock's connection dies (an idle-session timeout, a failover): the server
+            # drops the lock with it (terminate waits until the backend is gone), and another
+            # holder (here: this connection) may take it at once.
+            killed = await raw.fetchval(
+                "SELECT pg_terminate_backend(pid, 60000) FROM pg_locks WHERE locktype = "
+                "'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = $1",
+                key,
+            )
+            assert killed
+            assert await raw.fetchval("SELECT pg_try_advisory_lock($1)", key)
+            assert await raw.fetchval("SELECT pg_advisory_unlock($1)", key)
+    async with session.exclusive(timeout=HELD_ELSEWHERE):
+        await session.add_items([{"after": "lost"}])
+    assert await session.get_items() == [{"after": "lost"}]
+
+
+@pytest.mark.sqlite
+async def test_threads_with_their_own_event_loops_take_turns(tmp_path: Path) -> None:
+    from agentmem import SQLiteSession
+
+    path, session_id = tmp_path / "threads.db", unique_id("threads")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def run() -> None:
+            session = SQLiteSession(session_id, path)
+            async with session, session.exclusive():
+                held.set()
+                await asyncio.to_thread(release.wait, 120)
+                await session.add_items([{"by": "thread"}])
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 120)
+        async with SQLiteSession(session_id, path) as session:
+            with pytest.raises(SessionLockTimeout):
+                async with session.exclusive(timeout=HELD_ELSEWHERE):
+                    pytest.fail("ran while another thread held the lock")
+            async with asyncio.TaskGroup() as group:
+                group.create_task(asyncio.to_thread(release.set))
+
+                async def take() -> None:
+                    async with session.exclusive(timeout=120):
+                        assert await session.get_items() == [{"by": "thread"}]
+
+                group.create_task(take())
+    finally:
+        release.set()
+        await asyncio.to_thread(thread.join)
