@@ -34,8 +34,9 @@ Protocol:
   raises that error before touching SQL. Only when no connection can be had (refused, reset,
   no free pooled connection) does it go on unmarked; its process then owes the invalidation.
 - A failed or cancelled SQL write may have committed. On a SQLite file it is over when it
-  raises (the thread is waited for), so *end* drops the copy; on a server it may still commit,
-  so *end* keeps the writer counted and readers stay on SQL until the lease ends.
+  raises (the thread is waited for: ``over_when_raised`` of the SQL session), so *end* drops
+  the copy; on a server it may still commit, so *end* keeps the writer counted and readers
+  stay on SQL until the lease ends.
 - Only fills and writes set the keys' expiry; a hit leaves it. A copy that a write missed
   (the unmarked case above) is gone ``ttl`` after its fill or last write, however often read.
 """
@@ -79,12 +80,7 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
-from agentmem.sql.sqlalchemy import (
-    SQLAlchemySession,
-    SQLAlchemySessionManager,
-    SQLSessionBase,
-)
-from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
+from agentmem.sql.base import SQLSessionBase, SQLSessionManagerABC
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -271,8 +267,8 @@ def _store_tag(store: SQLSessionBase) -> str:
     return hashlib.sha256("\0".join(store.store_identity).encode()).hexdigest()[:12]
 
 
-def _refuse_memory(database: str) -> None:
-    if database == ":memory:":
+def _refuse_private(store: SQLSessionBase | SQLSessionManagerABC[Any]) -> None:
+    if store.process_private:
         raise ValueError(
             "an in-memory SQLite database is private to its process and cannot sit behind a "
             "shared cache; use a database file"
@@ -406,12 +402,12 @@ class CachedSession(SessionABC):
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
-        if not isinstance(store, SQLAlchemySession | SQLiteSession):
+        if not isinstance(store, SQLSessionBase):
             raise TypeError(
                 "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
                 f"got {type(store).__name__}"
             )
-        _refuse_memory(store.store_identity[1])
+        _refuse_private(store)
         ttl_ms, prefix = _checked_options(max_cached_items, ttl, key_prefix)
         connection = _connection_unless_given(
             client,
@@ -533,9 +529,10 @@ class CachedSession(SessionABC):
         try:
             result = await write()
         except BaseException:
-            # It may have committed. A SQLite file's call is over when it raises; a server's
-            # may still commit: keep it counted, so readers stay on SQL until the lease ends.
-            held = "1" if isinstance(self.store, SQLiteSession) else "h"
+            # It may have committed. Where the call is over when it raises (a SQLite file), drop
+            # the copy; where it may still commit (a server), keep it counted, so readers stay
+            # on SQL until the lease ends.
+            held = "1" if self.store.over_when_raised else "h"
             await self._finish(client, held if began else "0", gen, "", [])
             raise
         await self._finish(client, "1" if began else "0", gen, op, payload)
@@ -661,8 +658,6 @@ class CachedSession(SessionABC):
 
 # --- the manager -------------------------------------------------------------------------------
 
-StoreManager = SQLiteSessionManager | SQLAlchemySessionManager
-
 
 class CachedSessionManager(SessionManagerABC[CachedSession]):
     """Hands out ``CachedSession`` objects over the sessions of a SQL manager (the store of
@@ -693,7 +688,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
 
     def __init__(
         self,
-        store: StoreManager,
+        store: SQLSessionManagerABC[SQLSessionBase],
         redis_url: str = DEFAULT_URL,
         db: int | None = None,
         *,
@@ -706,13 +701,12 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         socket_connect_timeout: float | None = 1.0,
         pool_timeout: float | None = 10.0,
     ) -> None:
-        if not isinstance(store, SQLiteSessionManager | SQLAlchemySessionManager):
+        if not isinstance(store, SQLSessionManagerABC):
             raise TypeError(
                 "store must be an agentmem SQL manager (SQLAlchemySessionManager or "
                 f"SQLiteSessionManager), got {type(store).__name__}"
             )
-        if isinstance(store, SQLiteSessionManager):
-            _refuse_memory(store.db_path)
+        _refuse_private(store)
         _checked_options(max_cached_items, ttl, key_prefix)
         # Checked here as the sessions will; holding the shared clients keeps their pool open
         # between sessions.

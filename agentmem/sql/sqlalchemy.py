@@ -28,7 +28,6 @@ from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
     SessionInfo,
-    SessionManagerABC,
     SessionPage,
     decode_cursor,
     page_of,
@@ -42,7 +41,7 @@ from agentmem.session import (
 )
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
-from agentmem.sql.base import Operations, SQLSessionBase
+from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
 
 __all__ = [
@@ -232,6 +231,21 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _store_identity(
+    engine: AsyncEngine | None, url: str | None, table_prefix: str
+) -> tuple[str, str, str]:
+    """``(backend, database, table prefix)`` of an engine, or of the URL it will be built from:
+    the database's name, never its host, whose spelling may differ between processes."""
+    parsed = engine.url if engine is not None else make_url(str(url))
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite":
+        if database in ("", MEMORY) or parsed.query.get("mode") == "memory":
+            database = MEMORY  # private to its process, whatever its spelling
+        elif not database.startswith("file:"):
+            database = str(Path(database).expanduser().resolve())
+    return parsed.get_backend_name(), database, table_prefix
+
+
 class SQLAlchemySession(SQLSessionBase):
     """Conversation history in the ``sessions``/``messages`` tables of a SQLAlchemy database.
 
@@ -345,14 +359,7 @@ class SQLAlchemySession(SQLSessionBase):
     def store_identity(self) -> tuple[str, str, str]:
         """``(backend, database, table prefix)``: the database's name, never its host, whose
         spelling may differ between processes (a SQLite file's resolved path)."""
-        url = self._engine.url if self._engine is not None else make_url(str(self._url))
-        database = url.database or ""
-        if url.get_backend_name() == "sqlite":
-            if database in ("", ":memory:") or url.query.get("mode") == "memory":
-                database = ":memory:"  # private to its process, whatever its spelling
-            elif not database.startswith("file:"):
-                database = str(Path(database).expanduser().resolve())
-        return url.get_backend_name(), database, self._table_prefix
+        return _store_identity(self._engine, self._url, self._table_prefix)
 
     @property
     def call_timeout(self) -> float | None:
@@ -610,7 +617,7 @@ class _AiosqliteOperations(_EngineOperations):
 # --- the manager -------------------------------------------------------------------------------
 
 
-class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
+class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
     """Hands out ``SQLAlchemySession`` objects on one engine, and manages the store as a whole.
 
     Example:
@@ -703,6 +710,11 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     def table_prefix(self) -> str:
         """The prefix of the store's table names."""
         return self._table_prefix
+
+    @property
+    def process_private(self) -> bool:
+        """Whether the engine's database is an in-memory SQLite one (private to this process)."""
+        return _store_identity(self._engine, self._url, self._table_prefix)[1] == MEMORY
 
     def _driver_timeout(self) -> float | None:
         return self._call_timeout if self._kind == "postgresql+asyncpg" else None

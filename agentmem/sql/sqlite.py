@@ -33,7 +33,6 @@ from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
     SessionInfo,
-    SessionManagerABC,
     SessionPage,
     decode_cursor,
     page_of,
@@ -42,14 +41,13 @@ from agentmem.manager import (
 from agentmem.session import EncodedItem, encode_items, validate_session_id
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
-from agentmem.sql.base import Operations, SQLSessionBase
+from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
 
 __all__ = ["SQLiteSession", "SQLiteSessionManager"]
 
 T = TypeVar("T")
 
-MEMORY = ":memory:"
 BUSY_TIMEOUT_SECONDS = _sql.BUSY_TIMEOUT_SECONDS
 
 
@@ -326,6 +324,11 @@ class SQLiteSession(SQLSessionBase):
         """``("sqlite", resolved file path or ":memory:", table prefix)``."""
         return "sqlite", self.db_path, self._database.table_prefix
 
+    @property
+    def over_when_raised(self) -> bool:
+        """True: a call raises (even a cancel) only once its thread's call is over."""
+        return True
+
     async def _close(self) -> None:
         if _files.release(self._database):
             await asyncio.get_running_loop().run_in_executor(None, self._database.close)
@@ -345,7 +348,7 @@ def _read_revision(path: str, table_prefix: str) -> str | None:
         conn.close()
 
 
-class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
+class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
     """Hands out ``SQLiteSession`` objects on one database, and manages it as a whole.
 
     Example:
@@ -372,6 +375,11 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         self.db_path = _resolve(db_path)
         self._database = _files.acquire(self.db_path, table_prefix)
         self._closed = False
+
+    @property
+    def process_private(self) -> bool:
+        """Whether the database is in memory (private to this process)."""
+        return self.db_path == MEMORY
 
     def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLiteSession:
         """A session on the manager's database.
