@@ -65,13 +65,13 @@ from agentmem.redis import client as _redis
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
-    _connection_unless_given,
-    _key,
-    _Script,
-    _settled,
-    _shared,
-    _ttl_ms,
-    _validate_prefix,
+    Script,
+    connection_unless_given,
+    settled,
+    shared_clients,
+    tagged_key,
+    ttl_to_ms,
+    validate_prefix,
 )
 from agentmem.session import (
     SessionABC,
@@ -116,7 +116,7 @@ end
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
 # items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
 # generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
-_READ = _Script(
+_READ = Script(
     _COMMON
     + """
 local st = redis.call('HMGET', KEYS[2], 'w', 'c', 'e')
@@ -144,7 +144,7 @@ return {2, gen}
 )
 
 # KEYS: items, state. ARGV: generation handed out, ttl ms, header, the string, its offsets.
-_FILL = _Script(
+_FILL = Script(
     _COMMON
     + """
 if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
@@ -157,7 +157,7 @@ return 1
 
 # KEYS: items, state. ARGV: new generation, lease ms. Runs when Redis is over its maxmemory
 # (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from marking it.
-_BEGIN = _Script(
+_BEGIN = Script(
     """#!lua flags=allow-oom
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
 redis.call('HSET', KEYS[2], 'g', ARGV[1])
@@ -235,8 +235,8 @@ if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
 return 1
 """
 )
-_END = _Script("#!lua\n" + _END_SOURCE)
-_END_OOM = _Script("#!lua flags=allow-oom\n" + _END_SOURCE)
+_END = Script("#!lua\n" + _END_SOURCE)
+_END_OOM = Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
@@ -280,7 +280,7 @@ def _checked_options(max_cached_items: object, ttl: object, key_prefix: object) 
     milliseconds (0: none) and the key prefix."""
     if not isinstance(max_cached_items, int) or max_cached_items < 1:
         raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
-    return _ttl_ms(ttl), _validate_prefix("key_prefix", key_prefix)
+    return ttl_to_ms(ttl), validate_prefix("key_prefix", key_prefix)
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -409,7 +409,7 @@ class CachedSession(SessionABC):
             )
         _refuse_private(store)
         ttl_ms, prefix = _checked_options(max_cached_items, ttl, key_prefix)
-        connection = _connection_unless_given(
+        connection = connection_unless_given(
             client,
             redis_url,
             db,
@@ -427,13 +427,13 @@ class CachedSession(SessionABC):
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
         self.store_tag = _store_tag(store)
-        base = _key(f"{prefix}:{self.store_tag}", self.session_id)
+        base = tagged_key(f"{prefix}:{self.store_tag}", self.session_id)
         self.items_key = f"{base}:items"
         self.state_key = f"{base}:state"
         self._keys = [self.items_key, self.state_key]
         self._client_given = client
         self._connection = connection
-        self._clients = None if connection is None else _shared.acquire(connection)
+        self._clients = None if connection is None else shared_clients.acquire(connection)
         self._health: _Health | None = None
 
     # --- Redis plumbing ----------------------------------------------------------------------
@@ -455,7 +455,7 @@ class CachedSession(SessionABC):
         """Run one cache call: ``(None, result)``, or ``(the error, None)`` when Redis failed."""
         health = self._server(client)
         try:
-            result = await _settled(call())
+            result = await settled(call())
         except (_redis.RedisError, OSError) as exc:
             if not health.down:
                 health.down = True
@@ -653,7 +653,7 @@ class CachedSession(SessionABC):
         finally:
             if self._connection is not None:
                 self._clients = None
-                await _shared.release(self._connection)
+                await shared_clients.release(self._connection)
 
 
 # --- the manager -------------------------------------------------------------------------------
@@ -710,7 +710,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         _checked_options(max_cached_items, ttl, key_prefix)
         # Checked here as the sessions will; holding the shared clients keeps their pool open
         # between sessions.
-        self._connection = _connection_unless_given(
+        self._connection = connection_unless_given(
             client,
             redis_url,
             db,
@@ -720,7 +720,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             pool_timeout=pool_timeout,
         )
         if self._connection is not None:
-            _shared.acquire(self._connection)
+            shared_clients.acquire(self._connection)
         self.store = store
         self._options: dict[str, Any] = {
             "redis_url": redis_url,
@@ -803,4 +803,4 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             await self.store.close()
         finally:
             if self._connection is not None:
-                await _shared.release(self._connection)
+                await shared_clients.release(self._connection)

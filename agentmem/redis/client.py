@@ -1,5 +1,19 @@
-"""What the Redis backends share: hash-tagged keys, TTLs, Lua scripts, and the clients they own
-(one blocking pool per URL, options and event loop)."""
+"""What every Redis user in agentmem shares (:mod:`agentmem.redis.session` and
+:mod:`agentmem.cache.session`).
+
+- Keys: :func:`tagged_key` (``prefix:{session id}``, the id percent-encoded by
+  :func:`encode_tag` so that the braces stay a Redis Cluster hash tag), :func:`decode_tag`,
+  :func:`glob_escape`, :func:`validate_prefix`, :func:`validate_prefixes`.
+- Expiry: :data:`TTL` and :func:`ttl_to_ms`.
+- Lua: :class:`Script` (EVALSHA, then EVAL when the server lacks the script).
+- Clients agentmem owns: :class:`Connection` (a URL and its options, checked), one client per
+  event loop (:class:`LoopClients`), shared by every session with the same URL and options
+  (:data:`shared_clients`); :func:`connection_unless_given` checks a ``client=`` or a URL.
+- :func:`settled`: awaits one redis-py call without losing a cancel (Python 3.11).
+- The redis-py errors agentmem lets through (``RedisError``, ``RedisConnectionError``...).
+
+Importing this module does not need redis-py; building a connection does.
+"""
 
 from __future__ import annotations
 
@@ -39,25 +53,25 @@ def _require_redis() -> None:
 __all__ = [
     "DEFAULT_URL",
     "TTL",
-    "Redis",
+    "Connection",
+    "LoopClients",
     "OutOfMemoryError",
+    "Redis",
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
-    "_Connection",
-    "_connection_unless_given",
-    "_LoopClients",
-    "_Script",
-    "_SharedClients",
-    "_decode_tag",
-    "_encode_tag",
-    "_glob_escape",
-    "_key",
-    "_settled",
-    "_shared",
-    "_ttl_ms",
-    "_validate_prefix",
-    "_validate_prefixes",
+    "Script",
+    "SharedClients",
+    "connection_unless_given",
+    "decode_tag",
+    "encode_tag",
+    "glob_escape",
+    "settled",
+    "shared_clients",
+    "tagged_key",
+    "ttl_to_ms",
+    "validate_prefix",
+    "validate_prefixes",
 ]
 
 DEFAULT_URL: Final = "redis://localhost:6379"
@@ -73,7 +87,7 @@ T = TypeVar("T")
 _WAIT_FOR_LOSES_CANCELS: Final = sys.version_info < (3, 12)
 
 
-async def _settled(call: Awaitable[T]) -> T:
+async def settled(call: Awaitable[T]) -> T:
     """Await one redis-py call; a cancel of the calling task that arrived during it and was
     swallowed (Python 3.11) is raised as ``CancelledError`` once the call is over."""
     task = asyncio.current_task() if _WAIT_FOR_LOSES_CANCELS else None
@@ -93,7 +107,7 @@ async def _settled(call: Awaitable[T]) -> T:
     return result
 
 
-class _Script:
+class Script:
     """A Lua script run with EVALSHA, and with EVAL when the server does not know it yet."""
 
     def __init__(self, source: str) -> None:
@@ -110,20 +124,28 @@ class _Script:
 # --- keys --------------------------------------------------------------------------------------
 
 
-def _encode_tag(session_id: str) -> str:
+def encode_tag(session_id: str) -> str:
+    """``session_id`` with ``%``, ``{`` and ``}`` percent-encoded: usable as a hash tag."""
     # No braces inside keeps the tag a tag; encoding '%' too keeps the mapping one-to-one.
     return session_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
-def _decode_tag(tag: str) -> str:
+def decode_tag(tag: str) -> str:
+    """The session id that :func:`encode_tag` turned into ``tag``."""
     return tag.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN ``MATCH`` pattern."""
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
-def _validate_prefix(name: str, prefix: object) -> str:
+def validate_prefix(name: str, prefix: object) -> str:
+    """``prefix`` (the argument ``name``), checked: a non-empty str without braces.
+
+    Raises:
+        TypeError, ValueError: it is not.
+    """
     if not isinstance(prefix, str):
         raise TypeError(f"{name} must be a str, got {type(prefix).__name__}")
     if not prefix:
@@ -133,20 +155,26 @@ def _validate_prefix(name: str, prefix: object) -> str:
     return prefix
 
 
-def _validate_prefixes(session_prefix: object, messages_prefix: object) -> tuple[str, str]:
-    session_prefix = _validate_prefix("session_prefix", session_prefix)
-    messages_prefix = _validate_prefix("messages_prefix", messages_prefix)
+def validate_prefixes(session_prefix: object, messages_prefix: object) -> tuple[str, str]:
+    """Both prefixes of a Redis session, checked as :func:`validate_prefix` does, and distinct."""
+    session_prefix = validate_prefix("session_prefix", session_prefix)
+    messages_prefix = validate_prefix("messages_prefix", messages_prefix)
     if session_prefix == messages_prefix:
         raise ValueError("session_prefix and messages_prefix must differ")
     return session_prefix, messages_prefix
 
 
-def _key(prefix: str, session_id: str) -> str:
-    return f"{prefix}:{{{_encode_tag(session_id)}}}"
+def tagged_key(prefix: str, session_id: str) -> str:
+    """``prefix:{session_id}``: every key of one session shares its hash tag (one slot)."""
+    return f"{prefix}:{{{encode_tag(session_id)}}}"
 
 
-def _ttl_ms(ttl: object, name: str = "ttl") -> int:
-    """``ttl`` in milliseconds; 0 means no expiry."""
+def ttl_to_ms(ttl: object, name: str = "ttl") -> int:
+    """``ttl`` (seconds, a ``timedelta`` or ``None``) in milliseconds; 0 means no expiry.
+
+    Raises:
+        TypeError, ValueError: a bad ``ttl`` (named ``name`` in the message).
+    """
     if ttl is None:
         return 0
     if isinstance(ttl, timedelta):
@@ -163,7 +191,7 @@ def _ttl_ms(ttl: object, name: str = "ttl") -> int:
 # --- clients -----------------------------------------------------------------------------------
 
 
-class _Connection:
+class Connection:
     """How to reach one Redis: a URL plus connection options, checked up front."""
 
     def __init__(
@@ -195,9 +223,11 @@ class _Connection:
 
     @property
     def key(self) -> tuple[str, str]:
+        """What two connections to the same Redis with the same options share."""
         return self.url, repr(sorted(self.options.items()))
 
     def build(self) -> Redis:
+        """A new client on a new blocking pool (for the running event loop)."""
         # A blocking pool queues callers when every connection is busy, where the default pool
         # raises MaxConnectionsError. No automatic retries: a write whose reply was lost could
         # otherwise be applied twice (or a pop lose an item), so the error goes to the caller.
@@ -207,7 +237,7 @@ class _Connection:
         return Redis.from_pool(pool)
 
 
-def _connection_unless_given(
+def connection_unless_given(
     client: object,
     redis_url: str,
     db: int | None,
@@ -216,7 +246,7 @@ def _connection_unless_given(
     socket_timeout: float | None,
     socket_connect_timeout: float | None,
     pool_timeout: float | None,
-) -> _Connection | None:
+) -> Connection | None:
     """How to connect when no ``client`` was given (``None`` when one was); checks both.
 
     Raises:
@@ -227,7 +257,7 @@ def _connection_unless_given(
         if not isinstance(client, Redis):
             raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
         return None
-    return _Connection(
+    return Connection(
         redis_url,
         db,
         max_connections=max_connections,
@@ -237,20 +267,21 @@ def _connection_unless_given(
     )
 
 
-class _LoopClients:
+class LoopClients:
     """One client per event loop: redis.asyncio connections belong to the loop that opened them.
 
     Threads (each with its own loop) share it: a lock guards the mapping, never across an await.
     A forked child starts without clients: it never uses the parent's pooled sockets.
     """
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
         _all_loop_clients.add(self)
 
     def get(self) -> Redis:
+        """The running event loop's client, built on first use."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
@@ -263,6 +294,7 @@ class _LoopClients:
         return client
 
     async def aclose(self) -> None:
+        """Close the clients (those of other, finished loops are dropped unawaited)."""
         with self._lock:
             clients, self._clients = self._clients, {}
         loop = asyncio.get_running_loop()
@@ -280,23 +312,25 @@ class _LoopClients:
         self._clients = {}
 
 
-class _SharedClients:
+class SharedClients:
     """Clients of sessions built from a URL: shared by every session with the same URL and
     options, closed when the last of them closes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], tuple[_LoopClients, int]] = {}
+        self._entries: dict[tuple[str, str], tuple[LoopClients, int]] = {}
 
-    def acquire(self, connection: _Connection) -> _LoopClients:
+    def acquire(self, connection: Connection) -> LoopClients:
+        """The clients of ``connection``, counted once more."""
         with self._lock:
             clients, refs = self._entries.get(connection.key, (None, 0))
             if clients is None:
-                clients = _LoopClients(connection)
+                clients = LoopClients(connection)
             self._entries[connection.key] = (clients, refs + 1)
             return clients
 
-    async def release(self, connection: _Connection) -> None:
+    async def release(self, connection: Connection) -> None:
+        """Count one user less; the last one closes the clients."""
         with self._lock:
             clients, refs = self._entries[connection.key]
             if refs > 1:
@@ -309,15 +343,16 @@ class _SharedClients:
         self._lock = threading.Lock()
 
 
-_all_loop_clients: weakref.WeakSet[_LoopClients] = weakref.WeakSet()
+_all_loop_clients: weakref.WeakSet[LoopClients] = weakref.WeakSet()
 _inherited: list[Any] = []
 
 
-_shared = _SharedClients()
+shared_clients = SharedClients()
+"""The clients of every session built from a URL in this process."""
 
 
 def _after_fork_in_child() -> None:
-    _shared.after_fork()
+    shared_clients.after_fork()
     for clients in list(_all_loop_clients):
         clients.after_fork()
 

@@ -32,17 +32,17 @@ from agentmem.manager import (
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
-    _Connection,
-    _connection_unless_given,
-    _decode_tag,
-    _glob_escape,
-    _key,
-    _LoopClients,
-    _Script,
-    _settled,
-    _shared,
-    _ttl_ms,
-    _validate_prefixes,
+    Connection,
+    LoopClients,
+    Script,
+    connection_unless_given,
+    decode_tag,
+    glob_escape,
+    settled,
+    shared_clients,
+    tagged_key,
+    ttl_to_ms,
+    validate_prefixes,
 )
 from agentmem.session import (
     SessionABC,
@@ -102,8 +102,8 @@ return item
 """
 
 
-_ADD = _Script(_ADD_SOURCE)
-_POP = _Script(_POP_SOURCE)
+_ADD = Script(_ADD_SOURCE)
+_POP = Script(_POP_SOURCE)
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class RedisSession(SessionABC):
             TypeError, ValueError: a bad id, prefix, ttl, URL or client.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
-        connection = _connection_unless_given(
+        connection = connection_unless_given(
             client,
             redis_url,
             db,
@@ -187,7 +187,7 @@ class RedisSession(SessionABC):
         self._client_given = client
         self._manager: RedisSessionManager | None = None
         self._connection = connection
-        self._clients = None if connection is None else _shared.acquire(connection)
+        self._clients = None if connection is None else shared_clients.acquire(connection)
 
     def _setup(
         self,
@@ -198,11 +198,11 @@ class RedisSession(SessionABC):
         messages_prefix: str,
     ) -> None:
         super().__init__(session_id, session_settings)
-        session_prefix, messages_prefix = _validate_prefixes(session_prefix, messages_prefix)
-        self._ttl_ms = _ttl_ms(ttl)
+        session_prefix, messages_prefix = validate_prefixes(session_prefix, messages_prefix)
+        self._ttl_ms = ttl_to_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
-        self.session_key = _key(session_prefix, self.session_id)
-        self.messages_key = _key(messages_prefix, self.session_id)
+        self.session_key = tagged_key(session_prefix, self.session_id)
+        self.messages_key = tagged_key(messages_prefix, self.session_id)
         self._keys = [self.messages_key, self.session_key]
 
     @classmethod
@@ -250,7 +250,7 @@ class RedisSession(SessionABC):
         if limit == 0:
             return []
         start = 0 if limit is None else -limit
-        raw: list[bytes | str] = await _settled(client.lrange(self.messages_key, start, -1))
+        raw: list[bytes | str] = await settled(client.lrange(self.messages_key, start, -1))
         return [decode_item(data) for data in raw]
 
     async def add_items(self, items: list[SessionItem]) -> None:
@@ -269,7 +269,7 @@ class RedisSession(SessionABC):
             return
         args: list[str | int] = [_now(), self._ttl_ms]
         args.extend(item.json for item in encoded)
-        await _settled(_ADD(client, self._keys, args))
+        await settled(_ADD(client, self._keys, args))
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, atomically, in one round trip (a Lua script).
@@ -278,17 +278,17 @@ class RedisSession(SessionABC):
             The newest item, or ``None`` when the history is empty.
         """
         client = self._client()
-        data: bytes | str | None = await _settled(_POP(client, self._keys, [_now(), self._ttl_ms]))
+        data: bytes | str | None = await settled(_POP(client, self._keys, [_now(), self._ttl_ms]))
         return None if data is None else decode_item(data)
 
     async def clear_session(self) -> None:
         """Delete every key of this session (other sessions are untouched)."""
-        await _settled(self._client().delete(*self._keys))
+        await settled(self._client().delete(*self._keys))
 
     async def _close(self) -> None:
         if self._connection is not None:
             self._clients = None
-            await _shared.release(self._connection)
+            await shared_clients.release(self._connection)
 
 
 def _now() -> str:
@@ -354,12 +354,12 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             TypeError, ValueError: a bad URL, prefix, ttl or pool size.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
-        self.session_prefix, self.messages_prefix = _validate_prefixes(
+        self.session_prefix, self.messages_prefix = validate_prefixes(
             session_prefix, messages_prefix
         )
-        _ttl_ms(default_ttl, "default_ttl")
+        ttl_to_ms(default_ttl, "default_ttl")
         self.default_ttl = default_ttl
-        connection = _Connection(
+        connection = Connection(
             redis_url,
             db,
             max_connections=max_connections,
@@ -367,7 +367,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             socket_connect_timeout=socket_connect_timeout,
             pool_timeout=pool_timeout,
         )
-        self._clients = _LoopClients(connection)
+        self._clients = LoopClients(connection)
         self.skipped_keys = 0
         self._closed = False
 
@@ -404,7 +404,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """
         self._check_open()
         head = f"{self.session_prefix}:{{"
-        pattern = f"{_glob_escape(self.session_prefix)}:{{*}}"
+        pattern = f"{glob_escape(self.session_prefix)}:{{*}}"
         ids: set[str] = set()
         keys: AsyncIterator[bytes | str] = self._clients.get().scan_iter(
             match=pattern, count=_SCAN_COUNT, _type="hash"
@@ -419,7 +419,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             tag = key[len(head) : -1]
             if key.startswith(head) and key.endswith("}") and "{" not in tag and "}" not in tag:
                 try:
-                    ids.add(validate_session_id(_decode_tag(tag)))
+                    ids.add(validate_session_id(decode_tag(tag)))
                 except (TypeError, ValueError):
                     skipped += 1
         self.skipped_keys = skipped
@@ -440,7 +440,10 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """
         self._check_open()
         session_id = validate_session_id(session_id)
-        keys = [_key(self.messages_prefix, session_id), _key(self.session_prefix, session_id)]
+        keys = [
+            tagged_key(self.messages_prefix, session_id),
+            tagged_key(self.session_prefix, session_id),
+        ]
         deleted: int = await self._clients.get().delete(*keys)
         return deleted > 0
 
@@ -455,7 +458,9 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
 
     def _keys_of(self, session_id: str) -> tuple[str, str]:
         """The metadata hash and item list keys of a session."""
-        return _key(self.session_prefix, session_id), _key(self.messages_prefix, session_id)
+        return tagged_key(self.session_prefix, session_id), tagged_key(
+            self.messages_prefix, session_id
+        )
 
     async def _infos(self, session_ids: list[str]) -> list[SessionInfo | None]:
         """What is stored of each session (``None``: not stored), a pipeline per 500 ids."""
@@ -540,7 +545,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         encoded = encode_items(conversation.items)
         created, updated = conversation.stamped()
         keys = self._keys_of(conversation.session_id)
-        ttl_ms = _ttl_ms(self.default_ttl, "default_ttl")
+        ttl_ms = ttl_to_ms(self.default_ttl, "default_ttl")
         async with self._clients.get().pipeline(transaction=True) as pipe:
             pipe.delete(*keys)
             for start in range(0, len(encoded), _RPUSH_CHUNK):

@@ -114,7 +114,7 @@ def _registry_locks() -> list[Any]:
     with contextlib.suppress(ImportError):
         from agentmem.redis import client as _redis
 
-        locks.append(_redis._shared._lock)
+        locks.append(_redis.shared_clients._lock)
     return locks
 
 
