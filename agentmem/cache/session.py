@@ -48,7 +48,7 @@ import logging
 import secrets
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -64,7 +64,9 @@ from agentmem.manager import (
 from agentmem.redis import client as _redis
 from agentmem.redis.client import (
     DEFAULT_URL,
+    LUA_EXPIRE,
     TTL,
+    ConnectionOptions,
     Script,
     connection_unless_given,
     settled,
@@ -97,12 +99,11 @@ logger = logging.getLogger("agentmem")
 
 T = TypeVar("T")
 
-_COMMON = """
-local function expire(ttl)
-  for _, key in ipairs(KEYS) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
-end
+# The functions every script below but _BEGIN starts with. KEYS: items, state.
+_COMMON = (
+    LUA_EXPIRE
+    + """
+-- ends_at(e, i): where item i ends in the items string, from the packed offsets e.
 local function ends_at(e, i)
   return (struct.unpack('>I4', e, (i - 1) * 4 + 1))
 end
@@ -112,6 +113,7 @@ local function intact(e)
   return redis.call('STRLEN', KEYS[1]) == (n > 0 and ends_at(e, n) or 1)
 end
 """
+)
 
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
 # items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
@@ -144,6 +146,7 @@ return {2, gen}
 )
 
 # KEYS: items, state. ARGV: generation handed out, ttl ms, header, the string, its offsets.
+# Returns 1 (filled), or 0 (refused: a write began since the generation was handed out).
 _FILL = Script(
     _COMMON
     + """
@@ -155,8 +158,9 @@ return 1
 """
 )
 
-# KEYS: items, state. ARGV: new generation, lease ms. Runs when Redis is over its maxmemory
-# (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from marking it.
+# KEYS: items, state. ARGV: new generation, lease ms. Returns 1. Runs when Redis is over its
+# maxmemory (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from
+# marking it.
 _BEGIN = Script(
     """#!lua flags=allow-oom
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
@@ -181,7 +185,7 @@ return 1
 # still commit), the generation begin set, a new generation, ttl ms, max cached items, op
 # ("add", "pop", "clear" or "" = drop the cached items); for "add": the new items joined, their
 # offsets in that text. Refused as a whole when Redis is over its maxmemory (an update in place
-# may add much); _END_OOM is the same script for op "" (drop), which runs then.
+# may add much); _END_OOM is the same script for op "" (drop), which runs then. Returns 1.
 _END_SOURCE = (
     _COMMON
     + """
@@ -411,12 +415,9 @@ class CachedSession(SessionABC):
         ttl_ms, prefix = _checked_options(max_cached_items, ttl, key_prefix)
         connection = connection_unless_given(
             client,
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+            ConnectionOptions(
+                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+            ),
         )
         super().__init__(
             store.session_id,
@@ -710,29 +711,19 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         _checked_options(max_cached_items, ttl, key_prefix)
         # Checked here as the sessions will; holding the shared clients keeps their pool open
         # between sessions.
-        self._connection = connection_unless_given(
-            client,
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+        options = ConnectionOptions(
+            redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
         )
+        self._connection = connection_unless_given(client, options)
         if self._connection is not None:
             shared_clients.acquire(self._connection)
         self.store = store
         self._options: dict[str, Any] = {
-            "redis_url": redis_url,
-            "db": db,
             "client": client,
             "ttl": ttl,
             "key_prefix": key_prefix,
             "max_cached_items": max_cached_items,
-            "max_connections": max_connections,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-            "pool_timeout": pool_timeout,
+            **asdict(options),
         }
         self._closed = False
 

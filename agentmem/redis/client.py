@@ -5,8 +5,10 @@
   :func:`encode_tag` so that the braces stay a Redis Cluster hash tag), :func:`decode_tag`,
   :func:`glob_escape`, :func:`validate_prefix`, :func:`validate_prefixes`.
 - Expiry: :data:`TTL` and :func:`ttl_to_ms`.
-- Lua: :class:`Script` (EVALSHA, then EVAL when the server lacks the script).
-- Clients agentmem owns: :class:`Connection` (a URL and its options, checked), one client per
+- Lua: :class:`Script` (EVALSHA, then EVAL when the server lacks the script) and
+  :data:`LUA_EXPIRE`, the expiry loop every script that writes a session's keys shares.
+- Clients agentmem owns: :class:`ConnectionOptions` (the six connection keywords),
+  :class:`Connection` (a URL and its options, checked), one client per
   event loop (:class:`LoopClients`), shared by every session with the same URL and options
   (:data:`shared_clients`); :func:`connection_unless_given` checks a ``client=`` or a URL.
 - :func:`settled`: awaits one redis-py call without losing a cancel (Python 3.11).
@@ -24,6 +26,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
@@ -53,7 +56,9 @@ def _require_redis() -> None:
 __all__ = [
     "DEFAULT_URL",
     "TTL",
+    "LUA_EXPIRE",
     "Connection",
+    "ConnectionOptions",
     "LoopClients",
     "OutOfMemoryError",
     "Redis",
@@ -119,6 +124,17 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+
+LUA_EXPIRE: Final = """
+-- expire(ttl): set every key in KEYS to expire in ttl ms, or to never expire when ttl is 0.
+local function expire(ttl)
+  for _, key in ipairs(KEYS) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+end
+"""
+"""A Lua function ``expire(ttl)`` for scripts to start with (after any ``#!lua`` line)."""
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -191,20 +207,25 @@ def ttl_to_ms(ttl: object, name: str = "ttl") -> int:
 # --- clients -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """The six connection keywords of every agentmem Redis user, in one place (each public
+    signature keeps its own defaults): see :class:`agentmem.RedisSession` for their meaning."""
+
+    redis_url: str
+    db: int | None
+    max_connections: int
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+    pool_timeout: float | None
+
+
 class Connection:
     """How to reach one Redis: a URL plus connection options, checked up front."""
 
-    def __init__(
-        self,
-        redis_url: str,
-        db: int | None,
-        *,
-        max_connections: int,
-        socket_timeout: float | None,
-        socket_connect_timeout: float | None,
-        pool_timeout: float | None,
-    ) -> None:
+    def __init__(self, options: ConnectionOptions) -> None:
         _require_redis()
+        redis_url, db, max_connections = options.redis_url, options.db, options.max_connections
         if not isinstance(redis_url, str):
             raise TypeError(f"redis_url must be a str, got {type(redis_url).__name__}")
         url_db = parse_url(redis_url).get("db")
@@ -216,9 +237,9 @@ class Connection:
         self.options: dict[str, Any] = {
             "db": db or 0,
             "max_connections": max_connections,
-            "timeout": pool_timeout,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
+            "timeout": options.pool_timeout,
+            "socket_timeout": options.socket_timeout,
+            "socket_connect_timeout": options.socket_connect_timeout,
         }
 
     @property
@@ -237,19 +258,11 @@ class Connection:
         return Redis.from_pool(pool)
 
 
-def connection_unless_given(
-    client: object,
-    redis_url: str,
-    db: int | None,
-    *,
-    max_connections: int,
-    socket_timeout: float | None,
-    socket_connect_timeout: float | None,
-    pool_timeout: float | None,
-) -> Connection | None:
+def connection_unless_given(client: object, options: ConnectionOptions) -> Connection | None:
     """How to connect when no ``client`` was given (``None`` when one was); checks both.
 
     Raises:
+        TypeError: ``client`` is not a ``redis.asyncio.Redis``.
         MissingDependencyError: redis-py is not installed.
     """
     _require_redis()
@@ -257,14 +270,7 @@ def connection_unless_given(
         if not isinstance(client, Redis):
             raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
         return None
-    return Connection(
-        redis_url,
-        db,
-        max_connections=max_connections,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout,
-        pool_timeout=pool_timeout,
-    )
+    return Connection(options)
 
 
 class LoopClients:

@@ -31,8 +31,10 @@ from agentmem.manager import (
 )
 from agentmem.redis.client import (
     DEFAULT_URL,
+    LUA_EXPIRE,
     TTL,
     Connection,
+    ConnectionOptions,
     LoopClients,
     Script,
     connection_unless_given,
@@ -68,7 +70,12 @@ logger = logging.getLogger("agentmem")
 # Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
 _RPUSH_CHUNK = 1000
 
-_ADD_SOURCE = f"""
+# KEYS: item list, metadata hash. ARGV: now (Unix seconds), ttl ms (0: none), then the items'
+# JSON texts. Appends them in order, stamps created_at (once) and updated_at, sets the expiry of
+# both keys. Returns 1; a WRONGTYPE error (nothing written) when a key holds another type.
+_ADD_ITEMS = Script(
+    LUA_EXPIRE
+    + f"""
 local meta_type = redis.call('TYPE', KEYS[2]).ok
 if meta_type ~= 'none' and meta_type ~= 'hash' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. meta_type .. ', not a hash')
@@ -82,28 +89,25 @@ for i = 3, #ARGV, {_RPUSH_CHUNK} do
 end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
-local ttl = tonumber(ARGV[2])
-for _, key in ipairs(KEYS) do
-  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-end
+expire(tonumber(ARGV[2]))
 return 1
 """
+)
 
-_POP_SOURCE = """
+# KEYS: item list, metadata hash. ARGV: now (Unix seconds), ttl ms (0: none). Removes the newest
+# item and, if there was one, stamps updated_at and sets the expiry of both keys. Returns the
+# item's JSON text, or nil when the list is empty.
+_POP_ITEM = Script(
+    LUA_EXPIRE
+    + """
 local item = redis.call('RPOP', KEYS[1])
 if item then
   redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
-  local ttl = tonumber(ARGV[2])
-  for _, key in ipairs(KEYS) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
+  expire(tonumber(ARGV[2]))
 end
 return item
 """
-
-
-_ADD = Script(_ADD_SOURCE)
-_POP = Script(_POP_SOURCE)
+)
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -176,12 +180,9 @@ class RedisSession(SessionABC):
         """
         connection = connection_unless_given(
             client,
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+            ConnectionOptions(
+                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+            ),
         )
         self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
         self._client_given = client
@@ -269,7 +270,7 @@ class RedisSession(SessionABC):
             return
         args: list[str | int] = [_now(), self._ttl_ms]
         args.extend(item.json for item in encoded)
-        await settled(_ADD(client, self._keys, args))
+        await settled(_ADD_ITEMS(client, self._keys, args))
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, atomically, in one round trip (a Lua script).
@@ -278,7 +279,9 @@ class RedisSession(SessionABC):
             The newest item, or ``None`` when the history is empty.
         """
         client = self._client()
-        data: bytes | str | None = await settled(_POP(client, self._keys, [_now(), self._ttl_ms]))
+        data: bytes | str | None = await settled(
+            _POP_ITEM(client, self._keys, [_now(), self._ttl_ms])
+        )
         return None if data is None else decode_item(data)
 
     async def clear_session(self) -> None:
@@ -360,12 +363,9 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         ttl_to_ms(default_ttl, "default_ttl")
         self.default_ttl = default_ttl
         connection = Connection(
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+            ConnectionOptions(
+                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+            )
         )
         self._clients = LoopClients(connection)
         self.skipped_keys = 0
@@ -440,11 +440,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """
         self._check_open()
         session_id = validate_session_id(session_id)
-        keys = [
-            tagged_key(self.messages_prefix, session_id),
-            tagged_key(self.session_prefix, session_id),
-        ]
-        deleted: int = await self._clients.get().delete(*keys)
+        deleted: int = await self._clients.get().delete(*self._keys_of(session_id))
         return deleted > 0
 
     async def ping(self) -> bool:
