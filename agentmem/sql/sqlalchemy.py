@@ -8,22 +8,16 @@ statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite 
 
 from __future__ import annotations
 
-import asyncio
 import math
-import os
-import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmem._deps import require_driver
-from agentmem.errors import CallTimeoutError, SchemaError
+from agentmem.errors import CallTimeoutError
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -41,6 +35,14 @@ from agentmem.session import (
 )
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._engines import (
+    _engine_of,
+    _release_engines,
+    _schemas,
+    _server_name,
+    use_sqlite_settings,
+)
+from agentmem.sql._retry import _in_aiosqlite_thread, _with_driver
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
 
@@ -70,165 +72,6 @@ def _validate_call_timeout(value: object) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"call_timeout must be a positive number of seconds, got {value!r}")
     return float(value)
-
-
-class _SchemaCache:
-    """Prepares each engine on first use: SQLite connection settings once, then the schema check
-    (or upgrade) once per table prefix.
-
-    Preparation runs one engine at a time per event loop: concurrent first calls on an engine
-    whose pool has one connection (an in-memory SQLite database) would otherwise interleave
-    their transactions on it, and Alembic's migration context is global to the process.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # around mutations only, never across an await
-        self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        with self._lock:
-            ready = self._ready.get(engine.sync_engine)
-        if ready is not None and table_prefix in ready:
-            return
-        loop = asyncio.get_running_loop()
-        lock = self._locks.setdefault(loop, asyncio.Lock())
-        async with lock:
-            await self._prepare(engine, table_prefix, create)
-
-    async def _prepare(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        ready = self._ready.get(engine.sync_engine)
-        if ready is not None and table_prefix in ready:
-            return
-        if ready is None:
-            if engine.dialect.name == "sqlite":
-                await _configure_sqlite_engine(engine)
-            with self._lock:
-                ready = self._ready.setdefault(engine.sync_engine, set())
-        if create:
-            await migrate.upgrade(engine, table_prefix=table_prefix)
-        else:
-            try:
-                await migrate.check(engine, table_prefix=table_prefix)
-            except migrate.SchemaError as exc:
-                raise SchemaError(
-                    f"{exc}; or let SQLAlchemySession create them: create_tables=True"
-                ) from None
-        ready.add(table_prefix)
-
-    def forget(self, engine: AsyncEngine) -> None:
-        with self._lock:
-            self._ready.pop(engine.sync_engine, None)
-
-    def after_fork(self) -> None:
-        self._lock = threading.Lock()
-
-
-_schemas = _SchemaCache()
-
-
-class _SharedEngines:
-    """Engines built from URLs: one per (URL, options, event loop), shared by every session made
-    from that URL in that loop, disposed when the last of those sessions closes.
-
-    Pooled async connections belong to the loop that opened them, so a session used from a new
-    loop (a second ``asyncio.run``) gets that loop's engine. Threads (each with its own loop)
-    share the registry: a lock guards its mutations. A forked child starts with an empty
-    registry and a new lock: it never uses (nor closes) the parent's pooled connections.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # around dict mutations only, never across an await
-        self._engines: dict[tuple[asyncio.AbstractEventLoop, str, str], list[Any]] = {}
-        self._inherited: list[Any] = []
-
-    def acquire(self, url: str, options: dict[str, Any]) -> tuple[Any, AsyncEngine]:
-        loop = asyncio.get_running_loop()
-        key = (loop, url, repr(sorted(options.items())))
-        with self._lock:
-            entry = self._engines.get(key)
-            if entry is None:
-                kwargs = dict(options)
-                if url.startswith("sqlite"):
-                    # Every operation ends its own transaction: skip the pool's rollback on return.
-                    kwargs.setdefault("pool_reset_on_return", None)
-                entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
-                stale = [k for k in self._engines if k[0].is_closed()]
-                evicted = [self._engines.pop(k)[0] for k in stale]
-            else:
-                evicted = []
-            entry[1] += 1
-        for engine in evicted:
-            _schemas.forget(engine)
-            engine.sync_engine.dispose(close=False)
-        return key, entry[0]
-
-    async def release(self, key: Any) -> None:
-        with self._lock:
-            entry = self._engines.get(key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] > 0:
-                return
-            del self._engines[key]
-        engine: AsyncEngine = entry[0]
-        _schemas.forget(engine)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if key[0] is running:
-            await engine.dispose()
-        else:  # its loop is gone: drop the pool without touching its connections
-            await asyncio.to_thread(engine.sync_engine.dispose, close=False)
-
-    def after_fork(self) -> None:
-        """In a forked child: the parent's engines stay referenced (so that no finalizer closes
-        the parent's sockets from here) and are never used again."""
-        self._lock = threading.Lock()
-        self._inherited.append(self._engines)
-        self._engines = {}
-
-
-_shared_engines = _SharedEngines()
-
-
-def _after_fork_in_child() -> None:
-    _schemas.after_fork()
-    _shared_engines.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-async def _configure_sqlite_engine(engine: AsyncEngine) -> None:
-    """Apply :func:`_configure_sqlite` to the engine's future connections and, through one of
-    its present ones, switch the database file to WAL (a lasting property of the file)."""
-    use_sqlite_settings(engine)
-    async with engine.connect() as connection:
-        raw = await connection.get_raw_connection()
-        await connection.run_sync(lambda _: _configure_sqlite(raw.dbapi_connection, None))
-
-
-def use_sqlite_settings(engine: AsyncEngine) -> None:
-    """Give the connections ``engine`` (``sqlite+aiosqlite``) opens from now on the settings of
-    agentmem's own SQLite connections: WAL, ``synchronous=NORMAL`` and a 30 s busy timeout."""
-    if not event.contains(engine.sync_engine, "connect", _configure_sqlite):
-        event.listen(engine.sync_engine, "connect", _configure_sqlite)
-
-
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    """The settings of agentmem's SQLite connections: WAL (readers never wait for the writer),
-    ``synchronous=NORMAL`` (with WAL: durable across process crashes, no flush per commit), and
-    a 30 s wait for another process's write lock."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
-    _sql.sqlite_use_wal(cursor)
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
 
 
 def _store_identity(
@@ -390,123 +233,6 @@ class _EngineOperations(Operations):
         self.session_id = session.session_id
 
 
-class _EngineUser(Protocol):
-    """What runs calls on an engine's pooled connections: a session or a manager."""
-
-    @property
-    def table_prefix(self) -> str: ...
-
-    async def engine(self) -> AsyncEngine: ...
-
-    def _driver_timeout(self) -> float | None: ...
-
-    def _server(self) -> str: ...
-
-
-async def _with_driver(
-    session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool
-) -> T:
-    """Run ``use(driver_connection)`` on a pooled connection.
-
-    A connection that fails invalidates the pool's connections (each is replaced on its next
-    checkout, as SQLAlchemy does on a disconnect). ``retry`` repeats an
-    idempotent operation once on a new connection after such a failure; any operation is
-    repeated when the failure proves that nothing reached the server. Pooled connections that
-    died while idle (a killed backend, a server restart) are replaced before use.
-
-    On PostgreSQL the whole call, retry included, is bounded by the session's
-    ``call_timeout``: past it the connection in use is closed (only that one) and
-    :class:`CallTimeoutError` is raised, without a retry.
-    """
-    timeout = session._driver_timeout()
-    if timeout is None:
-        return await _attempts(session, use, retry=retry)
-    deadline = asyncio.timeout(timeout)
-    try:
-        async with deadline:
-            return await _attempts(session, use, retry=retry)
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        raise CallTimeoutError(
-            f"no answer from PostgreSQL at {session._server()} within call_timeout={timeout:g} s; "
-            "the connection was closed and the call was not retried"
-        ) from None
-
-
-async def _attempts(session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
-    for attempt in (1, 2):
-        engine = await session.engine()
-        # The pool's own checkout, without a Connection object around it: a third of the cost.
-        pooled = await engine.raw_connection()
-        driver = pooled.driver_connection
-        while _is_closed(driver):
-            await greenlet_spawn(pooled.invalidate)
-            pooled = await engine.raw_connection()
-            driver = pooled.driver_connection
-        try:
-            result = await use(driver)
-        except Exception as exc:
-            if not _is_disconnect(exc, driver):
-                await greenlet_spawn(pooled.close)
-                raise _translate(engine, session.table_prefix, exc) from exc
-            # As SQLAlchemy does on a disconnect: every connection the pool opened before now is
-            # suspect (a restart or failover kills them all) and is replaced on its next checkout.
-            await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
-            if attempt == 2 or not (retry or _never_sent(exc)):
-                raise
-        except BaseException:  # cancelled or timed out mid-call: the connection's state is unknown
-            # Dropped at once: a graceful close would wait on a server that may not answer.
-            terminate = getattr(driver, "terminate", None)
-            if terminate is not None:
-                terminate()
-            await asyncio.shield(greenlet_spawn(pooled.invalidate))
-            raise
-        else:
-            await greenlet_spawn(pooled.close)
-            return result
-    raise AssertionError("unreachable")
-
-
-def _is_closed(driver: Any) -> bool:
-    """Whether the driver knows its connection is closed (asyncpg does; aiosqlite never says)."""
-    is_closed = getattr(driver, "is_closed", None)
-    return is_closed is not None and bool(is_closed())
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether asyncpg refused to start the operation: its connection was closed, or was still
-    reading the server's last (fatal) message. Nothing was sent, so any operation may retry."""
-    return type(exc).__name__ in {"InterfaceError", "InternalClientError"} and (
-        "connection is closed" in str(exc) or "cannot switch to state" in str(exc)
-    )
-
-
-def _is_disconnect(exc: BaseException, driver: Any) -> bool:
-    """Whether ``exc`` means the connection is unusable (rather than an error in the SQL)."""
-    if _is_closed(driver):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str):  # a PostgreSQL error: connection exception or shutdown
-        return sqlstate.startswith(("08", "57P"))
-    if isinstance(exc, ConnectionError | OSError):
-        return True
-    # asyncpg's client-side protocol errors; aiosqlite's "no active connection"
-    return type(exc).__name__ in {"InterfaceError", "InternalClientError"} or (
-        isinstance(exc, ValueError) and "no active connection" in str(exc)
-    )
-
-
-def _translate(engine: AsyncEngine, table_prefix: str, exc: Exception) -> Exception:
-    """Turn "no such table" into a SchemaError that names the fix."""
-    text = str(exc)
-    if type(exc).__name__ == "UndefinedTableError" or "no such table" in text:
-        _schemas.forget(engine)
-        problem = migrate.describe_schema_state(None, table_prefix, url=engine.url)
-        return migrate.SchemaError(f"{problem} ({text})")
-    return exc
-
-
 class _AsyncpgOperations(_EngineOperations):
     async def get(self, limit: int | None) -> list[str]:
         sql = self.session._pg
@@ -543,50 +269,6 @@ class _AsyncpgOperations(_EngineOperations):
         # Never resent once sent: a DELETE repeated after a lost reply would remove items that
         # other clients added (and were told were stored) in between.
         await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
-
-
-async def _engine_of(
-    engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
-) -> AsyncEngine:
-    """The engine given, or this event loop's shared engine of ``url``, counted once in ``keys``
-    (the holder's references, released by :func:`_release_engines`)."""
-    if engine is not None:
-        return engine
-    assert url is not None
-    key, shared = _shared_engines.acquire(url, options)
-    if key in keys:
-        await _shared_engines.release(key)  # already counted for this holder
-    else:
-        keys.append(key)
-    return shared
-
-
-async def _release_engines(keys: list[Any]) -> None:
-    taken = list(keys)
-    keys.clear()
-    for key in taken:
-        await _shared_engines.release(key)
-
-
-def _server_name(engine: AsyncEngine | None, url: str | None) -> str:
-    """``host:port/database`` of an engine, or of the URL it will be built from."""
-    parsed = engine.url if engine is not None else make_url(url or "")
-    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
-
-
-async def _in_aiosqlite_thread(
-    holder: _EngineUser, fn: Callable[..., T], *args: Any, retry: bool
-) -> T:
-    """``fn(sqlite3_connection, *args)`` whole in a pooled aiosqlite connection's worker
-    thread (one thread hop), run again while a shared-cache table lock holds it."""
-
-    async def use(driver: Any) -> T:
-        # aiosqlite runs queued callables in its connection thread; _conn is its sqlite3
-        # connection. Both are aiosqlite internals, pinned by the tests.
-        result: T = await driver._execute(lambda: _sql.sqlite_run_retrying(fn, driver._conn, *args))
-        return result
-
-    return await _with_driver(holder, use, retry=retry)
 
 
 class _AiosqliteOperations(_EngineOperations):
