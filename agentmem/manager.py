@@ -22,6 +22,7 @@ import orjson
 
 from agentmem.session import (
     Closing,
+    EncodedItem,
     SessionABC,
     SessionClosedError,
     SessionItem,
@@ -39,6 +40,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "page_of",
+    "page_request",
     "utc",
     "validate_page_size",
 ]
@@ -112,6 +114,16 @@ class Conversation:
         created = utc(self.created_at) if self.created_at is not None else None
         updated = utc(self.updated_at) if self.updated_at is not None else None
         return Conversation(self.session_id, self.items, created, updated)
+
+    def prepared(self) -> tuple[list[EncodedItem], datetime, datetime]:
+        """What a store writes of this conversation: its items checked and encoded once, and
+        its ``stamped()`` times.
+
+        Raises:
+            TypeError, ValueError: a bad id or item (the message names the item's index).
+        """
+        validate_session_id(self.session_id)
+        return encode_items(self.items), *self.stamped()
 
     def stamped(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         """``(created_at, updated_at)`` with the defaults filled in, in UTC."""
@@ -261,6 +273,17 @@ def page_of(infos: list[SessionInfo], size: int) -> SessionPage:
         return SessionPage(infos, None)
     page = infos[:size]
     return SessionPage(page, encode_cursor(page[-1]))
+
+
+def page_request(limit: object, cursor: object) -> tuple[int, tuple[datetime, str] | None]:
+    """The checked arguments of ``find_sessions``: the page size, and the ``(updated_at,
+    session_id)`` the page starts after (``None``: the first page).
+
+    Raises:
+        TypeError, ValueError: a bad limit or cursor.
+    """
+    size = validate_page_size(limit)
+    return size, None if cursor is None else decode_cursor(cursor)
 
 
 def validate_page_size(limit: object) -> int:

@@ -25,8 +25,8 @@ from agentmem.manager import (
     SessionInfo,
     SessionManagerABC,
     SessionPage,
-    decode_cursor,
     page_of,
+    page_request,
     validate_page_size,
 )
 from agentmem.redis.client import (
@@ -494,8 +494,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         reads every session's timestamps, so its cost grows with the number of sessions.
         """
         self._check_open()
-        size = validate_page_size(limit)
-        after = None if cursor is None else decode_cursor(cursor)
+        size, after = page_request(limit, cursor)
         infos = [info for info in await self._infos(await self.list_sessions()) if info]
         infos.sort(key=_newest_first)
         if after is not None:
@@ -537,9 +536,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, atomically (MULTI/EXEC); the manager's ``default_ttl`` applies to it."""
         self._check_open()
-        conversation = conversation.validated()
-        encoded = encode_items(conversation.items)
-        created, updated = conversation.stamped()
+        encoded, created, updated = conversation.prepared()
         keys = self._keys_of(conversation.session_id)
         ttl_ms = ttl_to_ms(self.default_ttl, "default_ttl")
         async with self._clients.get().pipeline(transaction=True) as pipe:

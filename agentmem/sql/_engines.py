@@ -19,7 +19,7 @@ from agentmem.sql import _statements as _sql
 from agentmem.sql import migrate
 
 
-class _SchemaCache:
+class SchemaCache:
     """Prepares each engine on first use: SQLite connection settings once, then the schema check
     (or upgrade) once per table prefix.
 
@@ -73,10 +73,10 @@ class _SchemaCache:
         self._lock = threading.Lock()
 
 
-_schemas = _SchemaCache()
+schemas = SchemaCache()
 
 
-class _SharedEngines:
+class SharedEngines:
     """Engines built from URLs: one per (URL, options, event loop), shared by every session made
     from that URL in that loop, disposed when the last of those sessions closes.
 
@@ -108,7 +108,7 @@ class _SharedEngines:
                 evicted = []
             entry[1] += 1
         for engine in evicted:
-            _schemas.forget(engine)
+            schemas.forget(engine)
             engine.sync_engine.dispose(close=False)
         return key, entry[0]
 
@@ -122,7 +122,7 @@ class _SharedEngines:
                 return
             del self._engines[key]
         engine: AsyncEngine = entry[0]
-        _schemas.forget(engine)
+        schemas.forget(engine)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -140,12 +140,12 @@ class _SharedEngines:
         self._engines = {}
 
 
-_shared_engines = _SharedEngines()
+shared_engines = SharedEngines()
 
 
 def _after_fork_in_child() -> None:
-    _schemas.after_fork()
-    _shared_engines.after_fork()
+    schemas.after_fork()
+    shared_engines.after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -178,30 +178,30 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-async def _engine_of(
+async def engine_of(
     engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
 ) -> AsyncEngine:
     """The engine given, or this event loop's shared engine of ``url``, counted once in ``keys``
-    (the holder's references, released by :func:`_release_engines`)."""
+    (the holder's references, released by :func:`release_engines`)."""
     if engine is not None:
         return engine
     assert url is not None
-    key, shared = _shared_engines.acquire(url, options)
+    key, shared = shared_engines.acquire(url, options)
     if key in keys:
-        await _shared_engines.release(key)  # already counted for this holder
+        await shared_engines.release(key)  # already counted for this holder
     else:
         keys.append(key)
     return shared
 
 
-async def _release_engines(keys: list[Any]) -> None:
+async def release_engines(keys: list[Any]) -> None:
     taken = list(keys)
     keys.clear()
     for key in taken:
-        await _shared_engines.release(key)
+        await shared_engines.release(key)
 
 
-def _server_name(engine: AsyncEngine | None, url: str | None) -> str:
+def server_name(engine: AsyncEngine | None, url: str | None) -> str:
     """``host:port/database`` of an engine, or of the URL it will be built from."""
     parsed = engine.url if engine is not None else make_url(url or "")
     return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"

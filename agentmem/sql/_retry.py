@@ -13,12 +13,12 @@ from sqlalchemy.util import greenlet_spawn
 from agentmem.errors import CallTimeoutError
 from agentmem.sql import _statements as _sql
 from agentmem.sql import migrate
-from agentmem.sql._engines import _schemas
+from agentmem.sql._engines import schemas
 
 T = TypeVar("T")
 
 
-class _EngineUser(Protocol):
+class EngineUser(Protocol):
     """What runs calls on an engine's pooled connections: a session or a manager."""
 
     @property
@@ -31,9 +31,7 @@ class _EngineUser(Protocol):
     def _server(self) -> str: ...
 
 
-async def _with_driver(
-    session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool
-) -> T:
+async def with_driver(session: EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
     """Run ``use(driver_connection)`` on a pooled connection.
 
     A connection that fails invalidates the pool's connections (each is replaced on its next
@@ -62,7 +60,7 @@ async def _with_driver(
         ) from None
 
 
-async def _attempts(session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
+async def _attempts(session: EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
     for attempt in (1, 2):
         engine = await session.engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
@@ -129,14 +127,14 @@ def _translate(engine: AsyncEngine, table_prefix: str, exc: Exception) -> Except
     """Turn "no such table" into a SchemaError that names the fix."""
     text = str(exc)
     if type(exc).__name__ == "UndefinedTableError" or "no such table" in text:
-        _schemas.forget(engine)
+        schemas.forget(engine)
         problem = migrate.describe_schema_state(None, table_prefix, url=engine.url)
         return migrate.SchemaError(f"{problem} ({text})")
     return exc
 
 
-async def _in_aiosqlite_thread(
-    holder: _EngineUser, fn: Callable[..., T], *args: Any, retry: bool
+async def in_aiosqlite_thread(
+    holder: EngineUser, fn: Callable[..., T], *args: Any, retry: bool
 ) -> T:
     """``fn(sqlite3_connection, *args)`` whole in a pooled aiosqlite connection's worker
     thread (one thread hop), run again while a shared-cache table lock holds it."""
@@ -147,4 +145,4 @@ async def _in_aiosqlite_thread(
         result: T = await driver._execute(lambda: _sql.sqlite_run_retrying(fn, driver._conn, *args))
         return result
 
-    return await _with_driver(holder, use, retry=retry)
+    return await with_driver(holder, use, retry=retry)

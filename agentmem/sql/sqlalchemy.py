@@ -23,26 +23,24 @@ from agentmem.manager import (
     Conversation,
     SessionInfo,
     SessionPage,
-    decode_cursor,
     page_of,
-    validate_page_size,
+    page_request,
 )
 from agentmem.session import (
     EncodedItem,
     SessionABC,
-    encode_items,
     validate_session_id,
 )
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._engines import (
-    _engine_of,
-    _release_engines,
-    _schemas,
-    _server_name,
+    engine_of,
+    release_engines,
+    schemas,
+    server_name,
     use_sqlite_settings,
 )
-from agentmem.sql._retry import _in_aiosqlite_thread, _with_driver
+from agentmem.sql._retry import in_aiosqlite_thread, with_driver
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
 
@@ -58,7 +56,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
+POSTGRES = "postgresql+asyncpg"
+SQLITE = "sqlite+aiosqlite"
+_SUPPORTED = f"{POSTGRES} and {SQLITE}"
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
@@ -72,6 +72,34 @@ def _validate_call_timeout(value: object) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"call_timeout must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _checked_kind(dialect: str, driver: str, user: str) -> str:
+    """``dialect+driver``, if ``user`` (a class name, for the message) supports it."""
+    kind = f"{dialect}+{driver}"
+    if kind not in (POSTGRES, SQLITE):
+        raise ValueError(f"{user} supports {_SUPPORTED}, not {kind}")
+    return kind
+
+
+def _engine_kind(engine: object, user: str) -> str:
+    """The supported ``dialect+driver`` of ``engine``, checked to be an ``AsyncEngine``."""
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError(
+            f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
+        )
+    return _checked_kind(engine.dialect.name, engine.dialect.driver, user)
+
+
+def _url_kind(url: object, user: str) -> tuple[str, str]:
+    """The async URL of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///`` aiosqlite) and
+    its supported ``dialect+driver``, its driver installed."""
+    if not isinstance(url, str) or not url:
+        raise ValueError("url must be a database URL such as postgresql://user@host/db")
+    async_url = migrate.async_url(url)
+    require_driver(async_url)
+    parsed = make_url(async_url)
+    return async_url, _checked_kind(parsed.get_backend_name(), parsed.get_driver_name(), user)
 
 
 def _store_identity(
@@ -130,10 +158,7 @@ class SQLAlchemySession(SQLSessionBase):
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         super().__init__(session_id, session_settings)
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
-            )
+        kind = _engine_kind(engine, "SQLAlchemySession")
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
         self._engine: AsyncEngine | None = engine
@@ -141,7 +166,7 @@ class SQLAlchemySession(SQLSessionBase):
         self._engine_options: dict[str, Any] = {}
         self._engine_keys: list[Any] = []
         self._call_timeout = _validate_call_timeout(call_timeout)
-        self._bind_store(engine.dialect.name, engine.dialect.driver)
+        self._bind_operations(kind)
 
     @classmethod
     def from_url(
@@ -166,32 +191,25 @@ class SQLAlchemySession(SQLSessionBase):
                 ``pip install`` line).
             ValueError: the URL's driver is not supported, or an argument is invalid.
         """
-        if not isinstance(url, str) or not url:
-            raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
         SessionABC.__init__(self, session_id, session_settings)
+        self._url, kind = _url_kind(url, "SQLAlchemySession")
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
         self._engine = None
-        self._url = migrate.async_url(url)
         self._engine_options = dict(engine_kwargs or {})
         self._engine_keys = []
         self._call_timeout = _validate_call_timeout(call_timeout)
-        require_driver(self._url)
-        parsed = make_url(self._url)
-        self._bind_store(parsed.get_backend_name(), parsed.get_driver_name())
+        self._bind_operations(kind)
         return self
 
-    def _bind_store(self, dialect: str, driver: str) -> None:
-        kind = f"{dialect}+{driver}"
-        if kind == "postgresql+asyncpg":
+    def _bind_operations(self, kind: str) -> None:
+        if kind == POSTGRES:
             self._pg = _sql.postgres_statements(self._table_prefix)
             self._ops = _AsyncpgOperations(self)
-        elif kind == "sqlite+aiosqlite":
+        else:
             self._lite = _sql.sqlite_statements(self._table_prefix)
             self._ops = _AiosqliteOperations(self)
-        else:
-            raise ValueError(f"SQLAlchemySession supports {_SUPPORTED}, not {kind}")
 
     @property
     def table_prefix(self) -> str:
@@ -214,17 +232,17 @@ class SQLAlchemySession(SQLSessionBase):
         return self._call_timeout if isinstance(self._ops, _AsyncpgOperations) else None
 
     def _server(self) -> str:
-        return _server_name(self._engine, self._url)
+        return server_name(self._engine, self._url)
 
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
         self._check_open()
-        engine = await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
-        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
+        engine = await engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
+        await schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine
 
     async def _close(self) -> None:
-        await _release_engines(self._engine_keys)
+        await release_engines(self._engine_keys)
 
 
 class _EngineOperations(Operations):
@@ -237,11 +255,11 @@ class _AsyncpgOperations(_EngineOperations):
     async def get(self, limit: int | None) -> list[str]:
         sql = self.session._pg
         if limit is None:
-            rows = await _with_driver(
+            rows = await with_driver(
                 self.session, lambda c: c.fetch(sql.select_all, self.session_id), retry=True
             )
             return [row[0] for row in rows]
-        rows = await _with_driver(
+        rows = await with_driver(
             self.session,
             lambda c: c.fetch(sql.select_newest, self.session_id, limit),
             retry=True,
@@ -251,7 +269,7 @@ class _AsyncpgOperations(_EngineOperations):
     async def add(self, items: list[EncodedItem]) -> None:
         data, roles, types = zip(*items, strict=True)
         sql = self.session._pg.add
-        await _with_driver(
+        await with_driver(
             self.session,
             lambda c: c.execute(sql, self.session_id, data, roles, types),
             retry=False,
@@ -259,7 +277,7 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def pop(self) -> str | None:
         sql = self.session._pg.pop
-        value: str | None = await _with_driver(
+        value: str | None = await with_driver(
             self.session, lambda c: c.fetchval(sql, self.session_id), retry=False
         )
         return value
@@ -268,14 +286,14 @@ class _AsyncpgOperations(_EngineOperations):
         sql = self.session._pg.clear
         # Never resent once sent: a DELETE repeated after a lost reply would remove items that
         # other clients added (and were told were stored) in between.
-        await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
+        await with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
 
 
 class _AiosqliteOperations(_EngineOperations):
     """Runs each whole operation in the aiosqlite connection's worker thread: one thread hop."""
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, retry: bool) -> T:
-        return await _in_aiosqlite_thread(self.session, fn, *args, retry=retry)
+        return await in_aiosqlite_thread(self.session, fn, *args, retry=retry)
 
     async def get(self, limit: int | None) -> list[str]:
         return await self._in_thread(
@@ -330,12 +348,11 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
         table_prefix: str = "",
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
-            )
         self._setup(
-            engine.dialect.name, engine.dialect.driver, create_tables, table_prefix, call_timeout
+            _engine_kind(engine, "SQLAlchemySessionManager"),
+            create_tables,
+            table_prefix,
+            call_timeout,
         )
         self._engine: AsyncEngine | None = engine
         self._url: str | None = None
@@ -353,35 +370,18 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
     ) -> SQLAlchemySessionManager:
         """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
         aiosqlite), shared with every session of that URL; ``close()`` releases it."""
-        if not isinstance(url, str) or not url:
-            raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
-        async_url = migrate.async_url(url)
-        require_driver(async_url)
-        parsed = make_url(async_url)
-        self._setup(
-            parsed.get_backend_name(),
-            parsed.get_driver_name(),
-            create_tables,
-            table_prefix,
-            call_timeout,
-        )
+        async_url, kind = _url_kind(url, "SQLAlchemySessionManager")
+        self._setup(kind, create_tables, table_prefix, call_timeout)
         self._engine = None
         self._url = async_url
         self._engine_options = dict(engine_kwargs or {})
         return self
 
     def _setup(
-        self,
-        dialect: str,
-        driver: str,
-        create_tables: bool,
-        table_prefix: str,
-        call_timeout: float | None,
+        self, kind: str, create_tables: bool, table_prefix: str, call_timeout: float | None
     ) -> None:
-        self._kind = f"{dialect}+{driver}"
-        if self._kind not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-            raise ValueError(f"SQLAlchemySessionManager supports {_SUPPORTED}, not {self._kind}")
+        self._kind = kind
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
         self._call_timeout = _validate_call_timeout(call_timeout)
@@ -399,21 +399,21 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
         return _store_identity(self._engine, self._url, self._table_prefix)[1] == MEMORY
 
     def _driver_timeout(self) -> float | None:
-        return self._call_timeout if self._kind == "postgresql+asyncpg" else None
+        return self._call_timeout if self._kind == POSTGRES else None
 
     def _server(self) -> str:
-        return _server_name(self._engine, self._url)
+        return server_name(self._engine, self._url)
 
     async def engine(self) -> AsyncEngine:
         """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
         with agentmem's schema checked (or created, with ``create_tables``)."""
         engine = await self._current_engine()
-        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
+        await schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine
 
     async def _current_engine(self) -> AsyncEngine:
         self._check_open()
-        return await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
+        return await engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
 
     async def schema_revision(self) -> str | None:
         """The agentmem schema revision of the database (``None``: its tables are absent),
@@ -424,7 +424,7 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
         """Bring the database to agentmem's current schema (runs the migrations)."""
         engine = await self._current_engine()
         await migrate.upgrade(engine, table_prefix=self._table_prefix)
-        _schemas.forget(engine)
+        schemas.forget(engine)
 
     def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLAlchemySession:
         """A session on the manager's engine.
@@ -464,11 +464,11 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
     ) -> T:
         """One manager operation on a pooled connection, in the driver's fast path."""
         self._check_open()
-        if self._kind == "postgresql+asyncpg":
-            return await _with_driver(
+        if self._kind == POSTGRES:
+            return await with_driver(
                 self, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
             )
-        return await _in_aiosqlite_thread(self, on_sqlite, self._table_prefix, *args, retry=retry)
+        return await in_aiosqlite_thread(self, on_sqlite, self._table_prefix, *args, retry=retry)
 
     async def list_sessions(self) -> list[str]:
         """The ids of every stored session, sorted."""
@@ -484,8 +484,7 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
     ) -> SessionPage:
         """One page of the stored sessions, most recently updated first (a keyset range on
         ``updated_at``: every page costs the same)."""
-        size = validate_page_size(limit)
-        after = None if cursor is None else decode_cursor(cursor)
+        size, after = page_request(limit, cursor)
         infos = await self._run(
             _manage.postgres_page, _manage.sqlite_page, size + 1, after, retry=True
         )
@@ -518,9 +517,7 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, in one transaction."""
-        conversation = conversation.validated()
-        encoded = encode_items(conversation.items)
-        created, updated = conversation.stamped()
+        encoded, created, updated = conversation.prepared()
         await self._run(
             _manage.postgres_write,
             _manage.sqlite_write,
@@ -532,4 +529,4 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
         )
 
     async def _release(self) -> None:
-        await _release_engines(self._engine_keys)
+        await release_engines(self._engine_keys)

@@ -34,11 +34,10 @@ from agentmem.manager import (
     Conversation,
     SessionInfo,
     SessionPage,
-    decode_cursor,
     page_of,
-    validate_page_size,
+    page_request,
 )
-from agentmem.session import EncodedItem, encode_items, validate_session_id
+from agentmem.session import EncodedItem, validate_session_id
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
@@ -219,6 +218,12 @@ async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
+async def _release(database: _Database) -> None:
+    """Drop one user of ``database``; the last one closes it (in a worker thread)."""
+    if _files.release(database):
+        await asyncio.get_running_loop().run_in_executor(None, database.close)
+
+
 class _ThreadOperations(Operations):
     def __init__(self, database: _Database, session_id: str) -> None:
         self.database = database
@@ -330,8 +335,7 @@ class SQLiteSession(SQLSessionBase):
         return True
 
     async def _close(self) -> None:
-        if _files.release(self._database):
-            await asyncio.get_running_loop().run_in_executor(None, self._database.close)
+        await _release(self._database)
 
 
 # --- the manager -------------------------------------------------------------------------------
@@ -424,8 +428,7 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
     ) -> SessionPage:
         """One page of the stored sessions, most recently updated first (a keyset range on
         ``updated_at``)."""
-        size = validate_page_size(limit)
-        after = None if cursor is None else decode_cursor(cursor)
+        size, after = page_request(limit, cursor)
         return page_of(await self._run(_manage.sqlite_page, size + 1, after), size)
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
@@ -444,11 +447,8 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, in one transaction."""
-        conversation = conversation.validated()
-        created, updated = conversation.stamped()
-        encoded = encode_items(conversation.items)
+        encoded, created, updated = conversation.prepared()
         await self._run(_manage.sqlite_write, conversation.session_id, encoded, created, updated)
 
     async def _release(self) -> None:
-        if _files.release(self._database):
-            await asyncio.get_running_loop().run_in_executor(None, self._database.close)
+        await _release(self._database)

@@ -108,8 +108,8 @@ def _registry_locks() -> list[Any]:
     locks = [
         sqlite_backend._files._lock,
         sqlite_backend._templates._lock,
-        sqlalchemy_engines._shared_engines._lock,
-        sqlalchemy_engines._schemas._lock,
+        sqlalchemy_engines.shared_engines._lock,
+        sqlalchemy_engines.schemas._lock,
     ]
     with contextlib.suppress(ImportError):
         from agentmem.redis import client as _redis
