@@ -31,7 +31,7 @@ from agentmem.session import (
     SessionABC,
     validate_session_id,
 )
-from agentmem.sql import _manage, migrate
+from agentmem.sql import _manage, _urls, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._engines import (
     engine_of,
@@ -96,7 +96,7 @@ def _url_kind(url: object, user: str) -> tuple[str, str]:
     its supported ``dialect+driver``, its driver installed."""
     if not isinstance(url, str) or not url:
         raise ValueError("url must be a database URL such as postgresql://user@host/db")
-    async_url = migrate.async_url(url)
+    async_url = _urls.async_url(url)
     require_driver(async_url)
     parsed = make_url(async_url)
     return async_url, _checked_kind(parsed.get_backend_name(), parsed.get_driver_name(), user)

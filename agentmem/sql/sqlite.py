@@ -38,7 +38,7 @@ from agentmem.manager import (
     page_request,
 )
 from agentmem.session import EncodedItem, validate_session_id
-from agentmem.sql import _manage, migrate
+from agentmem.sql import _manage, _sqlite_schema, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
@@ -79,7 +79,7 @@ class _Templates:
             template = self._by_prefix.get(table_prefix)
             if template is None:
                 template = _connect(MEMORY)
-                migrate.sqlite_upgrade(template, table_prefix)
+                _sqlite_schema.sqlite_upgrade(template, table_prefix)
                 self._by_prefix[table_prefix] = template
             template.backup(conn)
 
@@ -120,8 +120,8 @@ class _Database:
         try:
             if self.target == MEMORY:
                 _templates.copy_into(conn, self.table_prefix)
-            elif migrate.current_revision_sqlite(conn, self.table_prefix) != migrate.head():
-                migrate.sqlite_upgrade(conn, self.table_prefix)
+            elif _sqlite_schema.current_revision_sqlite(conn, self.table_prefix) != migrate.head():
+                _sqlite_schema.sqlite_upgrade(conn, self.table_prefix)
         except BaseException:
             conn.close()
             raise
@@ -347,7 +347,7 @@ def _read_revision(path: str, table_prefix: str) -> str | None:
     options = _sql.sqlite_read_only_options(path) or {"mode": "ro"}
     conn = sqlite3.connect(_sql.sqlite_uri(path, options), uri=True, timeout=BUSY_TIMEOUT_SECONDS)
     try:
-        return migrate.current_revision_sqlite(conn, table_prefix)
+        return _sqlite_schema.current_revision_sqlite(conn, table_prefix)
     finally:
         conn.close()
 
