@@ -120,8 +120,8 @@ class _Database:
         try:
             if self.target == MEMORY:
                 _templates.copy_into(conn, self.table_prefix)
-            elif _sqlite_schema.current_revision_sqlite(conn, self.table_prefix) != migrate.head():
-                _sqlite_schema.sqlite_upgrade(conn, self.table_prefix)
+            else:
+                _sqlite_schema.bring_to_head(conn, self.table_prefix)
         except BaseException:
             conn.close()
             raise
@@ -341,17 +341,6 @@ class SQLiteSession(SQLSessionBase):
 # --- the manager -------------------------------------------------------------------------------
 
 
-def _read_revision(path: str, table_prefix: str) -> str | None:
-    if not Path(path).is_file():
-        return None
-    options = _sql.sqlite_read_only_options(path) or {"mode": "ro"}
-    conn = sqlite3.connect(_sql.sqlite_uri(path, options), uri=True, timeout=BUSY_TIMEOUT_SECONDS)
-    try:
-        return _sqlite_schema.current_revision_sqlite(conn, table_prefix)
-    finally:
-        conn.close()
-
-
 class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
     """Hands out ``SQLiteSession`` objects on one database, and manages it as a whole.
 
@@ -407,7 +396,7 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         if self.db_path == MEMORY:
             return migrate.head()
         return await asyncio.get_running_loop().run_in_executor(
-            None, _read_revision, self.db_path, self.table_prefix
+            None, _sqlite_schema.file_revision, self.db_path, self.table_prefix
         )
 
     async def upgrade_schema(self) -> None:
