@@ -1,8 +1,10 @@
 """The session-manager interface every backend implements, and the records it returns.
 
-A manager hands out sessions of one store that share its connections, and owns what concerns
-the store as a whole: listing, inspecting, deleting, and moving whole conversations with their
-timestamps (what ``agentmem sessions export/import/copy`` are built on).
+A *store* is where conversations are kept: one SQL database (with a table prefix) or one Redis
+keyspace (with key prefixes). A manager hands out sessions of one store that share its
+connections, and owns what concerns the store as a whole: listing, inspecting, deleting, and
+moving whole conversations with their timestamps (what ``agentmem sessions export/import/copy``
+are built on).
 
 This module imports nothing of agentmem but the core :mod:`agentmem.session`.
 """

@@ -734,8 +734,8 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             SessionClosedError: the manager was closed.
         """
         self._check_open()
-        store_session = self.store.get_session(session_id, session_settings=session_settings)
-        session = CachedSession(store_session, session_settings=session_settings, **self._options)
+        sql_session = self.store.get_session(session_id, session_settings=session_settings)
+        session = CachedSession(sql_session, session_settings=session_settings, **self._options)
         return self._handed_out(session)
 
     async def list_sessions(self) -> list[str]:
