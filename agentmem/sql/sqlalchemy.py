@@ -117,7 +117,54 @@ def _store_identity(
     return parsed.get_backend_name(), database, table_prefix
 
 
-class SQLAlchemySession(SQLSessionBase):
+class _OnEngine:
+    """What a session and a manager on one engine share: the engine (given, or this event
+    loop's shared engine of a URL), the table prefix, the schema policy and the call timeout."""
+
+    def _hold(
+        self,
+        kind: str,
+        engine: AsyncEngine | None,
+        url: str | None,
+        engine_kwargs: dict[str, Any] | None,
+        create_tables: bool,
+        table_prefix: str,
+        call_timeout: float | None,
+    ) -> None:
+        self._kind = kind
+        self._table_prefix = validate_table_prefix(table_prefix)
+        self._create_tables = create_tables
+        self._engine = engine
+        self._url = url
+        self._engine_options = dict(engine_kwargs or {})
+        self._engine_keys: list[Any] = []
+        self._call_timeout = _validate_call_timeout(call_timeout)
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of agentmem's table names in the store."""
+        return self._table_prefix
+
+    def _driver_timeout(self) -> float | None:
+        """``call_timeout`` where it applies: on PostgreSQL."""
+        return self._call_timeout if self._kind == POSTGRES else None
+
+    def _server(self) -> str:
+        return server_name(self._engine, self._url)
+
+    async def _current_engine(self) -> AsyncEngine:
+        """The engine given, or this event loop's shared engine of the URL."""
+        return await engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
+
+    async def _ready_engine(self) -> AsyncEngine:
+        """The current engine, with agentmem's schema checked (or created, with
+        ``create_tables``)."""
+        engine = await self._current_engine()
+        await schemas.ensure(engine, self._table_prefix, self._create_tables)
+        return engine
+
+
+class SQLAlchemySession(SQLSessionBase, _OnEngine):
     """Conversation history in the ``sessions``/``messages`` tables of a SQLAlchemy database.
 
     Example:
@@ -159,14 +206,8 @@ class SQLAlchemySession(SQLSessionBase):
     ) -> None:
         super().__init__(session_id, session_settings)
         kind = _engine_kind(engine, "SQLAlchemySession")
-        self._table_prefix = validate_table_prefix(table_prefix)
-        self._create_tables = create_tables
-        self._engine: AsyncEngine | None = engine
-        self._url: str | None = None
-        self._engine_options: dict[str, Any] = {}
-        self._engine_keys: list[Any] = []
-        self._call_timeout = _validate_call_timeout(call_timeout)
-        self._bind_operations(kind)
+        self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
+        self._bind_operations()
 
     @classmethod
     def from_url(
@@ -193,28 +234,18 @@ class SQLAlchemySession(SQLSessionBase):
         """
         self = cls.__new__(cls)
         SessionABC.__init__(self, session_id, session_settings)
-        self._url, kind = _url_kind(url, "SQLAlchemySession")
-        self._table_prefix = validate_table_prefix(table_prefix)
-        self._create_tables = create_tables
-        self._engine = None
-        self._engine_options = dict(engine_kwargs or {})
-        self._engine_keys = []
-        self._call_timeout = _validate_call_timeout(call_timeout)
-        self._bind_operations(kind)
+        async_url, kind = _url_kind(url, "SQLAlchemySession")
+        self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
+        self._bind_operations()
         return self
 
-    def _bind_operations(self, kind: str) -> None:
-        if kind == POSTGRES:
+    def _bind_operations(self) -> None:
+        if self._kind == POSTGRES:
             self._pg = _sql.postgres_statements(self._table_prefix)
             self._ops = _AsyncpgOperations(self)
         else:
             self._lite = _sql.sqlite_statements(self._table_prefix)
             self._ops = _AiosqliteOperations(self)
-
-    @property
-    def table_prefix(self) -> str:
-        """The prefix of this session's table names."""
-        return self._table_prefix
 
     @property
     def store_identity(self) -> tuple[str, str, str]:
@@ -227,19 +258,10 @@ class SQLAlchemySession(SQLSessionBase):
         """Seconds one PostgreSQL call may take (``None``: no limit)."""
         return self._call_timeout
 
-    def _driver_timeout(self) -> float | None:
-        """``call_timeout`` where it applies: on PostgreSQL."""
-        return self._call_timeout if isinstance(self._ops, _AsyncpgOperations) else None
-
-    def _server(self) -> str:
-        return server_name(self._engine, self._url)
-
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
         self._check_open()
-        engine = await engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
-        await schemas.ensure(engine, self._table_prefix, self._create_tables)
-        return engine
+        return await self._ready_engine()
 
     async def _close(self) -> None:
         await release_engines(self._engine_keys)
@@ -317,7 +339,7 @@ class _AiosqliteOperations(_EngineOperations):
 # --- the manager -------------------------------------------------------------------------------
 
 
-class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
+class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngine):
     """Hands out ``SQLAlchemySession`` objects on one engine, and manages the store as a whole.
 
     Example:
@@ -348,15 +370,9 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
         table_prefix: str = "",
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
-        self._setup(
-            _engine_kind(engine, "SQLAlchemySessionManager"),
-            create_tables,
-            table_prefix,
-            call_timeout,
-        )
-        self._engine: AsyncEngine | None = engine
-        self._url: str | None = None
-        self._engine_options: dict[str, Any] = {}
+        kind = _engine_kind(engine, "SQLAlchemySessionManager")
+        self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
+        self._closed = False
 
     @classmethod
     def from_url(
@@ -372,56 +388,30 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession]):
         aiosqlite), shared with every session of that URL; ``close()`` releases it."""
         self = cls.__new__(cls)
         async_url, kind = _url_kind(url, "SQLAlchemySessionManager")
-        self._setup(kind, create_tables, table_prefix, call_timeout)
-        self._engine = None
-        self._url = async_url
-        self._engine_options = dict(engine_kwargs or {})
-        return self
-
-    def _setup(
-        self, kind: str, create_tables: bool, table_prefix: str, call_timeout: float | None
-    ) -> None:
-        self._kind = kind
-        self._table_prefix = validate_table_prefix(table_prefix)
-        self._create_tables = create_tables
-        self._call_timeout = _validate_call_timeout(call_timeout)
-        self._engine_keys: list[Any] = []
+        self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
         self._closed = False
-
-    @property
-    def table_prefix(self) -> str:
-        """The prefix of the store's table names."""
-        return self._table_prefix
+        return self
 
     @property
     def process_private(self) -> bool:
         """Whether the engine's database is an in-memory SQLite one (private to this process)."""
         return _store_identity(self._engine, self._url, self._table_prefix)[1] == MEMORY
 
-    def _driver_timeout(self) -> float | None:
-        return self._call_timeout if self._kind == POSTGRES else None
-
-    def _server(self) -> str:
-        return server_name(self._engine, self._url)
-
     async def engine(self) -> AsyncEngine:
         """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
         with agentmem's schema checked (or created, with ``create_tables``)."""
-        engine = await self._current_engine()
-        await schemas.ensure(engine, self._table_prefix, self._create_tables)
-        return engine
-
-    async def _current_engine(self) -> AsyncEngine:
         self._check_open()
-        return await engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
+        return await self._ready_engine()
 
     async def schema_revision(self) -> str | None:
         """The agentmem schema revision of the database (``None``: its tables are absent),
         read without changing anything."""
+        self._check_open()
         return await migrate.current(await self._current_engine(), table_prefix=self._table_prefix)
 
     async def upgrade_schema(self) -> None:
         """Bring the database to agentmem's current schema (runs the migrations)."""
+        self._check_open()
         engine = await self._current_engine()
         await migrate.upgrade(engine, table_prefix=self._table_prefix)
         schemas.forget(engine)
