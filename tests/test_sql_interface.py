@@ -49,3 +49,16 @@ async def test_sqlalchemy_sessions_and_managers_say_whether_their_database_is_pr
     finally:
         await memory.dispose()
         await on_file.dispose()
+
+
+async def test_a_cached_manager_refuses_an_in_memory_sqlalchemy_store_when_built() -> None:
+    from agentmem import CachedSessionManager
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    store = SQLAlchemySessionManager(engine)
+    try:
+        with pytest.raises(ValueError, match="in-memory"):
+            CachedSessionManager(store)
+    finally:
+        await store.close()
+        await engine.dispose()

@@ -4,6 +4,10 @@ The same revision scripts serve ``alembic upgrade head`` in the repo and these f
 installed package (the wheel ships them as ``agentmem/_migrations``). Every function works inside
 a running event loop: the migration runs on the caller's connection through ``run_sync``.
 
+``async_url`` (the async driver of a plain URL) lives in :mod:`agentmem.sql._urls` and is
+re-exported here; the stdlib backend's raw-sqlite3 schema helpers in
+:mod:`agentmem.sql._sqlite_schema`.
+
 Example:
     >>> await agentmem.migrate.upgrade(engine)            # to head
     >>> await agentmem.migrate.check(engine)              # raises SchemaError if behind

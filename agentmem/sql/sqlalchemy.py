@@ -3,7 +3,8 @@
 
 Connections come from the engine's pool, one checkout per operation. Each operation is one
 statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite (see
-:mod:`agentmem.sql._statements`).
+:mod:`agentmem.sql._statements`). Engines built from URLs and the schema check live in
+:mod:`agentmem.sql._engines`; the timeout and retry of a call in :mod:`agentmem.sql._retry`.
 """
 
 from __future__ import annotations
