@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import sys
 import threading
-import weakref
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
+from agentmem import _forks
 from agentmem._deps import missing
 
 # Without redis-py this module still imports (so do the backends built on it, and
@@ -284,7 +283,7 @@ class LoopClients:
         self._connection = connection
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
-        _all_loop_clients.add(self)
+        _forks.reset_in_child(self)
 
     def get(self) -> Redis:
         """The running event loop's client, built on first use."""
@@ -314,7 +313,7 @@ class LoopClients:
         """In a forked child: the parent's clients stay referenced (so that no finalizer closes
         the parent's sockets from here) and are never used again."""
         self._lock = threading.Lock()
-        _inherited.append(self._clients)
+        _forks.keep(self._clients)
         self._clients = {}
 
 
@@ -325,6 +324,7 @@ class SharedClients:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], tuple[LoopClients, int]] = {}
+        _forks.reset_in_child(self)
 
     def acquire(self, connection: Connection) -> LoopClients:
         """The clients of ``connection``, counted once more."""
@@ -349,18 +349,5 @@ class SharedClients:
         self._lock = threading.Lock()
 
 
-_all_loop_clients: weakref.WeakSet[LoopClients] = weakref.WeakSet()
-_inherited: list[Any] = []
-
-
 shared_clients = SharedClients()
 """The clients of every session built from a URL in this process."""
-
-
-def _after_fork_in_child() -> None:
-    shared_clients.after_fork()
-    for clients in list(_all_loop_clients):
-        clients.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -5,7 +5,6 @@ and event loop), the schema readiness of each engine, and agentmem's SQLite conn
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import weakref
 from typing import Any
@@ -14,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from agentmem import _forks
 from agentmem.errors import SchemaError
 from agentmem.sql import _statements as _sql
 from agentmem.sql import migrate
@@ -30,6 +30,7 @@ class SchemaCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # around mutations only, never across an await
+        _forks.reset_in_child(self)
         self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
@@ -89,7 +90,7 @@ class SharedEngines:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # around dict mutations only, never across an await
         self._engines: dict[tuple[asyncio.AbstractEventLoop, str, str], list[Any]] = {}
-        self._inherited: list[Any] = []
+        _forks.reset_in_child(self)
 
     def acquire(self, url: str, options: dict[str, Any]) -> tuple[Any, AsyncEngine]:
         loop = asyncio.get_running_loop()
@@ -136,19 +137,11 @@ class SharedEngines:
         """In a forked child: the parent's engines stay referenced (so that no finalizer closes
         the parent's sockets from here) and are never used again."""
         self._lock = threading.Lock()
-        self._inherited.append(self._engines)
+        _forks.keep(self._engines)
         self._engines = {}
 
 
 shared_engines = SharedEngines()
-
-
-def _after_fork_in_child() -> None:
-    schemas.after_fork()
-    shared_engines.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _configure_sqlite_engine(engine: AsyncEngine) -> None:

@@ -22,13 +22,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agentmem import _forks
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -73,6 +73,7 @@ class _Templates:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_prefix: dict[str, sqlite3.Connection] = {}
+        _forks.reset_in_child(self)
 
     def copy_into(self, conn: sqlite3.Connection, table_prefix: str) -> None:
         with self._lock:
@@ -85,7 +86,7 @@ class _Templates:
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        _inherited.append(self._by_prefix)
+        _forks.keep(self._by_prefix)
         self._by_prefix = {}
 
 
@@ -101,7 +102,7 @@ class _Database:
         self.lock = threading.Lock()
         self.refs = 0
         self._conn: sqlite3.Connection | None = None
-        _databases.add(self)
+        _forks.reset_in_child(self)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self.lock:
@@ -136,7 +137,7 @@ class _Database:
     def after_fork(self) -> None:
         self.lock = threading.Lock()
         if self._conn is not None:
-            _inherited.append(self._conn)
+            _forks.keep(self._conn)
             self._conn = None
 
 
@@ -147,6 +148,7 @@ class _Files:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], _Database] = {}
+        _forks.reset_in_child(self)
 
     def acquire(self, path: str, table_prefix: str) -> _Database:
         if path == MEMORY:
@@ -179,20 +181,6 @@ class _Files:
 
 
 _files = _Files()
-_databases: weakref.WeakSet[_Database] = weakref.WeakSet()
-_inherited: list[Any] = []
-"""In a forked child, the parent's connections: kept referenced so that they are never closed
-(closing one could checkpoint or remove the parent's WAL) and never used."""
-
-
-def _after_fork_in_child() -> None:
-    _files.after_fork()
-    _templates.after_fork()
-    for database in list(_databases):
-        database.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
