@@ -161,13 +161,9 @@ def use_sqlite_settings(engine: AsyncEngine) -> None:
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    """The settings of agentmem's SQLite connections: WAL (readers never wait for the writer),
-    ``synchronous=NORMAL`` (with WAL: durable across process crashes, no flush per commit), and
-    a 30 s wait for another process's write lock."""
+    """The settings of agentmem's SQLite connections (:func:`_statements.sqlite_settings`)."""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
-    _sql.sqlite_use_wal(cursor)
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    _sql.sqlite_settings(cursor)
     cursor.close()
 
 

@@ -60,8 +60,7 @@ def _connect(target: str) -> sqlite3.Connection:
         uri=read_only is not None,
     )
     if target != MEMORY and read_only is None:
-        _sql.sqlite_use_wal(conn.cursor(), BUSY_TIMEOUT_SECONDS)
-        conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+        _sql.sqlite_settings(conn.cursor())
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
