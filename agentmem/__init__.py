@@ -1,5 +1,14 @@
 """agentmem: conversation memory for LLM agents, behind the OpenAI Agents SDK's Session protocol.
 
+Where each concept lives (the arrows run one way: cli -> managers -> backends -> core):
+
+- Core: :mod:`agentmem.session` (the Session protocol, ``SessionABC``, the close lifecycle),
+  :mod:`agentmem.items` (ids, limits, item encoding), :mod:`agentmem.errors`,
+  :mod:`agentmem.manager` (``SessionManagerABC`` and the records it returns).
+- Backends: :mod:`agentmem.sql` (SQLite, SQLAlchemy, schema, migrations), :mod:`agentmem.redis`
+  (Redis), :mod:`agentmem.cache` (a SQL store with a Redis cache, on their public interfaces).
+- :mod:`agentmem.cli`: the ``agentmem`` command, on the managers.
+
 Backends load on first use. An optional dependency that is not installed (``redis``,
 ``asyncpg``) only matters when a backend that needs it is built: that raises
 :class:`MissingDependencyError` naming the ``pip install`` line.

@@ -1,7 +1,7 @@
 """The exceptions agentmem raises of its own, in one place.
 
 Core: it imports nothing else of agentmem. Backend drivers' own errors (Redis, SQLAlchemy) pass
-through unchanged; the Redis ones are re-exported by :mod:`agentmem.redis`.
+through unchanged; the Redis ones are re-exported by :mod:`agentmem.redis.client`.
 """
 
 from __future__ import annotations

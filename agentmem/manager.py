@@ -1,8 +1,10 @@
 """The session-manager interface every backend implements, and the records it returns.
 
-A manager hands out sessions of one store that share its connections, and owns what concerns
-the store as a whole: listing, inspecting, deleting, and moving whole conversations with their
-timestamps (what ``agentmem sessions export/import/copy`` are built on).
+A *store* is where conversations are kept: one SQL database (with a table prefix) or one Redis
+keyspace (with key prefixes). A manager hands out sessions of one store that share its
+connections, and owns what concerns the store as a whole: listing, inspecting, deleting, and
+moving whole conversations with their timestamps (what ``agentmem sessions export/import/copy``
+are built on).
 
 Core: it imports only agentmem's other core modules (session, records, items, errors).
 """
@@ -24,6 +26,7 @@ from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.records import SessionInfo, SessionPage, utc
 from agentmem.session import (
     Closing,
+    EncodedItem,
     SessionABC,
     SessionClosedError,
     SessionItem,
@@ -41,6 +44,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "page_of",
+    "page_request",
     "utc",
     "validate_page_size",
 ]
@@ -77,6 +81,16 @@ class Conversation:
         created = utc(self.created_at) if self.created_at is not None else None
         updated = utc(self.updated_at) if self.updated_at is not None else None
         return Conversation(self.session_id, self.items, created, updated)
+
+    def prepared(self) -> tuple[list[EncodedItem], datetime, datetime]:
+        """What a store writes of this conversation: its items checked and encoded once, and
+        its ``stamped()`` times.
+
+        Raises:
+            TypeError, ValueError: a bad id or item (the message names the item's index).
+        """
+        validate_session_id(self.session_id)
+        return encode_items(self.items), *self.stamped()
 
     def stamped(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         """``(created_at, updated_at)`` with the defaults filled in, in UTC."""
@@ -264,6 +278,17 @@ def page_of(infos: list[SessionInfo], size: int) -> SessionPage:
         return SessionPage(infos, None)
     page = infos[:size]
     return SessionPage(page, encode_cursor(page[-1]))
+
+
+def page_request(limit: object, cursor: object) -> tuple[int, tuple[datetime, str] | None]:
+    """The checked arguments of ``find_sessions``: the page size, and the ``(updated_at,
+    session_id)`` the page starts after (``None``: the first page).
+
+    Raises:
+        TypeError, ValueError: a bad limit or cursor.
+    """
+    size = validate_page_size(limit)
+    return size, None if cursor is None else decode_cursor(cursor)
 
 
 def validate_page_size(limit: object) -> int:

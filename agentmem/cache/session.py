@@ -34,8 +34,9 @@ Protocol:
   raises that error before touching SQL. Only when no connection can be had (refused, reset,
   no free pooled connection) does it go on unmarked; its process then owes the invalidation.
 - A failed or cancelled SQL write may have committed. On a SQLite file it is over when it
-  raises (the thread is waited for), so *end* drops the copy; on a server it may still commit,
-  so *end* keeps the writer counted and readers stay on SQL until the lease ends.
+  raises (the thread is waited for: ``over_when_raised`` of the SQL session), so *end* drops
+  the copy; on a server it may still commit, so *end* keeps the writer counted and readers
+  stay on SQL until the lease ends.
 - Only fills and writes set the keys' expiry; a hit leaves it. A copy that a write missed
   (the unmarked case above) is gone ``ttl`` after its fill or last write, however often read.
 """
@@ -47,7 +48,7 @@ import logging
 import secrets
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
@@ -65,14 +66,16 @@ from agentmem.manager import (
 from agentmem.redis import client as _redis
 from agentmem.redis.client import (
     DEFAULT_URL,
+    LUA_EXPIRE,
     TTL,
-    _connection_unless_given,
-    _key,
-    _Script,
-    _settled,
-    _shared,
-    _ttl_ms,
-    _validate_prefix,
+    ConnectionOptions,
+    Script,
+    connection_unless_given,
+    settled,
+    shared_clients,
+    tagged_key,
+    ttl_to_ms,
+    validate_prefix,
 )
 from agentmem.session import (
     SessionABC,
@@ -81,12 +84,7 @@ from agentmem.session import (
     encode_items,
     validate_session_id,
 )
-from agentmem.sql.sqlalchemy import (
-    SQLAlchemySession,
-    SQLAlchemySessionManager,
-    SQLSessionBase,
-)
-from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
+from agentmem.sql.base import SQLSessionBase, SQLSessionManagerABC
 from agentmem.windows import mark_of, resolve_window_mode, window_length
 
 if TYPE_CHECKING:
@@ -104,12 +102,11 @@ logger = logging.getLogger("agentmem")
 
 T = TypeVar("T")
 
-_COMMON = """
-local function expire(ttl)
-  for _, key in ipairs(KEYS) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
-end
+# The functions every script below but _BEGIN starts with. KEYS: items, state.
+_COMMON = (
+    LUA_EXPIRE
+    + """
+-- ends_at(e, i): where item i ends in the items string, from the packed offsets e.
 local function ends_at(e, i)
   return (struct.unpack('>I4', e, (i - 1) * 4 + 1))
 end
@@ -119,11 +116,12 @@ local function intact(e)
   return redis.call('STRLEN', KEYS[1]) == (n > 0 and ends_at(e, n) or 1)
 end
 """
+)
 
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
 # items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
 # generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
-_READ = _Script(
+_READ = Script(
     _COMMON
     + """
 local st = redis.call('HMGET', KEYS[2], 'w', 'c', 'e')
@@ -151,7 +149,8 @@ return {2, gen}
 )
 
 # KEYS: items, state. ARGV: generation handed out, ttl ms, header, the string, its offsets.
-_FILL = _Script(
+# Returns 1 (filled), or 0 (refused: a write began since the generation was handed out).
+_FILL = Script(
     _COMMON
     + """
 if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
@@ -162,9 +161,10 @@ return 1
 """
 )
 
-# KEYS: items, state. ARGV: new generation, lease ms. Runs when Redis is over its maxmemory
-# (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from marking it.
-_BEGIN = _Script(
+# KEYS: items, state. ARGV: new generation, lease ms. Returns 1. Runs when Redis is over its
+# maxmemory (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from
+# marking it.
+_BEGIN = Script(
     """#!lua flags=allow-oom
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
 redis.call('HSET', KEYS[2], 'g', ARGV[1])
@@ -188,7 +188,7 @@ return 1
 # still commit), the generation begin set, a new generation, ttl ms, max cached items, op
 # ("add", "pop", "clear" or "" = drop the cached items); for "add": the new items joined, their
 # offsets in that text. Refused as a whole when Redis is over its maxmemory (an update in place
-# may add much); _END_OOM is the same script for op "" (drop), which runs then.
+# may add much); _END_OOM is the same script for op "" (drop), which runs then. Returns 1.
 _END_SOURCE = (
     _COMMON
     + """
@@ -242,8 +242,8 @@ if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
 return 1
 """
 )
-_END = _Script("#!lua\n" + _END_SOURCE)
-_END_OOM = _Script("#!lua flags=allow-oom\n" + _END_SOURCE)
+_END = Script("#!lua\n" + _END_SOURCE)
+_END_OOM = Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
@@ -274,8 +274,8 @@ def _store_tag(store: SQLSessionBase) -> str:
     return hashlib.sha256("\0".join(store.store_identity).encode()).hexdigest()[:12]
 
 
-def _refuse_memory(database: str) -> None:
-    if database == ":memory:":
+def _refuse_private(store: SQLSessionBase | SQLSessionManagerABC[Any]) -> None:
+    if store.process_private:
         raise ValueError(
             "an in-memory SQLite database is private to its process and cannot sit behind a "
             "shared cache; use a database file"
@@ -287,7 +287,7 @@ def _checked_options(max_cached_items: object, ttl: object, key_prefix: object) 
     milliseconds (0: none) and the key prefix."""
     if not isinstance(max_cached_items, int) or max_cached_items < 1:
         raise ValueError(f"max_cached_items must be a positive int, got {max_cached_items!r}")
-    return _ttl_ms(ttl), _validate_prefix("key_prefix", key_prefix)
+    return ttl_to_ms(ttl), validate_prefix("key_prefix", key_prefix)
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -417,21 +417,18 @@ class CachedSession(SessionABC):
             TypeError, ValueError: a bad store, URL, client, ttl, prefix or size.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
-        if not isinstance(store, SQLAlchemySession | SQLiteSession):
+        if not isinstance(store, SQLSessionBase):
             raise TypeError(
                 "store must be an agentmem SQL session (SQLAlchemySession or SQLiteSession), "
                 f"got {type(store).__name__}"
             )
-        _refuse_memory(store.store_identity[1])
+        _refuse_private(store)
         ttl_ms, prefix = _checked_options(max_cached_items, ttl, key_prefix)
-        connection = _connection_unless_given(
+        connection = connection_unless_given(
             client,
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+            ConnectionOptions(
+                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+            ),
         )
         super().__init__(
             store.session_id,
@@ -455,13 +452,13 @@ class CachedSession(SessionABC):
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
         self.store_tag = _store_tag(store)
-        base = _key(f"{prefix}:{self.store_tag}", self.session_id)
+        base = tagged_key(f"{prefix}:{self.store_tag}", self.session_id)
         self.items_key = f"{base}:items"
         self.state_key = f"{base}:state"
         self._keys = [self.items_key, self.state_key]
         self._client_given = client
         self._connection = connection
-        self._clients = None if connection is None else _shared.acquire(connection)
+        self._clients = None if connection is None else shared_clients.acquire(connection)
         self._health: _Health | None = None
 
     # --- Redis plumbing ----------------------------------------------------------------------
@@ -486,7 +483,7 @@ class CachedSession(SessionABC):
         """Run one cache call: ``(None, result)``, or ``(the error, None)`` when Redis failed."""
         health = self._server(client)
         try:
-            result = await _settled(call())
+            result = await settled(call())
         except (_redis.RedisError, OSError) as exc:
             if not health.down:
                 health.down = True
@@ -560,9 +557,10 @@ class CachedSession(SessionABC):
         try:
             result = await write()
         except BaseException:
-            # It may have committed. A SQLite file's call is over when it raises; a server's
-            # may still commit: keep it counted, so readers stay on SQL until the lease ends.
-            held = "1" if isinstance(self.store, SQLiteSession) else "h"
+            # It may have committed. Where the call is over when it raises (a SQLite file), drop
+            # the copy; where it may still commit (a server), keep it counted, so readers stay
+            # on SQL until the lease ends.
+            held = "1" if self.store.over_when_raised else "h"
             await self._finish(client, held if began else "0", gen, "", [])
             raise
         await self._finish(client, "1" if began else "0", gen, op, payload)
@@ -739,12 +737,10 @@ class CachedSession(SessionABC):
         finally:
             if self._connection is not None:
                 self._clients = None
-                await _shared.release(self._connection)
+                await shared_clients.release(self._connection)
 
 
 # --- the manager -------------------------------------------------------------------------------
-
-StoreManager = SQLiteSessionManager | SQLAlchemySessionManager
 
 
 class CachedSessionManager(SessionManagerABC[CachedSession]):
@@ -776,7 +772,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
 
     def __init__(
         self,
-        store: StoreManager,
+        store: SQLSessionManagerABC[SQLSessionBase],
         redis_url: str = DEFAULT_URL,
         db: int | None = None,
         *,
@@ -789,39 +785,28 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         socket_connect_timeout: float | None = 1.0,
         pool_timeout: float | None = 10.0,
     ) -> None:
-        if not isinstance(store, SQLiteSessionManager | SQLAlchemySessionManager):
+        if not isinstance(store, SQLSessionManagerABC):
             raise TypeError(
                 "store must be an agentmem SQL manager (SQLAlchemySessionManager or "
                 f"SQLiteSessionManager), got {type(store).__name__}"
             )
-        if isinstance(store, SQLiteSessionManager):
-            _refuse_memory(store.db_path)
+        _refuse_private(store)
         _checked_options(max_cached_items, ttl, key_prefix)
         # Checked here as the sessions will; holding the shared clients keeps their pool open
         # between sessions.
-        self._connection = _connection_unless_given(
-            client,
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+        options = ConnectionOptions(
+            redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
         )
+        self._connection = connection_unless_given(client, options)
         if self._connection is not None:
-            _shared.acquire(self._connection)
+            shared_clients.acquire(self._connection)
         self.store = store
         self._options: dict[str, Any] = {
-            "redis_url": redis_url,
-            "db": db,
             "client": client,
             "ttl": ttl,
             "key_prefix": key_prefix,
             "max_cached_items": max_cached_items,
-            "max_connections": max_connections,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-            "pool_timeout": pool_timeout,
+            **asdict(options),
         }
         self._closed = False
 
@@ -840,13 +825,13 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             SessionClosedError: the manager was closed.
         """
         self._check_open()
-        store_session = self.store.get_session(
+        sql_session = self.store.get_session(
             session_id,
             session_settings=session_settings,
             whole_pairs=whole_pairs,
             whole_turns=whole_turns,
         )
-        session = CachedSession(store_session, session_settings=session_settings, **self._options)
+        session = CachedSession(sql_session, session_settings=session_settings, **self._options)
         return self._handed_out(session)
 
     async def list_sessions(self) -> list[str]:
@@ -905,4 +890,4 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             await self.store.close()
         finally:
             if self._connection is not None:
-                await _shared.release(self._connection)
+                await shared_clients.release(self._connection)

@@ -34,7 +34,7 @@ __all__ = [
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_URL",
     "CLIError",
-    "Store",
+    "OpenedStore",
     "conversation_json",
     "format_time",
     "info_json",
@@ -127,8 +127,9 @@ class SchemaOwner(Protocol):
     async def upgrade_schema(self) -> None: ...
 
 
-class Store:
-    """The conversations behind one URL: its backend's session manager, and how to name it.
+class OpenedStore:
+    """The store behind one URL as the command opens it: its backend's session manager, and
+    how to name it.
 
     The manager is made on first use (``make_manager``), after the checks that need none: a
     SQLite file that is missing or cannot be written is reported as such first. ``ping``
@@ -292,7 +293,9 @@ class Store:
             await self._manager.close()
 
 
-def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KEY_PREFIX) -> Store:
+def open_store(
+    url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KEY_PREFIX
+) -> OpenedStore:
     """The store for ``url``; nothing is connected yet.
 
     Raises:
@@ -328,7 +331,7 @@ def open_store(url: str, *, table_prefix: str = "", key_prefix: str = DEFAULT_KE
     )
 
 
-def _sql_store(url: str, table_prefix: str) -> Store:
+def _sql_store(url: str, table_prefix: str) -> OpenedStore:
     """SQLite or PostgreSQL: agentmem's ``sessions``/``messages`` tables (any table prefix)."""
     parsed = make_url(migrate.async_url(url))
     display_url = mask_credentials(make_url(url))
@@ -347,7 +350,7 @@ def _sql_store(url: str, table_prefix: str) -> Store:
         path = Path(parsed.database).expanduser().resolve()
         if not path.parent.is_dir():
             raise CLIError(f"directory {path.parent} does not exist")
-        return Store(
+        return OpenedStore(
             lambda: SQLiteSessionManager(path, table_prefix=table_prefix),
             has_schema=True,
             kind="SQLite",
@@ -378,7 +381,7 @@ def _sql_store(url: str, table_prefix: str) -> Store:
         table_prefix=table_prefix,
         engine_kwargs={"connect_args": {"timeout": CONNECT_TIMEOUT_SECONDS}},
     )
-    return Store(
+    return OpenedStore(
         lambda: manager,
         has_schema=True,
         kind="PostgreSQL",
@@ -388,7 +391,7 @@ def _sql_store(url: str, table_prefix: str) -> Store:
     )
 
 
-def _redis_store(url: str, key_prefix: str) -> Store:
+def _redis_store(url: str, key_prefix: str) -> OpenedStore:
     """Redis: the keys of a :class:`RedisSessionManager` under one key prefix.
 
     ``key_prefix`` ``p`` means session hashes ``p:session:{id}`` and item lists
@@ -407,7 +410,7 @@ def _redis_store(url: str, key_prefix: str) -> Store:
         max_connections=4,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
     )
-    return Store(
+    return OpenedStore(
         lambda: manager,
         has_schema=False,
         ping=RedisSessionManager.ping,

@@ -39,7 +39,7 @@ from agentmem.cli._stores import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_URL,
     CLIError,
-    Store,
+    OpenedStore,
     conversation_json,
     format_time,
     info_json,
@@ -206,7 +206,7 @@ def command_line(*words: str) -> str:
     return shlex.join(["agentmem", *(mask_credentials(word) for word in words)])
 
 
-def sql_store(store: Store) -> Store:
+def sql_store(store: OpenedStore) -> OpenedStore:
     if not store.is_sql:
         raise CLIError(f"{store.kind} has no schema: migrations apply to SQL databases")
     return store
@@ -338,7 +338,7 @@ async def cmd_fork(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     return 0
 
 
-async def selected_ids(store: Store, requested: Sequence[str]) -> list[str]:
+async def selected_ids(store: OpenedStore, requested: Sequence[str]) -> list[str]:
     """The requested sessions (each must exist), or every session, newest first."""
     if not requested:
         return [info.session_id for info in await store.list_sessions()]
@@ -420,7 +420,7 @@ def read_export(source: IO[bytes], name: str) -> Iterator[tuple[int, bytes, Conv
 
 
 async def write_all(
-    target: Store,
+    target: OpenedStore,
     ids: list[str],
     load: Callable[[str], Awaitable[Conversation | None]],
     label: str,
@@ -569,7 +569,7 @@ async def opened(
     *,
     writing: bool = False,
     check: bool = True,
-) -> Store:
+) -> OpenedStore:
     """The store for ``url``, closed when the command ends; with ``check``, checked usable for
     reading (or ``writing``)."""
     store = open_store(url, table_prefix=args.table_prefix, key_prefix=args.key_prefix)

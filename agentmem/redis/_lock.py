@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 from agentmem._lock import SessionLock
 from agentmem.errors import SessionLockTimeout
 from agentmem.redis import client as _redis
-from agentmem.redis.client import _Script, _settled
+from agentmem.redis.client import Script, settled
 
 if TYPE_CHECKING:
     from agentmem.redis.client import RedisClient
@@ -39,7 +39,7 @@ _POLL_FIRST = 0.001
 _POLL_MAX = 0.05
 
 # KEYS: lock. ARGV: token, expiry ms. Returns 1 when renewed, 0 when the lock is not ours.
-_RENEW = _Script(
+_RENEW = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -47,7 +47,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 )
 
 # KEYS: lock. ARGV: token. Returns 1 when released, 0 when it was no longer ours.
-_RELEASE = _Script(
+_RELEASE = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
@@ -79,7 +79,7 @@ class RedisSessionLock(SessionLock):
         token = secrets.token_hex(16)
         deadline = time.monotonic() + seconds
         pause = _POLL_FIRST
-        while not await _settled(client.set(self._lock_key, token, nx=True, px=LOCK_EXPIRY_MS)):
+        while not await settled(client.set(self._lock_key, token, nx=True, px=LOCK_EXPIRY_MS)):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise SessionLockTimeout(
@@ -108,5 +108,5 @@ class RedisSessionLock(SessionLock):
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        released = await _settled(_RELEASE(self._client(), [self._lock_key], [self._token]))
+        released = await settled(_RELEASE(self._client(), [self._lock_key], [self._token]))
         return bool(released) and not self._lost

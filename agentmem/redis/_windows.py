@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from agentmem.redis.client import _Script
+from agentmem.redis.client import Script
 from agentmem.windows import APPROVAL_REQUEST, APPROVAL_RESPONSE, CALL_TYPES, OUTPUT_TO_CALL
 
 _RPUSH_CHUNK = 1000
@@ -21,7 +21,7 @@ _CALLS = ", ".join(f"{call} = true" for call in sorted(CALL_TYPES))
 
 # KEYS: the item list. ARGV: limit (>= 1), "1" for whole turns. Returns the window's items,
 # oldest first.
-WINDOW: Final = _Script(
+WINDOW: Final = Script(
     f"""
 local OUTPUTS = {{{_OUTPUTS}}}
 local CALLS = {{{_CALLS}}}
@@ -77,7 +77,7 @@ return redis.call('LRANGE', KEYS[1], 0, -1)
 # KEYS: source list, new list, new hash. ARGV: now, ttl ms (0: none), how many items (-1:
 # all), the source's id. Returns how many items were copied; an error when the new list holds
 # items (nothing written).
-FORK: Final = _Script(
+FORK: Final = Script(
     f"""
 if redis.call('LLEN', KEYS[2]) > 0 then
   return redis.error_reply('ERR {FORK_TARGET_NOT_EMPTY}')
@@ -102,7 +102,7 @@ return #items
 # (the source's items were read by one LRANGE). KEYS: new list, new hash. ARGV: now, ttl ms (0:
 # none), the source's id, then the items. Returns how many items were copied; an error when the
 # new list holds items (nothing written).
-FORK_INTO: Final = _Script(
+FORK_INTO: Final = Script(
     f"""
 if redis.call('LLEN', KEYS[1]) > 0 then
   return redis.error_reply('ERR {FORK_TARGET_NOT_EMPTY}')

@@ -1,19 +1,35 @@
-"""What the Redis backends share: hash-tagged keys, TTLs, Lua scripts, and the clients they own
-(one blocking pool per URL, options and event loop)."""
+"""What every Redis user in agentmem shares (:mod:`agentmem.redis.session` and
+:mod:`agentmem.cache.session`).
+
+- Keys: :func:`tagged_key` (``prefix:{session id}``, the id percent-encoded by
+  :func:`encode_tag` so that the braces stay a Redis Cluster hash tag), :func:`decode_tag`,
+  :func:`glob_escape`, :func:`validate_prefix`, :func:`validate_prefixes`.
+- Expiry: :data:`TTL` and :func:`ttl_to_ms`.
+- Lua: :class:`Script` (EVALSHA, then EVAL when the server lacks the script) and
+  :data:`LUA_EXPIRE`, the expiry loop every script that writes a session's keys shares.
+- Clients agentmem owns: :class:`ConnectionOptions` (the six connection keywords),
+  :class:`Connection` (a URL and its options, checked), one client per
+  event loop (:class:`LoopClients`), shared by every session with the same URL and options
+  (:data:`shared_clients`); :func:`connection_unless_given` checks a ``client=`` or a URL.
+- :func:`settled`: awaits one redis-py call without losing a cancel (Python 3.11).
+- The redis-py errors agentmem lets through (``RedisError``, ``RedisConnectionError``...).
+
+Importing this module does not need redis-py; building a connection does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import select
 import sys
 import threading
-import weakref
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
 
+from agentmem import _forks
 from agentmem._deps import missing
 
 # Without redis-py this module still imports (so do the backends built on it, and
@@ -22,11 +38,11 @@ try:
     from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
     from redis.asyncio.connection import (
         AbstractConnection,
-        Connection,
         SSLConnection,
         UnixDomainSocketConnection,
         parse_url,
     )
+    from redis.asyncio.connection import Connection as _RedisConnection
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,28 +66,30 @@ def _require_redis() -> None:
 
 __all__ = [
     "DEFAULT_URL",
+    "LUA_EXPIRE",
     "TTL",
+    "Connection",
+    "ConnectionOptions",
+    "LoopClients",
+    "OutOfMemoryError",
     "Redis",
     "RedisCluster",
-    "OutOfMemoryError",
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
     "ResponseError",
-    "_Connection",
-    "_connection_unless_given",
-    "_LoopClients",
-    "_Script",
-    "_SharedClients",
-    "_decode_tag",
-    "_encode_tag",
-    "_glob_escape",
-    "_key",
-    "_settled",
-    "_shared",
-    "_ttl_ms",
-    "_validate_prefix",
-    "_validate_prefixes",
+    "Script",
+    "SharedClients",
+    "connection_unless_given",
+    "decode_tag",
+    "encode_tag",
+    "glob_escape",
+    "settled",
+    "shared_clients",
+    "tagged_key",
+    "ttl_to_ms",
+    "validate_prefix",
+    "validate_prefixes",
 ]
 
 DEFAULT_URL: Final = "redis://localhost:6379"
@@ -90,7 +108,7 @@ T = TypeVar("T")
 _WAIT_FOR_LOSES_CANCELS: Final = sys.version_info < (3, 12)
 
 
-async def _settled(call: Awaitable[T]) -> T:
+async def settled(call: Awaitable[T]) -> T:
     """Await one redis-py call; a cancel of the calling task that arrived during it and was
     swallowed (Python 3.11) is raised as ``CancelledError`` once the call is over."""
     task = asyncio.current_task() if _WAIT_FOR_LOSES_CANCELS else None
@@ -110,7 +128,7 @@ async def _settled(call: Awaitable[T]) -> T:
     return result
 
 
-class _Script:
+class Script:
     """A Lua script run with EVALSHA, and with EVAL when the server does not know it yet."""
 
     def __init__(self, source: str) -> None:
@@ -126,23 +144,42 @@ class _Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
+LUA_EXPIRE: Final = """
+-- expire(ttl): set every key in KEYS to expire in ttl ms, or to never expire when ttl is 0.
+local function expire(ttl)
+  for _, key in ipairs(KEYS) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+end
+"""
+"""A Lua function ``expire(ttl)`` for scripts to start with (after any ``#!lua`` line)."""
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 
-def _encode_tag(session_id: str) -> str:
+def encode_tag(session_id: str) -> str:
+    """``session_id`` with ``%``, ``{`` and ``}`` percent-encoded: usable as a hash tag."""
     # No braces inside keeps the tag a tag; encoding '%' too keeps the mapping one-to-one.
     return session_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
-def _decode_tag(tag: str) -> str:
+def decode_tag(tag: str) -> str:
+    """The session id that :func:`encode_tag` turned into ``tag``."""
     return tag.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN ``MATCH`` pattern."""
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
-def _validate_prefix(name: str, prefix: object) -> str:
+def validate_prefix(name: str, prefix: object) -> str:
+    """``prefix`` (the argument ``name``), checked: a non-empty str without braces.
+
+    Raises:
+        TypeError, ValueError: it is not.
+    """
     if not isinstance(prefix, str):
         raise TypeError(f"{name} must be a str, got {type(prefix).__name__}")
     if not prefix:
@@ -152,20 +189,26 @@ def _validate_prefix(name: str, prefix: object) -> str:
     return prefix
 
 
-def _validate_prefixes(session_prefix: object, messages_prefix: object) -> tuple[str, str]:
-    session_prefix = _validate_prefix("session_prefix", session_prefix)
-    messages_prefix = _validate_prefix("messages_prefix", messages_prefix)
+def validate_prefixes(session_prefix: object, messages_prefix: object) -> tuple[str, str]:
+    """Both prefixes of a Redis session, checked as :func:`validate_prefix` does, and distinct."""
+    session_prefix = validate_prefix("session_prefix", session_prefix)
+    messages_prefix = validate_prefix("messages_prefix", messages_prefix)
     if session_prefix == messages_prefix:
         raise ValueError("session_prefix and messages_prefix must differ")
     return session_prefix, messages_prefix
 
 
-def _key(prefix: str, session_id: str) -> str:
-    return f"{prefix}:{{{_encode_tag(session_id)}}}"
+def tagged_key(prefix: str, session_id: str) -> str:
+    """``prefix:{session_id}``: every key of one session shares its hash tag (one slot)."""
+    return f"{prefix}:{{{encode_tag(session_id)}}}"
 
 
-def _ttl_ms(ttl: object, name: str = "ttl") -> int:
-    """``ttl`` in milliseconds; 0 means no expiry."""
+def ttl_to_ms(ttl: object, name: str = "ttl") -> int:
+    """``ttl`` (seconds, a ``timedelta`` or ``None``) in milliseconds; 0 means no expiry.
+
+    Raises:
+        TypeError, ValueError: a bad ``ttl`` (named ``name`` in the message).
+    """
     if ttl is None:
         return 0
     if isinstance(ttl, timedelta):
@@ -182,21 +225,25 @@ def _ttl_ms(ttl: object, name: str = "ttl") -> int:
 # --- clients -----------------------------------------------------------------------------------
 
 
-class _Connection:
-    """How to reach one Redis (or one Redis Cluster): a URL plus connection options, checked up
-    front."""
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """The six connection keywords of every agentmem Redis user, in one place (each public
+    signature keeps its own defaults): see :class:`agentmem.RedisSession` for their meaning."""
 
-    def __init__(
-        self,
-        redis_url: str,
-        db: int | None,
-        *,
-        max_connections: int,
-        socket_timeout: float | None,
-        socket_connect_timeout: float | None,
-        pool_timeout: float | None,
-    ) -> None:
+    redis_url: str
+    db: int | None
+    max_connections: int
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+    pool_timeout: float | None
+
+
+class Connection:
+    """How to reach one Redis: a URL plus connection options, checked up front."""
+
+    def __init__(self, options: ConnectionOptions) -> None:
         _require_redis()
+        redis_url, db, max_connections = options.redis_url, options.db, options.max_connections
         if not isinstance(redis_url, str):
             raise TypeError(f"redis_url must be a str, got {type(redis_url).__name__}")
         scheme, sep, rest = redis_url.partition("://")
@@ -214,16 +261,19 @@ class _Connection:
         self.options: dict[str, Any] = {
             "db": db or 0,
             "max_connections": max_connections,
-            "timeout": pool_timeout,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
+            "timeout": options.pool_timeout,
+            "socket_timeout": options.socket_timeout,
+            "socket_connect_timeout": options.socket_connect_timeout,
         }
 
     @property
     def key(self) -> tuple[str, str]:
+        """What two connections to the same Redis with the same options share."""
         return self.url, repr(sorted(self.options.items()))
 
     def build(self) -> RedisClient:
+        """A new client on a new blocking pool, or a new cluster client (for the running event
+        loop)."""
         # No automatic retries: a write whose reply was lost could otherwise be applied twice
         # (or a pop lose an item), so the error goes to the caller.
         if self.cluster:
@@ -240,14 +290,16 @@ class _Connection:
             checked = _CHECKED[nodes.connection_kwargs["connection_class"]]
             nodes.connection_kwargs["connection_class"] = checked
             for node in nodes.startup_nodes.values():
-                node.connection_class = cast("type[Connection]", checked)
+                node.connection_class = cast("type[_RedisConnection]", checked)
             return cluster
         # A blocking pool queues callers when every connection is busy, where the default pool
         # raises MaxConnectionsError.
         pool = BlockingConnectionPool.from_url(
             self.url,
             retry=Retry(NoBackoff(), 0),
-            connection_class=_CHECKED[parse_url(self.url).get("connection_class", Connection)],
+            connection_class=_CHECKED[
+                parse_url(self.url).get("connection_class", _RedisConnection)
+            ],
             **self.options,
         )
         return Redis.from_pool(pool)
@@ -275,7 +327,7 @@ if _REDIS_INSTALLED:
                 await self.disconnect()
             await super().send_packed_command(command, check_health)
 
-    class _CheckedConnection(_PeerChecked, Connection):
+    class _CheckedConnection(_PeerChecked, _RedisConnection):
         pass
 
     class _CheckedSSLConnection(_PeerChecked, SSLConnection):
@@ -285,7 +337,7 @@ if _REDIS_INSTALLED:
         pass
 
     _CHECKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
-        Connection: _CheckedConnection,
+        _RedisConnection: _CheckedConnection,
         SSLConnection: _CheckedSSLConnection,
         UnixDomainSocketConnection: _CheckedUnixConnection,
     }
@@ -334,19 +386,11 @@ if _REDIS_INSTALLED:
                 self._slots.release()
 
 
-def _connection_unless_given(
-    client: object,
-    redis_url: str,
-    db: int | None,
-    *,
-    max_connections: int,
-    socket_timeout: float | None,
-    socket_connect_timeout: float | None,
-    pool_timeout: float | None,
-) -> _Connection | None:
+def connection_unless_given(client: object, options: ConnectionOptions) -> Connection | None:
     """How to connect when no ``client`` was given (``None`` when one was); checks both.
 
     Raises:
+        TypeError: ``client`` is not a ``redis.asyncio.Redis``.
         MissingDependencyError: redis-py is not installed.
     """
     _require_redis()
@@ -356,30 +400,24 @@ def _connection_unless_given(
                 f"client must be a redis.asyncio.Redis or RedisCluster, got {type(client).__name__}"
             )
         return None
-    return _Connection(
-        redis_url,
-        db,
-        max_connections=max_connections,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout,
-        pool_timeout=pool_timeout,
-    )
+    return Connection(options)
 
 
-class _LoopClients:
+class LoopClients:
     """One client per event loop: redis.asyncio connections belong to the loop that opened them.
 
     Threads (each with its own loop) share it: a lock guards the mapping, never across an await.
     A forked child starts without clients: it never uses the parent's pooled sockets.
     """
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, RedisClient] = {}
-        _all_loop_clients.add(self)
+        _forks.reset_in_child(self)
 
     def get(self) -> RedisClient:
+        """The running event loop's client, built on first use."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
@@ -392,6 +430,7 @@ class _LoopClients:
         return client
 
     async def aclose(self) -> None:
+        """Close the clients (those of other, finished loops are dropped unawaited)."""
         with self._lock:
             clients, self._clients = self._clients, {}
         loop = asyncio.get_running_loop()
@@ -405,27 +444,30 @@ class _LoopClients:
         """In a forked child: the parent's clients stay referenced (so that no finalizer closes
         the parent's sockets from here) and are never used again."""
         self._lock = threading.Lock()
-        _inherited.append(self._clients)
+        _forks.keep(self._clients)
         self._clients = {}
 
 
-class _SharedClients:
+class SharedClients:
     """Clients of sessions built from a URL: shared by every session with the same URL and
     options, closed when the last of them closes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], tuple[_LoopClients, int]] = {}
+        self._entries: dict[tuple[str, str], tuple[LoopClients, int]] = {}
+        _forks.reset_in_child(self)
 
-    def acquire(self, connection: _Connection) -> _LoopClients:
+    def acquire(self, connection: Connection) -> LoopClients:
+        """The clients of ``connection``, counted once more."""
         with self._lock:
             clients, refs = self._entries.get(connection.key, (None, 0))
             if clients is None:
-                clients = _LoopClients(connection)
+                clients = LoopClients(connection)
             self._entries[connection.key] = (clients, refs + 1)
             return clients
 
-    async def release(self, connection: _Connection) -> None:
+    async def release(self, connection: Connection) -> None:
+        """Count one user less; the last one closes the clients."""
         with self._lock:
             clients, refs = self._entries[connection.key]
             if refs > 1:
@@ -438,17 +480,5 @@ class _SharedClients:
         self._lock = threading.Lock()
 
 
-_all_loop_clients: weakref.WeakSet[_LoopClients] = weakref.WeakSet()
-_inherited: list[Any] = []
-
-
-_shared = _SharedClients()
-
-
-def _after_fork_in_child() -> None:
-    _shared.after_fork()
-    for clients in list(_all_loop_clients):
-        clients.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+shared_clients = SharedClients()
+"""The clients of every session built from a URL in this process."""

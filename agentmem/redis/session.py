@@ -29,8 +29,8 @@ from agentmem.manager import (
     SessionInfo,
     SessionManagerABC,
     SessionPage,
-    decode_cursor,
     page_of,
+    page_request,
     validate_page_size,
 )
 from agentmem.redis import _windows
@@ -39,17 +39,18 @@ from agentmem.redis._lock import LOCK_LOST, RedisSessionLock
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
-    _Connection,
-    _connection_unless_given,
-    _decode_tag,
-    _glob_escape,
-    _key,
-    _LoopClients,
-    _Script,
-    _settled,
-    _shared,
-    _ttl_ms,
-    _validate_prefixes,
+    Connection,
+    ConnectionOptions,
+    LoopClients,
+    Script,
+    connection_unless_given,
+    decode_tag,
+    glob_escape,
+    settled,
+    shared_clients,
+    tagged_key,
+    ttl_to_ms,
+    validate_prefixes,
 )
 from agentmem.session import (
     SessionABC,
@@ -145,9 +146,9 @@ return item
 _CLEAR_FENCED_SOURCE = _FENCE.replace("TOKEN", "3") + "return redis.call('DEL', KEYS[1], KEYS[2])\n"
 
 
-_ADD = _Script(_ADD_SOURCE)
-_POP = _Script(_POP_SOURCE)
-_CLEAR_FENCED = _Script(_CLEAR_FENCED_SOURCE)
+_ADD = Script(_ADD_SOURCE)
+_POP = Script(_POP_SOURCE)
+_CLEAR_FENCED = Script(_CLEAR_FENCED_SOURCE)
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -228,21 +229,18 @@ class RedisSession(SessionABC):
             TypeError, ValueError: a bad id, prefix, ttl, URL or client.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
-        connection = _connection_unless_given(
+        connection = connection_unless_given(
             client,
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+            ConnectionOptions(
+                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+            ),
         )
         self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
         self.window_mode = resolve_window_mode(whole_pairs, whole_turns)
         self._client_given = client
         self._manager: RedisSessionManager | None = None
         self._connection = connection
-        self._clients = None if connection is None else _shared.acquire(connection)
+        self._clients = None if connection is None else shared_clients.acquire(connection)
 
     def _setup(
         self,
@@ -253,12 +251,12 @@ class RedisSession(SessionABC):
         messages_prefix: str,
     ) -> None:
         super().__init__(session_id, session_settings)
-        session_prefix, messages_prefix = _validate_prefixes(session_prefix, messages_prefix)
+        session_prefix, messages_prefix = validate_prefixes(session_prefix, messages_prefix)
         self._prefixes = (session_prefix, messages_prefix)
-        self._ttl_ms = _ttl_ms(ttl)
+        self._ttl_ms = ttl_to_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
-        self.session_key = _key(session_prefix, self.session_id)
-        self.messages_key = _key(messages_prefix, self.session_id)
+        self.session_key = tagged_key(session_prefix, self.session_id)
+        self.messages_key = tagged_key(messages_prefix, self.session_id)
         self._keys = [self.messages_key, self.session_key]
 
     @classmethod
@@ -303,7 +301,7 @@ class RedisSession(SessionABC):
         session._manager = self._manager
         session._connection = self._connection
         session._clients = (
-            self._clients if self._connection is None else _shared.acquire(self._connection)
+            self._clients if self._connection is None else shared_clients.acquire(self._connection)
         )
         return session
 
@@ -334,12 +332,12 @@ class RedisSession(SessionABC):
             return []
         if limit is not None and window != "items":
             turns = "1" if window == "turns" else "0"
-            items: list[bytes | str] = await _settled(
+            items: list[bytes | str] = await settled(
                 _windows.WINDOW(client, [self.messages_key], [limit, turns])
             )
             return [decode_item(data) for data in items]
         start = 0 if limit is None else -limit
-        raw: list[bytes | str] = await _settled(client.lrange(self.messages_key, start, -1))
+        raw: list[bytes | str] = await settled(client.lrange(self.messages_key, start, -1))
         return [decode_item(data) for data in raw]
 
     async def add_items(self, items: list[SessionItem]) -> None:
@@ -390,7 +388,7 @@ class RedisSession(SessionABC):
         client = self._client()
         keys, token = self._fenced_keys()
         if len(keys) == 2:
-            await _settled(client.delete(*keys))
+            await settled(client.delete(*keys))
         else:
             await self._fenced(_CLEAR_FENCED(client, keys, [_now(), self._ttl_ms, token]))
 
@@ -413,7 +411,7 @@ class RedisSession(SessionABC):
     async def _fenced(self, call: Awaitable[T]) -> T:
         """Await a write script; a refusal for a lost lock raises SessionLockLost."""
         try:
-            return await _settled(call)
+            return await settled(call)
         except _redis.ResponseError as exc:
             if str(exc).startswith(LOCK_LOST):
                 raise SessionLockLost(
@@ -444,13 +442,13 @@ class RedisSession(SessionABC):
             ) != client.keyslot(forked.messages_key):
                 stop = -1 if count < 0 else count - 1
                 items = (
-                    [] if count == 0 else await _settled(client.lrange(self.messages_key, 0, stop))
+                    [] if count == 0 else await settled(client.lrange(self.messages_key, 0, stop))
                 )
                 into: list[str | int | bytes] = [_now(), self._ttl_ms, self.session_id, *items]
                 keys = [forked.messages_key, forked.session_key]
-                await _settled(_windows.FORK_INTO(client, keys, into))
+                await settled(_windows.FORK_INTO(client, keys, into))
             else:
-                await _settled(
+                await settled(
                     _windows.FORK(
                         client, [self.messages_key, forked.messages_key, forked.session_key], args
                     )
@@ -468,9 +466,7 @@ class RedisSession(SessionABC):
         """Where this session was forked from (its hash's ``forked_from`` and ``fork_point``);
         ``None`` if it was not."""
         client = self._client()
-        parent, point = await _settled(
-            client.hmget(self.session_key, ["forked_from", "fork_point"])
-        )
+        parent, point = await settled(client.hmget(self.session_key, ["forked_from", "fork_point"]))
         if parent is None or point is None:
             return None
         parent_id = parent.decode() if isinstance(parent, bytes) else parent
@@ -479,7 +475,7 @@ class RedisSession(SessionABC):
     async def _close(self) -> None:
         if self._connection is not None:
             self._clients = None
-            await _shared.release(self._connection)
+            await shared_clients.release(self._connection)
 
 
 def _now() -> str:
@@ -545,20 +541,17 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             TypeError, ValueError: a bad URL, prefix, ttl or pool size.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
-        self.session_prefix, self.messages_prefix = _validate_prefixes(
+        self.session_prefix, self.messages_prefix = validate_prefixes(
             session_prefix, messages_prefix
         )
-        _ttl_ms(default_ttl, "default_ttl")
+        ttl_to_ms(default_ttl, "default_ttl")
         self.default_ttl = default_ttl
-        connection = _Connection(
-            redis_url,
-            db,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_connect_timeout,
-            pool_timeout=pool_timeout,
+        connection = Connection(
+            ConnectionOptions(
+                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+            )
         )
-        self._clients = _LoopClients(connection)
+        self._clients = LoopClients(connection)
         self.skipped_keys = 0
         self._closed = False
 
@@ -602,7 +595,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """
         self._check_open()
         head = f"{self.session_prefix}:{{"
-        pattern = f"{_glob_escape(self.session_prefix)}:{{*}}"
+        pattern = f"{glob_escape(self.session_prefix)}:{{*}}"
         ids: set[str] = set()
         keys: AsyncIterator[bytes | str] = self._clients.get().scan_iter(
             match=pattern, count=_SCAN_COUNT, _type="hash"
@@ -617,7 +610,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             tag = key[len(head) : -1]
             if key.startswith(head) and key.endswith("}") and "{" not in tag and "}" not in tag:
                 try:
-                    ids.add(validate_session_id(_decode_tag(tag)))
+                    ids.add(validate_session_id(decode_tag(tag)))
                 except (TypeError, ValueError):
                     skipped += 1
         self.skipped_keys = skipped
@@ -638,8 +631,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """
         self._check_open()
         session_id = validate_session_id(session_id)
-        keys = [_key(self.messages_prefix, session_id), _key(self.session_prefix, session_id)]
-        deleted: int = await self._clients.get().delete(*keys)
+        deleted: int = await self._clients.get().delete(*self._keys_of(session_id))
         return deleted > 0
 
     async def ping(self) -> bool:
@@ -653,7 +645,9 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
 
     def _keys_of(self, session_id: str) -> tuple[str, str]:
         """The metadata hash and item list keys of a session."""
-        return _key(self.session_prefix, session_id), _key(self.messages_prefix, session_id)
+        return tagged_key(self.session_prefix, session_id), tagged_key(
+            self.messages_prefix, session_id
+        )
 
     async def _infos(self, session_ids: list[str]) -> list[SessionInfo | None]:
         """What is stored of each session (``None``: not stored), a pipeline per 500 ids."""
@@ -691,8 +685,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         reads every session's timestamps, so its cost grows with the number of sessions.
         """
         self._check_open()
-        size = validate_page_size(limit)
-        after = None if cursor is None else decode_cursor(cursor)
+        size, after = page_request(limit, cursor)
         infos = [info for info in await self._infos(await self.list_sessions()) if info]
         infos.sort(key=_newest_first)
         if after is not None:
@@ -734,11 +727,9 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, atomically (MULTI/EXEC); the manager's ``default_ttl`` applies to it."""
         self._check_open()
-        conversation = conversation.validated()
-        encoded = encode_items(conversation.items)
-        created, updated = conversation.stamped()
+        encoded, created, updated = conversation.prepared()
         keys = self._keys_of(conversation.session_id)
-        ttl_ms = _ttl_ms(self.default_ttl, "default_ttl")
+        ttl_ms = ttl_to_ms(self.default_ttl, "default_ttl")
         async with self._clients.get().pipeline(transaction=True) as pipe:
             pipe.delete(*keys)
             for start in range(0, len(encoded), _RPUSH_CHUNK):

@@ -135,6 +135,15 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
     )
 
 
+def sqlite_settings(cursor: Any) -> None:
+    """The settings of agentmem's SQLite connections to a file it writes: a 30 s wait for
+    another process's write lock, WAL (readers never wait for the writer), and
+    ``synchronous=NORMAL`` (with WAL: durable across process crashes, no flush per commit)."""
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+    sqlite_use_wal(cursor, BUSY_TIMEOUT_SECONDS)
+    cursor.execute("PRAGMA synchronous=NORMAL")
+
+
 def sqlite_use_wal(cursor: Any, timeout: float = 30.0) -> str:
     """Switch the database to WAL (a lasting property of the file) unless it already is.
 

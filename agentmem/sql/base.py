@@ -1,20 +1,28 @@
-"""The shared SQL base: the history operations of every SQL session on stored JSON text.
+"""The shared SQL base: the public interface of every SQL session and SQL session manager.
 
-:class:`SQLSessionBase` is the public interface that composes a SQL session (the cache keeps the
-stored text as is); :class:`Operations` is what each connection kind (an engine's driver, a
-SQLite file's thread) implements.
+- :class:`SQLSessionBase`: the history operations of a SQL session on stored JSON text, and
+  what composes a SQL session needs to know of it (its database's identity, whether that
+  database is private to the process, whether a failed call is over). The cache
+  (:mod:`agentmem.cache.session`) stands on it alone.
+- :class:`SQLSessionManagerABC`: a session manager whose sessions are ``SQLSessionBase``.
+- :class:`Operations`: what each connection kind (an engine's driver, a SQLite file's thread)
+  implements.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
+from agentmem.manager import SessionManagerABC
 from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
 from agentmem.windows import WindowMode
 
-__all__ = ["Operations", "SQLSessionBase"]
+__all__ = ["MEMORY", "Operations", "SQLSessionBase", "SQLSessionManagerABC"]
+
+MEMORY = ":memory:"
+"""How ``store_identity`` names an in-memory database, whatever its spelling in a URL."""
 
 
 class SQLSessionBase(SessionABC):
@@ -30,7 +38,20 @@ class SQLSessionBase(SessionABC):
     @abstractmethod
     def store_identity(self) -> tuple[str, str, str]:
         """``(backend, database, table prefix)``: the same for every session object of this
-        store in any process (a SQLite file's resolved path; a server database's name)."""
+        store in any process (a SQLite file's resolved path; a server database's name;
+        :data:`MEMORY` for an in-memory database)."""
+
+    @property
+    def process_private(self) -> bool:
+        """Whether the database lives in this process's memory: no other process sees it."""
+        return self.store_identity[1] == MEMORY
+
+    @property
+    def over_when_raised(self) -> bool:
+        """Whether a write that raised (or was cancelled) is over when the caller hears of it:
+        applied whole or not at all, never committing later. False where a call may still
+        commit after it raised (a statement sent to a server whose reply was lost)."""
+        return False
 
     async def get_items(
         self,
@@ -118,6 +139,29 @@ class SQLSessionBase(SessionABC):
     async def clear_session(self) -> None:
         self._check_open()
         await self._ops.clear()
+
+
+SQLSessionT = TypeVar("SQLSessionT", bound=SQLSessionBase)
+
+
+class SQLSessionManagerABC(SessionManagerABC[SQLSessionT]):
+    """A session manager of a SQL store: its sessions are :class:`SQLSessionBase`."""
+
+    @property
+    @abstractmethod
+    def process_private(self) -> bool:
+        """Whether the database lives in this process's memory: no other process sees it."""
+
+    @abstractmethod
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        session_settings: Any = None,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> SQLSessionT:
+        """A session of this store on the manager's connections (never closes them)."""
 
 
 class Operations(ABC):

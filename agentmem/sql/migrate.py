@@ -4,6 +4,10 @@ The same revision scripts serve ``alembic upgrade head`` in the repo and these f
 installed package (the wheel ships them as ``agentmem/_migrations``). Every function works inside
 a running event loop: the migration runs on the caller's connection through ``run_sync``.
 
+``async_url`` (the async driver of a plain URL) lives in :mod:`agentmem.sql._urls` and is
+re-exported here; the stdlib backend's raw-sqlite3 schema helpers in
+:mod:`agentmem.sql._sqlite_schema`.
+
 Example:
     >>> await agentmem.migrate.upgrade(engine)            # to head
     >>> await agentmem.migrate.check(engine)              # raises SchemaError if behind
@@ -12,16 +16,16 @@ Example:
 from __future__ import annotations
 
 import shlex
-import sqlite3
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmem._logs import quiet_alembic
 from agentmem._redact import mask_credentials
 from agentmem.errors import SchemaError
+from agentmem.sql._urls import async_url
 from agentmem.sql.schema import tables_for_prefix
 
 with quiet_alembic("alembic.runtime.plugins"):  # importing Alembic logs its plugins at INFO
@@ -88,20 +92,6 @@ def head() -> str:
     return heads[0]
 
 
-def async_url(url: str) -> str:
-    """Map a plain URL to agentmem's async driver: ``postgresql://`` to asyncpg,
-    ``sqlite://`` to aiosqlite; URLs that name a driver are kept."""
-    parsed = make_url(url)
-    driver = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}.get(
-        parsed.drivername
-    )
-    if parsed.drivername == "sqlite":
-        driver = "sqlite+aiosqlite"
-    if driver is None:
-        return url
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
-
-
 # --- sync building blocks, run on a caller's connection -----------------------------------------
 
 
@@ -146,33 +136,6 @@ def describe_schema_state(
             f"in this database: {hint}"
         )
     return f"the database is at agentmem schema revision {revision}, not {head()}: {hint}"
-
-
-def current_revision_sqlite(raw: sqlite3.Connection, table_prefix: str = "") -> str | None:
-    """The revision of a raw sqlite3 connection's database (``None`` without agentmem's schema)."""
-    version_table = tables_for_prefix(table_prefix).version_table
-    try:
-        row = raw.execute(f'SELECT version_num FROM "{version_table}"').fetchone()
-    except sqlite3.OperationalError:  # no such table
-        return None
-    return None if row is None else str(row[0])
-
-
-def sqlite_upgrade(raw: sqlite3.Connection, table_prefix: str = "") -> None:
-    """Bring a raw sqlite3 connection's database to head under an exclusive write lock, so that
-    processes opening the same new file at once migrate it exactly once."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import StaticPool
-
-    engine = create_engine("sqlite://", creator=lambda: raw, poolclass=StaticPool)
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            if current_on(connection, table_prefix) != head():
-                upgrade_on(connection, "head", table_prefix)
-            connection.commit()
-    finally:
-        engine.dispose(close=False)
 
 
 # --- async API -----------------------------------------------------------------------------------

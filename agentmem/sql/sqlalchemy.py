@@ -3,50 +3,50 @@
 
 Connections come from the engine's pool, one checkout per operation. Each operation is one
 statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite (see
-:mod:`agentmem.sql._statements`).
+:mod:`agentmem.sql._statements`). Engines built from URLs and the schema check live in
+:mod:`agentmem.sql._engines`; the timeout and retry of a call in :mod:`agentmem.sql._retry`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import os
-import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmem._batch import new_batch_id
 from agentmem._deps import require_driver
 from agentmem._lock import SessionLock
-from agentmem.errors import CallTimeoutError, SchemaError
+from agentmem.errors import CallTimeoutError
 from agentmem.forks import ForkOrigin
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
     SessionInfo,
-    SessionManagerABC,
     SessionPage,
-    decode_cursor,
     page_of,
-    validate_page_size,
+    page_request,
 )
 from agentmem.session import (
     EncodedItem,
     SessionABC,
-    encode_items,
     validate_session_id,
 )
-from agentmem.sql import _manage, _windows, migrate
+from agentmem.sql import _manage, _urls, _windows, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._engines import (
+    engine_of,
+    release_engines,
+    schemas,
+    server_name,
+    use_sqlite_settings,
+)
 from agentmem.sql._locks import FileSessionLock, PostgresSessionLock, lock_file
-from agentmem.sql.base import Operations, SQLSessionBase
+from agentmem.sql._retry import in_aiosqlite_thread, with_driver
+from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
 from agentmem.windows import WindowMode
 
@@ -62,7 +62,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
+POSTGRES = "postgresql+asyncpg"
+SQLITE = "sqlite+aiosqlite"
+_SUPPORTED = f"{POSTGRES} and {SQLITE}"
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
@@ -78,166 +80,97 @@ def _validate_call_timeout(value: object) -> float | None:
     return float(value)
 
 
-class _SchemaCache:
-    """Prepares each engine on first use: SQLite connection settings once, then the schema check
-    (or upgrade) once per table prefix.
+def _checked_kind(dialect: str, driver: str, user: str) -> str:
+    """``dialect+driver``, if ``user`` (a class name, for the message) supports it."""
+    kind = f"{dialect}+{driver}"
+    if kind not in (POSTGRES, SQLITE):
+        raise ValueError(f"{user} supports {_SUPPORTED}, not {kind}")
+    return kind
 
-    Preparation runs one engine at a time per event loop: concurrent first calls on an engine
-    whose pool has one connection (an in-memory SQLite database) would otherwise interleave
-    their transactions on it, and Alembic's migration context is global to the process.
-    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # around mutations only, never across an await
-        self._ready: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
+def _engine_kind(engine: object, user: str) -> str:
+    """The supported ``dialect+driver`` of ``engine``, checked to be an ``AsyncEngine``."""
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError(
+            f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
         )
-
-    async def ensure(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        with self._lock:
-            ready = self._ready.get(engine.sync_engine)
-        if ready is not None and table_prefix in ready:
-            return
-        loop = asyncio.get_running_loop()
-        lock = self._locks.setdefault(loop, asyncio.Lock())
-        async with lock:
-            await self._prepare(engine, table_prefix, create)
-
-    async def _prepare(self, engine: AsyncEngine, table_prefix: str, create: bool) -> None:
-        ready = self._ready.get(engine.sync_engine)
-        if ready is not None and table_prefix in ready:
-            return
-        if ready is None:
-            if engine.dialect.name == "sqlite":
-                await _configure_sqlite_engine(engine)
-            with self._lock:
-                ready = self._ready.setdefault(engine.sync_engine, set())
-        if create:
-            await migrate.upgrade(engine, table_prefix=table_prefix)
-        else:
-            try:
-                await migrate.check(engine, table_prefix=table_prefix)
-            except migrate.SchemaError as exc:
-                raise SchemaError(
-                    f"{exc}; or let SQLAlchemySession create them: create_tables=True"
-                ) from None
-        ready.add(table_prefix)
-
-    def forget(self, engine: AsyncEngine) -> None:
-        with self._lock:
-            self._ready.pop(engine.sync_engine, None)
-
-    def after_fork(self) -> None:
-        self._lock = threading.Lock()
+    return _checked_kind(engine.dialect.name, engine.dialect.driver, user)
 
 
-_schemas = _SchemaCache()
+def _url_kind(url: object, user: str) -> tuple[str, str]:
+    """The async URL of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///`` aiosqlite) and
+    its supported ``dialect+driver``, its driver installed."""
+    if not isinstance(url, str) or not url:
+        raise ValueError("url must be a database URL such as postgresql://user@host/db")
+    async_url = _urls.async_url(url)
+    require_driver(async_url)
+    parsed = make_url(async_url)
+    return async_url, _checked_kind(parsed.get_backend_name(), parsed.get_driver_name(), user)
 
 
-class _SharedEngines:
-    """Engines built from URLs: one per (URL, options, event loop), shared by every session made
-    from that URL in that loop, disposed when the last of those sessions closes.
-
-    Pooled async connections belong to the loop that opened them, so a session used from a new
-    loop (a second ``asyncio.run``) gets that loop's engine. Threads (each with its own loop)
-    share the registry: a lock guards its mutations. A forked child starts with an empty
-    registry and a new lock: it never uses (nor closes) the parent's pooled connections.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # around dict mutations only, never across an await
-        self._engines: dict[tuple[asyncio.AbstractEventLoop, str, str], list[Any]] = {}
-        self._inherited: list[Any] = []
-
-    def acquire(self, url: str, options: dict[str, Any]) -> tuple[Any, AsyncEngine]:
-        loop = asyncio.get_running_loop()
-        key = (loop, url, repr(sorted(options.items())))
-        with self._lock:
-            entry = self._engines.get(key)
-            if entry is None:
-                kwargs = dict(options)
-                if url.startswith("sqlite"):
-                    # Every operation ends its own transaction: skip the pool's rollback on return.
-                    kwargs.setdefault("pool_reset_on_return", None)
-                entry = self._engines[key] = [create_async_engine(url, **kwargs), 0]
-                stale = [k for k in self._engines if k[0].is_closed()]
-                evicted = [self._engines.pop(k)[0] for k in stale]
-            else:
-                evicted = []
-            entry[1] += 1
-        for engine in evicted:
-            _schemas.forget(engine)
-            engine.sync_engine.dispose(close=False)
-        return key, entry[0]
-
-    async def release(self, key: Any) -> None:
-        with self._lock:
-            entry = self._engines.get(key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] > 0:
-                return
-            del self._engines[key]
-        engine: AsyncEngine = entry[0]
-        _schemas.forget(engine)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if key[0] is running:
-            await engine.dispose()
-        else:  # its loop is gone: drop the pool without touching its connections
-            await asyncio.to_thread(engine.sync_engine.dispose, close=False)
-
-    def after_fork(self) -> None:
-        """In a forked child: the parent's engines stay referenced (so that no finalizer closes
-        the parent's sockets from here) and are never used again."""
-        self._lock = threading.Lock()
-        self._inherited.append(self._engines)
-        self._engines = {}
+def _store_identity(
+    engine: AsyncEngine | None, url: str | None, table_prefix: str
+) -> tuple[str, str, str]:
+    """``(backend, database, table prefix)`` of an engine, or of the URL it will be built from:
+    the database's name, never its host, whose spelling may differ between processes."""
+    parsed = engine.url if engine is not None else make_url(str(url))
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite":
+        if database in ("", MEMORY) or parsed.query.get("mode") == "memory":
+            database = MEMORY  # private to its process, whatever its spelling
+        elif not database.startswith("file:"):
+            database = str(Path(database).expanduser().resolve())
+    return parsed.get_backend_name(), database, table_prefix
 
 
-_shared_engines = _SharedEngines()
+class _OnEngine:
+    """What a session and a manager on one engine share: the engine (given, or this event
+    loop's shared engine of a URL), the table prefix, the schema policy and the call timeout."""
+
+    def _hold(
+        self,
+        kind: str,
+        engine: AsyncEngine | None,
+        url: str | None,
+        engine_kwargs: dict[str, Any] | None,
+        create_tables: bool,
+        table_prefix: str,
+        call_timeout: float | None,
+    ) -> None:
+        self._kind = kind
+        self._table_prefix = validate_table_prefix(table_prefix)
+        self._create_tables = create_tables
+        self._engine = engine
+        self._url = url
+        self._engine_options = dict(engine_kwargs or {})
+        self._engine_keys: list[Any] = []
+        self._call_timeout = _validate_call_timeout(call_timeout)
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of agentmem's table names in the store."""
+        return self._table_prefix
+
+    def _driver_timeout(self) -> float | None:
+        """``call_timeout`` where it applies: on PostgreSQL."""
+        return self._call_timeout if self._kind == POSTGRES else None
+
+    def _server(self) -> str:
+        return server_name(self._engine, self._url)
+
+    async def _current_engine(self) -> AsyncEngine:
+        """The engine given, or this event loop's shared engine of the URL."""
+        return await engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
+
+    async def _ready_engine(self) -> AsyncEngine:
+        """The current engine, with agentmem's schema checked (or created, with
+        ``create_tables``)."""
+        engine = await self._current_engine()
+        await schemas.ensure(engine, self._table_prefix, self._create_tables)
+        return engine
 
 
-def _after_fork_in_child() -> None:
-    _schemas.after_fork()
-    _shared_engines.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-async def _configure_sqlite_engine(engine: AsyncEngine) -> None:
-    """Apply :func:`_configure_sqlite` to the engine's future connections and, through one of
-    its present ones, switch the database file to WAL (a lasting property of the file)."""
-    use_sqlite_settings(engine)
-    async with engine.connect() as connection:
-        raw = await connection.get_raw_connection()
-        await connection.run_sync(lambda _: _configure_sqlite(raw.dbapi_connection, None))
-
-
-def use_sqlite_settings(engine: AsyncEngine) -> None:
-    """Give the connections ``engine`` (``sqlite+aiosqlite``) opens from now on the settings of
-    agentmem's own SQLite connections: WAL, ``synchronous=NORMAL`` and a 30 s busy timeout."""
-    if not event.contains(engine.sync_engine, "connect", _configure_sqlite):
-        event.listen(engine.sync_engine, "connect", _configure_sqlite)
-
-
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    """The settings of agentmem's SQLite connections: WAL (readers never wait for the writer),
-    ``synchronous=NORMAL`` (with WAL: durable across process crashes, no flush per commit), and
-    a 30 s wait for another process's write lock."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
-    _sql.sqlite_use_wal(cursor)
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-class SQLAlchemySession(SQLSessionBase):
+class SQLAlchemySession(SQLSessionBase, _OnEngine):
     """Conversation history in the ``sessions``/``messages`` tables of a SQLAlchemy database.
 
     Example:
@@ -285,18 +218,9 @@ class SQLAlchemySession(SQLSessionBase):
         super().__init__(
             session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
-            )
-        self._table_prefix = validate_table_prefix(table_prefix)
-        self._create_tables = create_tables
-        self._engine: AsyncEngine | None = engine
-        self._url: str | None = None
-        self._engine_options: dict[str, Any] = {}
-        self._engine_keys: list[Any] = []
-        self._call_timeout = _validate_call_timeout(call_timeout)
-        self._bind_store(engine.dialect.name, engine.dialect.driver)
+        kind = _engine_kind(engine, "SQLAlchemySession")
+        self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
+        self._bind_operations()
 
     @classmethod
     def from_url(
@@ -323,54 +247,30 @@ class SQLAlchemySession(SQLSessionBase):
                 ``pip install`` line).
             ValueError: the URL's driver is not supported, or an argument is invalid.
         """
-        if not isinstance(url, str) or not url:
-            raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
         SessionABC.__init__(
             self, session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
-        self._table_prefix = validate_table_prefix(table_prefix)
-        self._create_tables = create_tables
-        self._engine = None
-        self._url = migrate.async_url(url)
-        self._engine_options = dict(engine_kwargs or {})
-        self._engine_keys = []
-        self._call_timeout = _validate_call_timeout(call_timeout)
-        require_driver(self._url)
-        parsed = make_url(self._url)
-        self._bind_store(parsed.get_backend_name(), parsed.get_driver_name())
+        async_url, kind = _url_kind(url, "SQLAlchemySession")
+        self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
+        self._bind_operations()
         return self
 
-    def _bind_store(self, dialect: str, driver: str) -> None:
-        kind = f"{dialect}+{driver}"
-        if kind == "postgresql+asyncpg":
+    def _bind_operations(self) -> None:
+        if self._kind == POSTGRES:
             self._pg = _sql.postgres_statements(self._table_prefix)
             self._pg_windows = _windows.postgres_window_statements(self._table_prefix)
             self._ops = _AsyncpgOperations(self)
-        elif kind == "sqlite+aiosqlite":
+        else:
             self._lite = _sql.sqlite_statements(self._table_prefix)
             self._lite_windows = _windows.sqlite_window_statements(self._table_prefix)
             self._ops = _AiosqliteOperations(self)
-        else:
-            raise ValueError(f"SQLAlchemySession supports {_SUPPORTED}, not {kind}")
-
-    @property
-    def table_prefix(self) -> str:
-        """The prefix of this session's table names."""
-        return self._table_prefix
 
     @property
     def store_identity(self) -> tuple[str, str, str]:
         """``(backend, database, table prefix)``: the database's name, never its host, whose
         spelling may differ between processes (a SQLite file's resolved path)."""
-        url = self._engine.url if self._engine is not None else make_url(str(self._url))
-        database = url.database or ""
-        if url.get_backend_name() == "sqlite":
-            if database in ("", ":memory:") or url.query.get("mode") == "memory":
-                database = ":memory:"  # private to its process, whatever its spelling
-            elif not database.startswith("file:"):
-                database = str(Path(database).expanduser().resolve())
-        return url.get_backend_name(), database, self._table_prefix
+        return _store_identity(self._engine, self._url, self._table_prefix)
 
     @property
     def call_timeout(self) -> float | None:
@@ -397,19 +297,10 @@ class SQLAlchemySession(SQLSessionBase):
         session.window_mode = self.window_mode
         return session
 
-    def _driver_timeout(self) -> float | None:
-        """``call_timeout`` where it applies: on PostgreSQL."""
-        return self._call_timeout if isinstance(self._ops, _AsyncpgOperations) else None
-
-    def _server(self) -> str:
-        return _server_name(self._engine, self._url)
-
     async def engine(self) -> AsyncEngine:
         """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
         self._check_open()
-        engine = await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
-        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
-        return engine
+        return await self._ready_engine()
 
     def _session_lock(self) -> SessionLock:
         """PostgreSQL: an advisory lock; a SQLite file: ``flock`` on the session's lock file in
@@ -427,7 +318,7 @@ class SQLAlchemySession(SQLSessionBase):
         )
 
     async def _close(self) -> None:
-        await _release_engines(self._engine_keys)
+        await release_engines(self._engine_keys)
 
 
 class _EngineOperations(Operations):
@@ -436,132 +327,15 @@ class _EngineOperations(Operations):
         self.session_id = session.session_id
 
 
-class _EngineUser(Protocol):
-    """What runs calls on an engine's pooled connections: a session or a manager."""
-
-    @property
-    def table_prefix(self) -> str: ...
-
-    async def engine(self) -> AsyncEngine: ...
-
-    def _driver_timeout(self) -> float | None: ...
-
-    def _server(self) -> str: ...
-
-
-async def _with_driver(
-    session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool
-) -> T:
-    """Run ``use(driver_connection)`` on a pooled connection.
-
-    A connection that fails invalidates the pool's connections (each is replaced on its next
-    checkout, as SQLAlchemy does on a disconnect). ``retry`` repeats an
-    idempotent operation once on a new connection after such a failure; any operation is
-    repeated when the failure proves that nothing reached the server. Pooled connections that
-    died while idle (a killed backend, a server restart) are replaced before use.
-
-    On PostgreSQL the whole call, retry included, is bounded by the session's
-    ``call_timeout``: past it the connection in use is closed (only that one) and
-    :class:`CallTimeoutError` is raised, without a retry.
-    """
-    timeout = session._driver_timeout()
-    if timeout is None:
-        return await _attempts(session, use, retry=retry)
-    deadline = asyncio.timeout(timeout)
-    try:
-        async with deadline:
-            return await _attempts(session, use, retry=retry)
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        raise CallTimeoutError(
-            f"no answer from PostgreSQL at {session._server()} within call_timeout={timeout:g} s; "
-            "the connection was closed and the call was not retried"
-        ) from None
-
-
-async def _attempts(session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
-    for attempt in (1, 2):
-        engine = await session.engine()
-        # The pool's own checkout, without a Connection object around it: a third of the cost.
-        pooled = await engine.raw_connection()
-        driver = pooled.driver_connection
-        while _is_closed(driver):
-            await greenlet_spawn(pooled.invalidate)
-            pooled = await engine.raw_connection()
-            driver = pooled.driver_connection
-        try:
-            result = await use(driver)
-        except Exception as exc:
-            if not _is_disconnect(exc, driver):
-                await greenlet_spawn(pooled.close)
-                raise _translate(engine, session.table_prefix, exc) from exc
-            # As SQLAlchemy does on a disconnect: every connection the pool opened before now is
-            # suspect (a restart or failover kills them all) and is replaced on its next checkout.
-            await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
-            if attempt == 2 or not (retry or _never_sent(exc)):
-                raise
-        except BaseException:  # cancelled or timed out mid-call: the connection's state is unknown
-            # Dropped at once: a graceful close would wait on a server that may not answer.
-            terminate = getattr(driver, "terminate", None)
-            if terminate is not None:
-                terminate()
-            await asyncio.shield(greenlet_spawn(pooled.invalidate))
-            raise
-        else:
-            await greenlet_spawn(pooled.close)
-            return result
-    raise AssertionError("unreachable")
-
-
-def _is_closed(driver: Any) -> bool:
-    """Whether the driver knows its connection is closed (asyncpg does; aiosqlite never says)."""
-    is_closed = getattr(driver, "is_closed", None)
-    return is_closed is not None and bool(is_closed())
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether asyncpg refused to start the operation: its connection was closed, or was still
-    reading the server's last (fatal) message. Nothing was sent, so any operation may retry."""
-    return type(exc).__name__ in {"InterfaceError", "InternalClientError"} and (
-        "connection is closed" in str(exc) or "cannot switch to state" in str(exc)
-    )
-
-
-def _is_disconnect(exc: BaseException, driver: Any) -> bool:
-    """Whether ``exc`` means the connection is unusable (rather than an error in the SQL)."""
-    if _is_closed(driver):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str):  # a PostgreSQL error: connection exception or shutdown
-        return sqlstate.startswith(("08", "57P"))
-    if isinstance(exc, ConnectionError | OSError):
-        return True
-    # asyncpg's client-side protocol errors; aiosqlite's "no active connection"
-    return type(exc).__name__ in {"InterfaceError", "InternalClientError"} or (
-        isinstance(exc, ValueError) and "no active connection" in str(exc)
-    )
-
-
-def _translate(engine: AsyncEngine, table_prefix: str, exc: Exception) -> Exception:
-    """Turn "no such table" into a SchemaError that names the fix."""
-    text = str(exc)
-    if type(exc).__name__ == "UndefinedTableError" or "no such table" in text:
-        _schemas.forget(engine)
-        problem = migrate.describe_schema_state(None, table_prefix, url=engine.url)
-        return migrate.SchemaError(f"{problem} ({text})")
-    return exc
-
-
 class _AsyncpgOperations(_EngineOperations):
     async def get(self, limit: int | None) -> list[str]:
         sql = self.session._pg
         if limit is None:
-            rows = await _with_driver(
+            rows = await with_driver(
                 self.session, lambda c: c.fetch(sql.select_all, self.session_id), retry=True
             )
             return [row[0] for row in rows]
-        rows = await _with_driver(
+        rows = await with_driver(
             self.session,
             lambda c: c.fetch(sql.select_newest, self.session_id, limit),
             retry=True,
@@ -584,11 +358,11 @@ class _AsyncpgOperations(_EngineOperations):
 
         # Retried once on a new connection after a connection error: the batch id makes a
         # retry of a committed attempt (its reply lost) store nothing.
-        await _with_driver(self.session, add, retry=True)
+        await with_driver(self.session, add, retry=True)
 
     async def pop(self) -> str | None:
         sql = self.session._pg.pop
-        value: str | None = await _with_driver(
+        value: str | None = await with_driver(
             self.session, lambda c: c.fetchval(sql, self.session_id), retry=False
         )
         return value
@@ -597,19 +371,19 @@ class _AsyncpgOperations(_EngineOperations):
         sql = self.session._pg.clear
         # Never resent once sent: a DELETE repeated after a lost reply would remove items that
         # other clients added (and were told were stored) in between.
-        await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
+        await with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
 
     async def get_window(self, limit: int, window: WindowMode) -> list[str]:
         sql = self.session._pg_windows.window
         turns = window == "turns"
-        rows = await _with_driver(
+        rows = await with_driver(
             self.session, lambda c: c.fetch(sql, self.session_id, limit, turns), retry=True
         )
         return [row[0] for row in rows]
 
     async def fork(self, new_id: str, count: int | None) -> int:
         sql = self.session._pg_windows.fork
-        made, copied = await _with_driver(
+        made, copied = await with_driver(
             self.session, lambda c: c.fetchrow(sql, self.session_id, new_id, count), retry=False
         )
         if not made:
@@ -618,61 +392,17 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def origin(self) -> ForkOrigin | None:
         sql = self.session._pg_windows.origin
-        value = await _with_driver(
+        value = await with_driver(
             self.session, lambda c: c.fetchval(sql, self.session_id), retry=True
         )
         return _windows.fork_origin_of(value)
-
-
-async def _engine_of(
-    engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
-) -> AsyncEngine:
-    """The engine given, or this event loop's shared engine of ``url``, counted once in ``keys``
-    (the holder's references, released by :func:`_release_engines`)."""
-    if engine is not None:
-        return engine
-    assert url is not None
-    key, shared = _shared_engines.acquire(url, options)
-    if key in keys:
-        await _shared_engines.release(key)  # already counted for this holder
-    else:
-        keys.append(key)
-    return shared
-
-
-async def _release_engines(keys: list[Any]) -> None:
-    taken = list(keys)
-    keys.clear()
-    for key in taken:
-        await _shared_engines.release(key)
-
-
-def _server_name(engine: AsyncEngine | None, url: str | None) -> str:
-    """``host:port/database`` of an engine, or of the URL it will be built from."""
-    parsed = engine.url if engine is not None else make_url(url or "")
-    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
-
-
-async def _in_aiosqlite_thread(
-    holder: _EngineUser, fn: Callable[..., T], *args: Any, retry: bool
-) -> T:
-    """``fn(sqlite3_connection, *args)`` whole in a pooled aiosqlite connection's worker
-    thread (one thread hop), run again while a shared-cache table lock holds it."""
-
-    async def use(driver: Any) -> T:
-        # aiosqlite runs queued callables in its connection thread; _conn is its sqlite3
-        # connection. Both are aiosqlite internals, pinned by the tests.
-        result: T = await driver._execute(lambda: _sql.sqlite_run_retrying(fn, driver._conn, *args))
-        return result
-
-    return await _with_driver(holder, use, retry=retry)
 
 
 class _AiosqliteOperations(_EngineOperations):
     """Runs each whole operation in the aiosqlite connection's worker thread: one thread hop."""
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, retry: bool) -> T:
-        return await _in_aiosqlite_thread(self.session, fn, *args, retry=retry)
+        return await in_aiosqlite_thread(self.session, fn, *args, retry=retry)
 
     async def get(self, limit: int | None) -> list[str]:
         return await self._in_thread(
@@ -721,7 +451,7 @@ class _AiosqliteOperations(_EngineOperations):
 # --- the manager -------------------------------------------------------------------------------
 
 
-class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
+class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngine):
     """Hands out ``SQLAlchemySession`` objects on one engine, and manages the store as a whole.
 
     Example:
@@ -752,16 +482,9 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         table_prefix: str = "",
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
-            )
-        self._setup(
-            engine.dialect.name, engine.dialect.driver, create_tables, table_prefix, call_timeout
-        )
-        self._engine: AsyncEngine | None = engine
-        self._url: str | None = None
-        self._engine_options: dict[str, Any] = {}
+        kind = _engine_kind(engine, "SQLAlchemySessionManager")
+        self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
+        self._closed = False
 
     @classmethod
     def from_url(
@@ -775,73 +498,35 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     ) -> SQLAlchemySessionManager:
         """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
         aiosqlite), shared with every session of that URL; ``close()`` releases it."""
-        if not isinstance(url, str) or not url:
-            raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
-        async_url = migrate.async_url(url)
-        require_driver(async_url)
-        parsed = make_url(async_url)
-        self._setup(
-            parsed.get_backend_name(),
-            parsed.get_driver_name(),
-            create_tables,
-            table_prefix,
-            call_timeout,
-        )
-        self._engine = None
-        self._url = async_url
-        self._engine_options = dict(engine_kwargs or {})
+        async_url, kind = _url_kind(url, "SQLAlchemySessionManager")
+        self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
+        self._closed = False
         return self
 
-    def _setup(
-        self,
-        dialect: str,
-        driver: str,
-        create_tables: bool,
-        table_prefix: str,
-        call_timeout: float | None,
-    ) -> None:
-        self._kind = f"{dialect}+{driver}"
-        if self._kind not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-            raise ValueError(f"SQLAlchemySessionManager supports {_SUPPORTED}, not {self._kind}")
-        self._table_prefix = validate_table_prefix(table_prefix)
-        self._create_tables = create_tables
-        self._call_timeout = _validate_call_timeout(call_timeout)
-        self._engine_keys: list[Any] = []
-        self._closed = False
-
     @property
-    def table_prefix(self) -> str:
-        """The prefix of the store's table names."""
-        return self._table_prefix
-
-    def _driver_timeout(self) -> float | None:
-        return self._call_timeout if self._kind == "postgresql+asyncpg" else None
-
-    def _server(self) -> str:
-        return _server_name(self._engine, self._url)
+    def process_private(self) -> bool:
+        """Whether the engine's database is an in-memory SQLite one (private to this process)."""
+        return _store_identity(self._engine, self._url, self._table_prefix)[1] == MEMORY
 
     async def engine(self) -> AsyncEngine:
         """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
         with agentmem's schema checked (or created, with ``create_tables``)."""
-        engine = await self._current_engine()
-        await _schemas.ensure(engine, self._table_prefix, self._create_tables)
-        return engine
-
-    async def _current_engine(self) -> AsyncEngine:
         self._check_open()
-        return await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
+        return await self._ready_engine()
 
     async def schema_revision(self) -> str | None:
         """The agentmem schema revision of the database (``None``: its tables are absent),
         read without changing anything."""
+        self._check_open()
         return await migrate.current(await self._current_engine(), table_prefix=self._table_prefix)
 
     async def upgrade_schema(self) -> None:
         """Bring the database to agentmem's current schema (runs the migrations)."""
+        self._check_open()
         engine = await self._current_engine()
         await migrate.upgrade(engine, table_prefix=self._table_prefix)
-        _schemas.forget(engine)
+        schemas.forget(engine)
 
     def get_session(
         self,
@@ -893,11 +578,11 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     ) -> T:
         """One manager operation on a pooled connection, in the driver's fast path."""
         self._check_open()
-        if self._kind == "postgresql+asyncpg":
-            return await _with_driver(
+        if self._kind == POSTGRES:
+            return await with_driver(
                 self, lambda c: on_postgres(c, self._table_prefix, *args), retry=retry
             )
-        return await _in_aiosqlite_thread(self, on_sqlite, self._table_prefix, *args, retry=retry)
+        return await in_aiosqlite_thread(self, on_sqlite, self._table_prefix, *args, retry=retry)
 
     async def list_sessions(self) -> list[str]:
         """The ids of every stored session, sorted."""
@@ -913,8 +598,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     ) -> SessionPage:
         """One page of the stored sessions, most recently updated first (a keyset range on
         ``updated_at``: every page costs the same)."""
-        size = validate_page_size(limit)
-        after = None if cursor is None else decode_cursor(cursor)
+        size, after = page_request(limit, cursor)
         infos = await self._run(
             _manage.postgres_page, _manage.sqlite_page, size + 1, after, retry=True
         )
@@ -947,9 +631,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, in one transaction."""
-        conversation = conversation.validated()
-        encoded = encode_items(conversation.items)
-        created, updated = conversation.stamped()
+        encoded, created, updated = conversation.prepared()
         await self._run(
             _manage.postgres_write,
             _manage.sqlite_write,
@@ -961,4 +643,4 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         )
 
     async def _release(self) -> None:
-        await _release_engines(self._engine_keys)
+        await release_engines(self._engine_keys)

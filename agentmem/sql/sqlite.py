@@ -22,13 +22,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from agentmem import _forks
 from agentmem._batch import new_batch_id
 from agentmem._lock import SessionLock
 from agentmem.forks import ForkOrigin
@@ -36,17 +36,15 @@ from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
     SessionInfo,
-    SessionManagerABC,
     SessionPage,
-    decode_cursor,
     page_of,
-    validate_page_size,
+    page_request,
 )
-from agentmem.session import EncodedItem, encode_items, validate_session_id
-from agentmem.sql import _manage, _windows, migrate
+from agentmem.session import EncodedItem, validate_session_id
+from agentmem.sql import _manage, _sqlite_schema, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._locks import FileSessionLock, lock_file
-from agentmem.sql.base import Operations, SQLSessionBase
+from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import validate_table_prefix
 from agentmem.windows import WindowMode
 
@@ -54,7 +52,6 @@ __all__ = ["SQLiteSession", "SQLiteSessionManager"]
 
 T = TypeVar("T")
 
-MEMORY = ":memory:"
 BUSY_TIMEOUT_SECONDS = _sql.BUSY_TIMEOUT_SECONDS
 
 
@@ -68,8 +65,7 @@ def _connect(target: str) -> sqlite3.Connection:
         uri=read_only is not None,
     )
     if target != MEMORY and read_only is None:
-        _sql.sqlite_use_wal(conn.cursor(), BUSY_TIMEOUT_SECONDS)
-        conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+        _sql.sqlite_settings(conn.cursor())
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -81,19 +77,20 @@ class _Templates:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_prefix: dict[str, sqlite3.Connection] = {}
+        _forks.reset_in_child(self)
 
     def copy_into(self, conn: sqlite3.Connection, table_prefix: str) -> None:
         with self._lock:
             template = self._by_prefix.get(table_prefix)
             if template is None:
                 template = _connect(MEMORY)
-                migrate.sqlite_upgrade(template, table_prefix)
+                _sqlite_schema.sqlite_upgrade(template, table_prefix)
                 self._by_prefix[table_prefix] = template
             template.backup(conn)
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        _inherited.append(self._by_prefix)
+        _forks.keep(self._by_prefix)
         self._by_prefix = {}
 
 
@@ -109,7 +106,7 @@ class _Database:
         self.lock = threading.Lock()
         self.refs = 0
         self._conn: sqlite3.Connection | None = None
-        _databases.add(self)
+        _forks.reset_in_child(self)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self.lock:
@@ -128,8 +125,8 @@ class _Database:
         try:
             if self.target == MEMORY:
                 _templates.copy_into(conn, self.table_prefix)
-            elif migrate.current_revision_sqlite(conn, self.table_prefix) != migrate.head():
-                migrate.sqlite_upgrade(conn, self.table_prefix)
+            else:
+                _sqlite_schema.bring_to_head(conn, self.table_prefix)
         except BaseException:
             conn.close()
             raise
@@ -144,7 +141,7 @@ class _Database:
     def after_fork(self) -> None:
         self.lock = threading.Lock()
         if self._conn is not None:
-            _inherited.append(self._conn)
+            _forks.keep(self._conn)
             self._conn = None
 
 
@@ -155,6 +152,7 @@ class _Files:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], _Database] = {}
+        _forks.reset_in_child(self)
 
     def acquire(self, path: str, table_prefix: str) -> _Database:
         if path == MEMORY:
@@ -187,20 +185,6 @@ class _Files:
 
 
 _files = _Files()
-_databases: weakref.WeakSet[_Database] = weakref.WeakSet()
-_inherited: list[Any] = []
-"""In a forked child, the parent's connections: kept referenced so that they are never closed
-(closing one could checkpoint or remove the parent's WAL) and never used."""
-
-
-def _after_fork_in_child() -> None:
-    _files.after_fork()
-    _templates.after_fork()
-    for database in list(_databases):
-        database.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
@@ -224,6 +208,12 @@ async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
         if not future.cancelled():
             future.exception()  # retrieved: the caller hears of the cancel instead
         raise
+
+
+async def _release(database: _Database) -> None:
+    """Drop one user of ``database``; the last one closes it (in a worker thread)."""
+    if _files.release(database):
+        await asyncio.get_running_loop().run_in_executor(None, database.close)
 
 
 class _ThreadOperations(Operations):
@@ -378,26 +368,19 @@ class SQLiteSession(SQLSessionBase):
             lock_file(self.db_path, prefix, self.session_id),
         )
 
+    @property
+    def over_when_raised(self) -> bool:
+        """True: a call raises (even a cancel) only once its thread's call is over."""
+        return True
+
     async def _close(self) -> None:
-        if _files.release(self._database):
-            await asyncio.get_running_loop().run_in_executor(None, self._database.close)
+        await _release(self._database)
 
 
 # --- the manager -------------------------------------------------------------------------------
 
 
-def _read_revision(path: str, table_prefix: str) -> str | None:
-    if not Path(path).is_file():
-        return None
-    options = _sql.sqlite_read_only_options(path) or {"mode": "ro"}
-    conn = sqlite3.connect(_sql.sqlite_uri(path, options), uri=True, timeout=BUSY_TIMEOUT_SECONDS)
-    try:
-        return migrate.current_revision_sqlite(conn, table_prefix)
-    finally:
-        conn.close()
-
-
-class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
+class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
     """Hands out ``SQLiteSession`` objects on one database, and manages it as a whole.
 
     Example:
@@ -424,6 +407,11 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         self.db_path = _resolve(db_path)
         self._database = _files.acquire(self.db_path, table_prefix)
         self._closed = False
+
+    @property
+    def process_private(self) -> bool:
+        """Whether the database is in memory (private to this process)."""
+        return self.db_path == MEMORY
 
     def get_session(
         self,
@@ -461,7 +449,7 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         if self.db_path == MEMORY:
             return migrate.head()
         return await asyncio.get_running_loop().run_in_executor(
-            None, _read_revision, self.db_path, self.table_prefix
+            None, _sqlite_schema.file_revision, self.db_path, self.table_prefix
         )
 
     async def upgrade_schema(self) -> None:
@@ -482,8 +470,7 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
     ) -> SessionPage:
         """One page of the stored sessions, most recently updated first (a keyset range on
         ``updated_at``)."""
-        size = validate_page_size(limit)
-        after = None if cursor is None else decode_cursor(cursor)
+        size, after = page_request(limit, cursor)
         return page_of(await self._run(_manage.sqlite_page, size + 1, after), size)
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
@@ -502,11 +489,8 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, in one transaction."""
-        conversation = conversation.validated()
-        created, updated = conversation.stamped()
-        encoded = encode_items(conversation.items)
+        encoded, created, updated = conversation.prepared()
         await self._run(_manage.sqlite_write, conversation.session_id, encoded, created, updated)
 
     async def _release(self) -> None:
-        if _files.release(self._database):
-            await asyncio.get_running_loop().run_in_executor(None, self._database.close)
+        await _release(self._database)

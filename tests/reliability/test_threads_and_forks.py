@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agentmem import Session, SQLiteSession
-from agentmem.sql import sqlalchemy as sqlalchemy_backend
+from agentmem.sql import _engines as sqlalchemy_engines
 from agentmem.sql import sqlite as sqlite_backend
 from tests.conftest import run_in_new_loop, unique_id
 from tests.reliability._stores import Store
@@ -108,13 +108,13 @@ def _registry_locks() -> list[Any]:
     locks = [
         sqlite_backend._files._lock,
         sqlite_backend._templates._lock,
-        sqlalchemy_backend._shared_engines._lock,
-        sqlalchemy_backend._schemas._lock,
+        sqlalchemy_engines.shared_engines._lock,
+        sqlalchemy_engines.schemas._lock,
     ]
     with contextlib.suppress(ImportError):
         from agentmem.redis import client as _redis
 
-        locks.append(_redis._shared._lock)
+        locks.append(_redis.shared_clients._lock)
     return locks
 
 
