@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "agentmem"
-CORE = {"agentmem.session", "agentmem.items", "agentmem.errors", "agentmem.manager"}
+CORE = {
+    "agentmem.session",
+    "agentmem.items",
+    "agentmem.errors",
+    "agentmem.manager",
+    "agentmem.records",
+    "agentmem.forks",
+    "agentmem.windows",
+}
 
 
 def _module_name(path: Path) -> str:
