@@ -20,6 +20,7 @@ from agentmem.session import Session, SessionABC
 
 if TYPE_CHECKING:
     from agentmem.cache.session import CachedSession, CachedSessionManager
+    from agentmem.records import UNSET, ItemPage, SessionInfo, SessionPage
     from agentmem.redis.session import RedisSession, RedisSessionManager
     from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
     from agentmem.sql.sqlite import SQLiteSession, SQLiteSessionManager
@@ -28,6 +29,7 @@ __all__ = [
     "CachedSession",
     "CachedSessionManager",
     "CallTimeoutError",
+    "ItemPage",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -39,6 +41,9 @@ __all__ = [
     "Session",
     "SessionABC",
     "SessionClosedError",
+    "SessionInfo",
+    "SessionPage",
+    "UNSET",
     "__version__",
 ]
 
@@ -53,6 +58,10 @@ _LAZY = {
     "RedisSessionManager": "agentmem.redis.session",
     "CachedSession": "agentmem.cache.session",
     "CachedSessionManager": "agentmem.cache.session",
+    "SessionInfo": "agentmem.records",
+    "SessionPage": "agentmem.records",
+    "ItemPage": "agentmem.records",
+    "UNSET": "agentmem.records",
 }
 
 
@@ -66,6 +75,7 @@ _SUBMODULES = frozenset(
         "manager",
         "migrate",
         "models",
+        "records",
         "redis",
         "session",
         "sql",

@@ -8,7 +8,9 @@ SQLite file's thread) implements.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
+from agentmem.records import ItemPage, SessionInfo
 from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
 
 __all__ = ["Operations", "SQLSessionBase"]
@@ -47,13 +49,28 @@ class SQLSessionBase(SessionABC):
         self._check_open()
         encoded = encode_items(items)
         if encoded:
-            await self._ops.add(encoded)
+            await self._ops.add(self._kept(encoded))
 
     async def add_encoded_items(self, items: list[EncodedItem]) -> None:
         """Append items already checked and encoded by :func:`agentmem.session.encode_items`."""
         self._check_open()
         if items:
-            await self._ops.add(items)
+            await self._ops.add(self._kept(items))
+
+    def _kept(self, items: list[EncodedItem]) -> list[EncodedItem]:
+        """With ``max_items``, only the newest that the history may keep."""
+        most = self.lifecycle.max_items
+        return items if most is None or len(items) <= most else items[-most:]
+
+    async def info(self) -> SessionInfo | None:
+        self._check_open()
+        return await self._ops.info()
+
+    async def _update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        return await self._ops.update_info(changes)
+
+    async def _page(self, limit: int, before: int | None) -> ItemPage:
+        return await self._ops.page(limit, before)
 
     async def pop_item(self) -> SessionItem | None:
         self._check_open()
@@ -71,7 +88,8 @@ class SQLSessionBase(SessionABC):
 
 
 class Operations(ABC):
-    """The four operations of one session on one kind of connection, on stored JSON text."""
+    """The operations of one session on one kind of connection, on stored JSON text; the
+    session's ``lifecycle`` (expiry, retention, given info) applies to them."""
 
     @abstractmethod
     async def get(self, limit: int | None) -> list[str]: ...
@@ -84,3 +102,12 @@ class Operations(ABC):
 
     @abstractmethod
     async def clear(self) -> None: ...
+
+    @abstractmethod
+    async def info(self) -> SessionInfo | None: ...
+
+    @abstractmethod
+    async def update_info(self, changes: dict[str, Any]) -> SessionInfo: ...
+
+    @abstractmethod
+    async def page(self, limit: int, before: int | None) -> ItemPage: ...

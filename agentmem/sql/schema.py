@@ -25,7 +25,9 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
 __all__ = [
@@ -85,9 +87,26 @@ def _define_tables(prefix: str) -> Tables:
         Column("session_id", String(255), primary_key=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        # Reserved for a later version: nothing reads or writes these two yet.
         Column("expires_at", DateTime(timezone=True), nullable=True),
-        Column("metadata_json", Text, nullable=True),
+        # JSONB on PostgreSQL (containment filters, GIN index); JSON text on SQLite.
+        Column("metadata_json", Text().with_variant(JSONB(), "postgresql"), nullable=True),
+        Column("user_id", String(255), nullable=True),
+        Column("title", Text, nullable=True),
+        Column("item_count", Integer, nullable=False, server_default=text("0")),
+    )
+    Index(
+        f"ix_{prefix}sessions_user_id_updated_at",
+        sessions.c.user_id,
+        sessions.c.updated_at.desc(),
+        sessions.c.session_id,
+    )
+    Index(f"ix_{prefix}sessions_updated_at", sessions.c.updated_at.desc(), sessions.c.session_id)
+    Index(f"ix_{prefix}sessions_expires_at", sessions.c.expires_at)
+    Index(
+        f"ix_{prefix}sessions_metadata_json",
+        sessions.c.metadata_json,
+        postgresql_using="gin",
+        postgresql_ops={"metadata_json": "jsonb_path_ops"},
     )
     messages = Table(
         f"{prefix}messages",
@@ -133,11 +152,8 @@ class Base(DeclarativeBase):
 
 
 class SessionRecord(Base):
-    """One conversation: the ``sessions`` table.
-
-    ``expires_at`` and ``metadata_json`` are reserved for a later version: agentmem neither reads
-    nor writes them, so they stay NULL.
-    """
+    """One conversation: the ``sessions`` table (its items counted in ``item_count``; expired
+    once ``expires_at`` has passed; ``metadata_json`` NULL reads as ``{}``)."""
 
     __table__ = DEFAULT_TABLES.sessions
 
@@ -146,6 +162,9 @@ class SessionRecord(Base):
     updated_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     metadata_json: Mapped[str | None]
+    user_id: Mapped[str | None]
+    title: Mapped[str | None]
+    item_count: Mapped[int]
 
 
 class MessageRecord(Base):

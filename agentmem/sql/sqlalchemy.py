@@ -34,13 +34,22 @@ from agentmem.manager import (
     page_of,
     validate_page_size,
 )
+from agentmem.records import (
+    TTL,
+    UNSET,
+    ItemPage,
+    Lifecycle,
+    Unset,
+    validate_metadata_filter,
+    validate_user_id,
+)
 from agentmem.session import (
     EncodedItem,
     SessionABC,
     encode_items,
     validate_session_id,
 )
-from agentmem.sql import _manage, migrate
+from agentmem.sql import _lifecycle, _manage, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
@@ -271,8 +280,22 @@ class SQLAlchemySession(SQLSessionBase):
         table_prefix: str = "",
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        ttl: TTL | None = None,
+        max_items: int | None = None,
+        touch_on_read: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(session_id, session_settings)
+        self.lifecycle = Lifecycle.checked(
+            ttl=ttl,
+            max_items=max_items,
+            touch_on_read=touch_on_read,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
+        )
         if not isinstance(engine, AsyncEngine):
             raise TypeError(
                 f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
@@ -297,12 +320,15 @@ class SQLAlchemySession(SQLSessionBase):
         engine_kwargs: dict[str, Any] | None = None,
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        lifecycle: Lifecycle | None = None,
     ) -> SQLAlchemySession:
         """A session on its own engine built from ``url`` (shared with other sessions of that URL).
 
         ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
         ``engine_kwargs`` go to ``create_async_engine``. ``close()`` releases the engine.
-        The other arguments are those of the constructor.
+        ``lifecycle`` holds the constructor's lifecycle options, checked
+        (:meth:`agentmem.records.Lifecycle.checked`). The other arguments are those of the
+        constructor.
 
         Raises:
             MissingDependencyError: the URL's driver is not installed (the message names the
@@ -313,6 +339,7 @@ class SQLAlchemySession(SQLSessionBase):
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
         SessionABC.__init__(self, session_id, session_settings)
+        self.lifecycle = lifecycle or Lifecycle()
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
         self._engine = None
@@ -381,6 +408,35 @@ class _EngineOperations(Operations):
     def __init__(self, session: SQLAlchemySession) -> None:
         self.session = session
         self.session_id = session.session_id
+
+    async def _manage(
+        self, on_postgres: Callable[..., Awaitable[T]], on_sqlite: Callable[..., T], *args: Any
+    ) -> T:
+        """A lifecycle operation of this session (``retry``: it is idempotent)."""
+        prefix = self.session.table_prefix
+        if isinstance(self, _AsyncpgOperations):
+            return await _with_driver(
+                self.session,
+                lambda c: on_postgres(c, prefix, self.session_id, *args),
+                retry=True,
+            )
+        return await _in_aiosqlite_thread(
+            self.session, on_sqlite, prefix, self.session_id, *args, retry=True
+        )
+
+    async def info(self) -> SessionInfo | None:
+        return await self._manage(_lifecycle.postgres_info, _lifecycle.sqlite_info)
+
+    async def update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        return await self._manage(
+            _lifecycle.postgres_update_info,
+            _lifecycle.sqlite_update_info,
+            self.session.lifecycle,
+            changes,
+        )
+
+    async def page(self, limit: int, before: int | None) -> ItemPage:
+        return await self._manage(_lifecycle.postgres_page, _lifecycle.sqlite_page, limit, before)
 
 
 class _EngineUser(Protocol):
@@ -503,6 +559,14 @@ def _translate(engine: AsyncEngine, table_prefix: str, exc: Exception) -> Except
 class _AsyncpgOperations(_EngineOperations):
     async def get(self, limit: int | None) -> list[str]:
         sql = self.session._pg
+        lifecycle = self.session.lifecycle
+        if lifecycle.touch_on_read and lifecycle.ttl is not None:
+            ttl, prefix = lifecycle.ttl, self.session.table_prefix
+            await _with_driver(
+                self.session,
+                lambda c: _lifecycle.postgres_touch(c, prefix, self.session_id, ttl),
+                retry=True,
+            )
         if limit is None:
             rows = await _with_driver(
                 self.session, lambda c: c.fetch(sql.select_all, self.session_id), retry=True
@@ -517,17 +581,32 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def add(self, items: list[EncodedItem]) -> None:
         data, roles, types = zip(*items, strict=True)
-        sql = self.session._pg.add
-        await _with_driver(
-            self.session,
-            lambda c: c.execute(sql, self.session_id, data, roles, types),
-            retry=False,
-        )
+        sql = self.session._pg
+        life = self.session.lifecycle
+        args = (self.session_id, data, roles, types, life.ttl)
+        info = (life.user_id, life.title, life.metadata_json)
+        if life.max_items is None:
+            await _with_driver(
+                self.session, lambda c: c.execute(sql.add, *args, *info), retry=False
+            )
+            return
+        most = life.max_items
+
+        async def add_and_trim(c: Any) -> None:
+            # Retention in the add's transaction, after it (a statement sees its own CTEs'
+            # snapshot only): the session row lock is held throughout.
+            async with c.transaction():
+                count: int = await c.fetchval(sql.add_counted, *args, *info)
+                if count > most:
+                    await c.execute(sql.trim, self.session_id, count - most)
+
+        await _with_driver(self.session, add_and_trim, retry=False)
 
     async def pop(self) -> str | None:
         sql = self.session._pg.pop
+        ttl = self.session.lifecycle.ttl
         value: str | None = await _with_driver(
-            self.session, lambda c: c.fetchval(sql, self.session_id), retry=False
+            self.session, lambda c: c.fetchval(sql, self.session_id, ttl), retry=False
         )
         return value
 
@@ -589,18 +668,29 @@ class _AiosqliteOperations(_EngineOperations):
         return await _in_aiosqlite_thread(self.session, fn, *args, retry=retry)
 
     async def get(self, limit: int | None) -> list[str]:
+        life = self.session.lifecycle
+        touch = life.ttl if life.touch_on_read else None
         return await self._in_thread(
-            _sql.sqlite_get, self.session._lite, self.session_id, limit, retry=True
+            _sql.sqlite_get, self.session._lite, self.session_id, limit, touch, retry=touch is None
         )
 
     async def add(self, items: list[EncodedItem]) -> None:
         await self._in_thread(
-            _sql.sqlite_add, self.session._lite, self.session_id, items, retry=False
+            _sql.sqlite_add,
+            self.session._lite,
+            self.session_id,
+            items,
+            self.session.lifecycle,
+            retry=False,
         )
 
     async def pop(self) -> str | None:
         return await self._in_thread(
-            _sql.sqlite_pop, self.session._lite, self.session_id, retry=False
+            _sql.sqlite_pop,
+            self.session._lite,
+            self.session_id,
+            self.session.lifecycle.ttl,
+            retry=False,
         )
 
     async def clear(self) -> None:
@@ -628,6 +718,9 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         table_prefix: Prefix of agentmem's table names.
         call_timeout: Seconds one PostgreSQL call of the manager or of its sessions may take
             (``None``: no limit); see :class:`SQLAlchemySession`.
+        default_ttl: The expiry of the sessions it hands out (seconds or ``timedelta``).
+        default_max_items: The longest history of the sessions it hands out.
+        touch_on_read: Whether reads of its sessions slide their expiry too.
 
     Raises:
         TypeError, ValueError: a bad engine, driver or prefix.
@@ -640,11 +733,15 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         create_tables: bool = False,
         table_prefix: str = "",
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        default_ttl: TTL | None = None,
+        default_max_items: int | None = None,
+        touch_on_read: bool = False,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(
                 f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
             )
+        self._set_lifecycle_defaults(default_ttl, default_max_items, touch_on_read)
         self._setup(
             engine.dialect.name, engine.dialect.driver, create_tables, table_prefix, call_timeout
         )
@@ -661,12 +758,16 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         table_prefix: str = "",
         engine_kwargs: dict[str, Any] | None = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        default_ttl: TTL | None = None,
+        default_max_items: int | None = None,
+        touch_on_read: bool = False,
     ) -> SQLAlchemySessionManager:
         """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
         aiosqlite), shared with every session of that URL; ``close()`` releases it."""
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
+        self._set_lifecycle_defaults(default_ttl, default_max_items, touch_on_read)
         async_url = migrate.async_url(url)
         require_driver(async_url)
         parsed = make_url(async_url)
@@ -732,13 +833,28 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         await migrate.upgrade(engine, table_prefix=self._table_prefix)
         _schemas.forget(engine)
 
-    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLAlchemySession:
-        """A session on the manager's engine.
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: TTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
+        session_settings: Any = None,
+    ) -> SQLAlchemySession:
+        """A session on the manager's engine (options: see
+        :meth:`SessionManagerABC.get_session`).
 
         Raises:
+            TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
         self._check_open()
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
         if self._engine is not None:
             session = SQLAlchemySession(
                 self._engine,
@@ -748,6 +864,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
                 session_settings=session_settings,
                 call_timeout=self._call_timeout,
             )
+            session.lifecycle = lifecycle
         else:
             assert self._url is not None
             session = SQLAlchemySession.from_url(
@@ -758,6 +875,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
                 engine_kwargs=self._engine_options,
                 session_settings=session_settings,
                 call_timeout=self._call_timeout,
+                lifecycle=lifecycle,
             )
         return self._handed_out(session)
 
@@ -786,16 +904,45 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
         return await self._run(_manage.postgres_info, _manage.sqlite_info, session_id, retry=True)
 
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
-        """One page of the stored sessions, most recently updated first (a keyset range on
-        ``updated_at``: every page costs the same)."""
+        """One page of the live sessions, most recently updated first (a keyset range on
+        ``updated_at``: every page costs the same; see
+        :meth:`SessionManagerABC.find_sessions`)."""
+        owner = validate_user_id(user_id)
+        wanted = validate_metadata_filter(metadata)
         size = validate_page_size(limit)
         after = None if cursor is None else decode_cursor(cursor)
         infos = await self._run(
-            _manage.postgres_page, _manage.sqlite_page, size + 1, after, retry=True
+            _lifecycle.postgres_find,
+            _lifecycle.sqlite_find,
+            owner,
+            wanted,
+            size + 1,
+            after,
+            retry=True,
         )
         return page_of(infos, size)
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions the database holds (only ``user_id``'s, if given)."""
+        owner = validate_user_id(user_id)
+        return await self._run(
+            _lifecycle.postgres_count, _lifecycle.sqlite_count, owner, retry=True
+        )
+
+    async def _purge_batch(self, batch_size: int) -> int:
+        return await self._run(
+            _lifecycle.postgres_purge_batch,
+            _lifecycle.sqlite_purge_batch,
+            batch_size,
+            retry=False,
+        )
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """Those of ``session_ids`` that are stored."""
@@ -834,6 +981,7 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
             encoded,
             created,
             updated,
+            self.default_ttl,
             retry=False,
         )
 

@@ -39,8 +39,17 @@ from agentmem.manager import (
     page_of,
     validate_page_size,
 )
+from agentmem.records import (
+    TTL,
+    UNSET,
+    ItemPage,
+    Lifecycle,
+    Unset,
+    validate_metadata_filter,
+    validate_user_id,
+)
 from agentmem.session import EncodedItem, encode_items, validate_session_id
-from agentmem.sql import _manage, migrate
+from agentmem.sql import _lifecycle, _manage, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
@@ -222,25 +231,40 @@ async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
 
 
 class _ThreadOperations(Operations):
-    def __init__(self, database: _Database, session_id: str) -> None:
+    def __init__(self, database: _Database, session_id: str, lifecycle: Lifecycle) -> None:
         self.database = database
         self.session_id = session_id
+        self.lifecycle = lifecycle
         self.sql = _sql.sqlite_statements(database.table_prefix)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await _run_on(self.database, fn, self.sql, self.session_id, *args)
 
+    async def _run_lifecycle(self, fn: Callable[..., T], *args: Any) -> T:
+        prefix = self.database.table_prefix
+        return await _run_on(self.database, fn, prefix, self.session_id, *args)
+
     async def get(self, limit: int | None) -> list[str]:
-        return await self._run(_sql.sqlite_get, limit)
+        touch = self.lifecycle.ttl if self.lifecycle.touch_on_read else None
+        return await self._run(_sql.sqlite_get, limit, touch)
 
     async def add(self, items: list[EncodedItem]) -> None:
-        await self._run(_sql.sqlite_add, items)
+        await self._run(_sql.sqlite_add, items, self.lifecycle)
 
     async def pop(self) -> str | None:
-        return await self._run(_sql.sqlite_pop)
+        return await self._run(_sql.sqlite_pop, self.lifecycle.ttl)
 
     async def clear(self) -> None:
         await self._run(_sql.sqlite_clear)
+
+    async def info(self) -> SessionInfo | None:
+        return await self._run_lifecycle(_lifecycle.sqlite_info)
+
+    async def update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        return await self._run_lifecycle(_lifecycle.sqlite_update_info, self.lifecycle, changes)
+
+    async def page(self, limit: int, before: int | None) -> ItemPage:
+        return await self._run_lifecycle(_lifecycle.sqlite_page, limit, before)
 
 
 def _resolve(db_path: object) -> str:
@@ -279,6 +303,12 @@ class SQLiteSession(SQLSessionBase):
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions``...).
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
+        ttl: Expiry (seconds or ``timedelta``) that every write slides; ``None``: none.
+        max_items: The longest history kept; a write beyond it drops the oldest items.
+        touch_on_read: Whether reads slide the expiry too.
+        user_id: The owner stored with the first write (or filled in if absent).
+        title: The title, likewise.
+        metadata: The metadata (a JSON object), likewise.
 
     A file this process cannot write (or in a directory it cannot write) is opened read-only:
     reads work, and writes raise :class:`PermissionError`.
@@ -295,25 +325,40 @@ class SQLiteSession(SQLSessionBase):
         *,
         table_prefix: str = "",
         session_settings: Any = None,
+        ttl: TTL | None = None,
+        max_items: int | None = None,
+        touch_on_read: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(session_id, session_settings)
         validate_table_prefix(table_prefix)
+        self.lifecycle = Lifecycle.checked(
+            ttl=ttl,
+            max_items=max_items,
+            touch_on_read=touch_on_read,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
+        )
         target = _resolve(db_path)
         self.db_path = target
         self._database = _files.acquire(target, table_prefix)
-        self._ops = _ThreadOperations(self._database, self.session_id)
+        self._ops = _ThreadOperations(self._database, self.session_id, self.lifecycle)
 
     @classmethod
     def _on_database(
-        cls, database: _Database, session_id: str, session_settings: Any
+        cls, database: _Database, session_id: str, session_settings: Any, lifecycle: Lifecycle
     ) -> SQLiteSession:
         """A session on an open database (a manager's), counted as one more of its users."""
         self = cls.__new__(cls)
         SQLSessionBase.__init__(self, session_id, session_settings)
+        self.lifecycle = lifecycle
         self.db_path = database.target
         _files.share(database)
         self._database = database
-        self._ops = _ThreadOperations(database, self.session_id)
+        self._ops = _ThreadOperations(database, self.session_id, lifecycle)
         return self
 
     @property
@@ -362,26 +407,53 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         db_path: ``":memory:"`` (default) or the path of the database file (created and brought
             to the current schema on first use).
         table_prefix: Prefix for agentmem's table names.
+        default_ttl: The expiry of the sessions it hands out (seconds or ``timedelta``).
+        default_max_items: The longest history of the sessions it hands out.
+        touch_on_read: Whether reads of its sessions slide their expiry too.
 
     Raises:
         FileNotFoundError: the directory of ``db_path`` does not exist.
     """
 
-    def __init__(self, db_path: str | PathLike[str] = MEMORY, *, table_prefix: str = "") -> None:
+    def __init__(
+        self,
+        db_path: str | PathLike[str] = MEMORY,
+        *,
+        table_prefix: str = "",
+        default_ttl: TTL | None = None,
+        default_max_items: int | None = None,
+        touch_on_read: bool = False,
+    ) -> None:
         self.table_prefix = validate_table_prefix(table_prefix)
+        self._set_lifecycle_defaults(default_ttl, default_max_items, touch_on_read)
         self.db_path = _resolve(db_path)
         self._database = _files.acquire(self.db_path, table_prefix)
         self._closed = False
 
-    def get_session(self, session_id: str, *, session_settings: Any = None) -> SQLiteSession:
-        """A session on the manager's database.
+    def get_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: TTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
+        session_settings: Any = None,
+    ) -> SQLiteSession:
+        """A session on the manager's database (options: see
+        :meth:`SessionManagerABC.get_session`).
 
         Raises:
+            TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
         self._check_open()
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
         return self._handed_out(
-            SQLiteSession._on_database(self._database, session_id, session_settings)
+            SQLiteSession._on_database(self._database, session_id, session_settings, lifecycle)
         )
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -412,13 +484,28 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         return await self._run(_manage.sqlite_info, validate_session_id(session_id))
 
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
-        """One page of the stored sessions, most recently updated first (a keyset range on
-        ``updated_at``)."""
+        """One page of the live sessions, most recently updated first (a keyset range on
+        ``updated_at``; see :meth:`SessionManagerABC.find_sessions`)."""
+        owner = validate_user_id(user_id)
+        wanted = validate_metadata_filter(metadata)
         size = validate_page_size(limit)
         after = None if cursor is None else decode_cursor(cursor)
-        return page_of(await self._run(_manage.sqlite_page, size + 1, after), size)
+        infos = await self._run(_lifecycle.sqlite_find, owner, wanted, size + 1, after)
+        return page_of(infos, size)
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions the database holds (only ``user_id``'s, if given)."""
+        return await self._run(_lifecycle.sqlite_count, validate_user_id(user_id))
+
+    async def _purge_batch(self, batch_size: int) -> int:
+        return await self._run(_lifecycle.sqlite_purge_batch, batch_size)
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """Those of ``session_ids`` that are stored."""
@@ -439,7 +526,14 @@ class SQLiteSessionManager(SessionManagerABC[SQLiteSession]):
         conversation = conversation.validated()
         created, updated = conversation.stamped()
         encoded = encode_items(conversation.items)
-        await self._run(_manage.sqlite_write, conversation.session_id, encoded, created, updated)
+        await self._run(
+            _manage.sqlite_write,
+            conversation.session_id,
+            encoded,
+            created,
+            updated,
+            self.default_ttl,
+        )
 
     async def _release(self) -> None:
         if _files.release(self._database):
