@@ -351,3 +351,32 @@ async def test_expiry_and_purge_are_seen_from_another_process(
         assert await manager.count_sessions(user) == 1
         assert await manager.delete_session(doomed) is False  # the purge deleted its row
         await manager.delete_session(kept)
+
+
+@pytest.fixture(scope="module")
+def two_processes() -> Iterator[ProcessPoolExecutor]:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+async def test_two_processes_purge_at_once_without_double_work(
+    shared_store: tuple[str, str], two_processes: ProcessPoolExecutor
+) -> None:
+    kind, target = shared_store
+    async with _lifecycle_workers.open_manager(kind, target) as manager:
+        await manager.purge_expired()  # what earlier tests left expired
+        ids = [unique_id("purge") for _ in range(60)]
+        for session_id in ids:
+            await manager.get_session(session_id, ttl=TINY_TTL).add_items([{"n": 1}])
+
+        async def all_expired() -> bool:
+            return not await manager.existing_sessions(ids)
+
+        await eventually(all_expired)
+        purges = [
+            asyncio.wrap_future(two_processes.submit(_lifecycle_workers.purge, kind, target))
+            for _ in range(2)
+        ]
+        counts = await asyncio.gather(*purges)
+        assert sum(counts) == len(ids)  # each expired session deleted once, by one of them
+        assert await manager.existing_sessions(ids) == set()
