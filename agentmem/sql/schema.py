@@ -94,19 +94,33 @@ def _define_tables(prefix: str) -> Tables:
         Column("title", Text, nullable=True),
         Column("item_count", Integer, nullable=False, server_default=text("0")),
     )
+    # Partial: a write to a session without an owner (or without expiry, or metadata) leaves
+    # the index of that field alone.
+    owned = sessions.c.user_id.is_not(None)
+    expiring = sessions.c.expires_at.is_not(None)
+    described = sessions.c.metadata_json.is_not(None)
     Index(
         f"ix_{prefix}sessions_user_id_updated_at",
         sessions.c.user_id,
         sessions.c.updated_at.desc(),
         sessions.c.session_id,
+        postgresql_where=owned,
+        sqlite_where=owned,
     )
     Index(f"ix_{prefix}sessions_updated_at", sessions.c.updated_at.desc(), sessions.c.session_id)
-    Index(f"ix_{prefix}sessions_expires_at", sessions.c.expires_at)
+    Index(
+        f"ix_{prefix}sessions_expires_at",
+        sessions.c.expires_at,
+        postgresql_where=expiring,
+        sqlite_where=expiring,
+    )
     Index(
         f"ix_{prefix}sessions_metadata_json",
         sessions.c.metadata_json,
         postgresql_using="gin",
         postgresql_ops={"metadata_json": "jsonb_path_ops"},
+        postgresql_where=described,
+        sqlite_where=described,
     )
     messages = Table(
         f"{prefix}messages",

@@ -56,22 +56,37 @@ def upgrade() -> None:
             postgresql_using="metadata_json::jsonb",
         )
     # GIN on PostgreSQL; on SQLite a plain index (the models declare one index for both).
+    # Partial: a write to a session without an owner (or without expiry, or metadata) leaves
+    # the index of that field alone.
+    owned = sa.text("user_id IS NOT NULL")
+    expiring = sa.text("expires_at IS NOT NULL")
+    described = sa.text("metadata_json IS NOT NULL")
     op.create_index(
         f"ix_{p}sessions_metadata_json",
         sessions,
         ["metadata_json"],
         postgresql_using="gin",
         postgresql_ops={"metadata_json": "jsonb_path_ops"},
+        postgresql_where=described,
+        sqlite_where=described,
     )
     op.create_index(
         f"ix_{p}sessions_user_id_updated_at",
         sessions,
         ["user_id", sa.text("updated_at DESC"), "session_id"],
+        postgresql_where=owned,
+        sqlite_where=owned,
     )
     op.create_index(
         f"ix_{p}sessions_updated_at", sessions, [sa.text("updated_at DESC"), "session_id"]
     )
-    op.create_index(f"ix_{p}sessions_expires_at", sessions, ["expires_at"])
+    op.create_index(
+        f"ix_{p}sessions_expires_at",
+        sessions,
+        ["expires_at"],
+        postgresql_where=expiring,
+        sqlite_where=expiring,
+    )
 
 
 def downgrade() -> None:
