@@ -1,7 +1,7 @@
 """The Session protocol and the base class every agentmem session builds on.
 
-Core: it imports only agentmem's other core modules (items, errors); backends depend on it, never
-the reverse.
+Core: it imports only agentmem's other core modules (items, records, errors); backends depend on
+it, never the reverse.
 """
 
 from __future__ import annotations

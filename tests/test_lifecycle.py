@@ -107,6 +107,16 @@ async def test_a_session_without_items_can_carry_info(case: ManagerCase) -> None
     assert await case.manager.count_sessions(user) == 1
 
 
+async def test_update_info_of_a_new_session_keeps_the_info_given_at_creation(
+    case: ManagerCase,
+) -> None:
+    user = unique_id("u")
+    session = case.manager.get_session(case.new_id(), user_id=user, title="Given")
+    info = await session.update_info(metadata={"k": 1})
+    assert (info.user_id, info.title, info.metadata) == (user, "Given", {"k": 1})
+    assert info.item_count == 0
+
+
 async def test_bad_info_is_refused_before_anything_is_written(case: ManagerCase) -> None:
     session = case.manager.get_session(case.new_id())
     with pytest.raises(TypeError):

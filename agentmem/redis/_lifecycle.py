@@ -130,13 +130,16 @@ UPDATE_SOURCE: Final = (
     + """
 -- KEYS[1] item list, KEYS[2] session hash
 -- ARGV[1] now, ARGV[2] ttl ms (0: none), ARGV[3] session prefix, ARGV[4] session id,
--- ARGV[5..] triples: field, 's' (set) or 'd' (delete), value. Returns 1.
+-- ARGV[5..] triples: field, 's' (set), 'n' (set unless present) or 'd' (delete), value.
+-- Returns 1.
 local old_owner = redis.call('HGET', KEYS[2], 'user_id')
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSETNX', KEYS[2], 'updated_at', ARGV[1])
 for i = 5, #ARGV, 3 do
   if ARGV[i + 1] == 's' then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  elseif ARGV[i + 1] == 'n' then
+    redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2])
   else
     redis.call('HDEL', KEYS[2], ARGV[i])
   end

@@ -309,10 +309,14 @@ class RedisSession(SessionABC):
         client = self._client()
         args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
         for name, value in changes.items():
-            field = name
             if name == "metadata":
                 value = orjson.dumps(value).decode() if value else None
-            args.extend([field, "d", ""] if value is None else [field, "s", value])
+            args.extend([name, "d", ""] if value is None else [name, "s", value])
+        life = self.lifecycle
+        given = {"user_id": life.user_id, "title": life.title, "metadata": life.metadata_json}
+        for name, value in given.items():  # the session's own, as its first write stores them
+            if name not in changes and value is not None:
+                args.extend([name, "n", value])
         await _settled(_lua.UPDATE(client, self._keys, args))
         info = await self.info()
         assert info is not None  # just written (a TTL shorter than this call aside)
