@@ -36,6 +36,7 @@ from agentmem.session import Session, SessionABC
 if TYPE_CHECKING:
     from agentmem.advanced import AdvancedSession
     from agentmem.cache.session import CachedSession, CachedSessionManager
+    from agentmem.records import UNSET, ItemPage, SessionInfo, SessionPage
     from agentmem.redis.session import RedisSession, RedisSessionManager
     from agentmem.sql.pooler import pgbouncer_connect_args
     from agentmem.sql.sqlalchemy import SQLAlchemySession, SQLAlchemySessionManager
@@ -55,6 +56,7 @@ __all__ = [
     "DecryptionError",
     "EncryptedSession",
     "EncryptionError",
+    "ItemPage",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
@@ -68,6 +70,9 @@ __all__ = [
     "SessionClosedError",
     "SessionLockLost",
     "SessionLockTimeout",
+    "SessionInfo",
+    "SessionPage",
+    "UNSET",
     "__version__",
     "pgbouncer_connect_args",
 ]
@@ -87,6 +92,10 @@ _LAZY = {
     "pgbouncer_connect_args": "agentmem.sql.pooler",
     "EncryptedSession": "agentmem.wrappers.encrypted",
     "CompactingSession": "agentmem.wrappers.compacting",
+    "SessionInfo": "agentmem.records",
+    "SessionPage": "agentmem.records",
+    "ItemPage": "agentmem.records",
+    "UNSET": "agentmem.records",
 }
 
 
@@ -102,6 +111,7 @@ _SUBMODULES = frozenset(
         "manager",
         "migrate",
         "models",
+        "records",
         "redis",
         "session",
         "sql",

@@ -15,7 +15,7 @@ import base64
 import binascii
 import weakref
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -23,7 +23,17 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
-from agentmem.records import SessionInfo, SessionPage, utc
+from agentmem.records import (
+    TTL,
+    UNSET,
+    Lifecycle,
+    SessionInfo,
+    SessionPage,
+    Unset,
+    utc,
+    validate_max_items,
+    validate_ttl,
+)
 from agentmem.session import (
     Closing,
     EncodedItem,
@@ -134,6 +144,46 @@ class SessionManagerABC(Closing, Generic[S]):
     """
 
     _sessions: weakref.WeakSet[S] | None = None
+    default_ttl: float | None = None
+    """Seconds of expiry of the sessions it hands out (``None``: they never expire)."""
+    default_max_items: int | None = None
+    """The longest history of the sessions it hands out (``None``: unbounded)."""
+    touch_on_read: bool = False
+    """Whether reads of its sessions slide their expiry too."""
+
+    def _set_lifecycle_defaults(
+        self, default_ttl: object, default_max_items: object, touch_on_read: object
+    ) -> None:
+        """Check and keep the lifecycle defaults of the sessions this manager hands out."""
+        lifecycle = Lifecycle.checked(
+            ttl=validate_ttl(default_ttl, "default_ttl"),
+            max_items=default_max_items,
+            touch_on_read=touch_on_read,
+        )
+        self.default_ttl = lifecycle.ttl
+        self.default_max_items = lifecycle.max_items
+        self.touch_on_read = lifecycle.touch_on_read
+
+    def _lifecycle(
+        self,
+        *,
+        ttl: TTL | Unset | None,
+        max_items: int | Unset | None,
+        user_id: str | None,
+        title: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Lifecycle:
+        """A session's lifecycle: the given options, else this manager's defaults."""
+        return Lifecycle.checked(
+            ttl=self.default_ttl if isinstance(ttl, Unset) else ttl,
+            max_items=self.default_max_items
+            if isinstance(max_items, Unset)
+            else validate_max_items(max_items),
+            touch_on_read=self.touch_on_read,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
+        )
 
     def _handed_out(self, session: S) -> S:
         """Remember ``session`` (weakly) so that ``close()`` closes it too."""
@@ -150,17 +200,30 @@ class SessionManagerABC(Closing, Generic[S]):
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: TTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
     ) -> S:
         """A session of this store on the manager's connections (never closes them).
 
         Args:
             session_id: The conversation's id.
+            user_id: Its owner, stored with its first write (or filled in if absent).
+            title: Its title, likewise.
+            metadata: Its metadata (a JSON object), likewise.
+            ttl: Its expiry (seconds or ``timedelta``), slid by every write; defaults to the
+                manager's ``default_ttl``; ``None`` never expires.
+            max_items: The longest history it keeps (a write beyond drops the oldest);
+                defaults to the manager's ``default_max_items``.
             session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
             whole_pairs: Make whole-pair windows the session's default for ``get_items``
                 calls with a limit (see :mod:`agentmem.windows`).
             whole_turns: Make whole-turn windows that default.
 
         Raises:
+            TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
 
@@ -206,17 +269,62 @@ class SessionManagerABC(Closing, Generic[S]):
 
     @abstractmethod
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
-        """One page of the stored sessions, most recently updated first (ties by id).
+        """One page of the live (unexpired) sessions, most recently updated first (ties by id),
+        keyset-paged: page 1,000 costs what page 1 does.
 
         Args:
+            user_id: Only this owner's sessions.
+            metadata: Only sessions whose metadata holds these top-level keys with these
+                values (``{"topic": "billing"}``); values are str, numbers, bools or None.
             limit: The page size (at least 1).
-            cursor: ``next_cursor`` of the previous page; ``None`` for the first page.
+            cursor: ``next_cursor`` of the previous page (with the same filters); ``None`` for
+                the first page.
 
         Raises:
-            TypeError, ValueError: a bad limit or cursor.
+            TypeError, ValueError: a bad filter, limit or cursor.
         """
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions the store holds (only ``user_id``'s, if given)."""
+        raise NotImplementedError(f"{type(self).__name__} does not count sessions")
+
+    async def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete the expired sessions with their histories, ``batch_size`` at a time, each
+        batch its own short transaction; safe to run from several processes at once.
+
+        Args:
+            batch_size: Sessions per batch (at least 1).
+            on_batch: Called with the number deleted after each batch (a progress bar).
+
+        Returns:
+            How many sessions were deleted.
+
+        Raises:
+            TypeError, ValueError: a bad batch size.
+        """
+        self._check_open()
+        size = validate_page_size(batch_size)
+        total = 0
+        while True:
+            deleted = await self._purge_batch(size)
+            total += deleted
+            if on_batch is not None and deleted:
+                on_batch(deleted)
+            if deleted < size:
+                return total
+
+    async def _purge_batch(self, batch_size: int) -> int:
+        """Delete up to ``batch_size`` expired sessions; how many went."""
+        raise NotImplementedError(f"{type(self).__name__} does not purge")
 
     @abstractmethod
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:

@@ -6,6 +6,8 @@ Core: it imports only :mod:`agentmem.items`; sessions and managers depend on it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,13 +23,17 @@ __all__ = [
     "MAX_USER_ID_LENGTH",
     "TTL",
     "UNSET",
+    "decode_position",
+    "encode_position",
     "ItemPage",
+    "Lifecycle",
     "SessionInfo",
     "SessionPage",
     "Unset",
     "utc",
     "validate_max_items",
     "validate_metadata",
+    "validate_metadata_filter",
     "validate_title",
     "validate_ttl",
     "validate_user_id",
@@ -112,6 +118,60 @@ class ItemPage:
     before: str | None
 
 
+@dataclass(frozen=True)
+class Lifecycle:
+    """The lifecycle options of one session object, checked.
+
+    Attributes:
+        ttl: Seconds each write (and, with ``touch_on_read``, each read) extends the expiry to;
+            ``None``: a write makes the session never expire.
+        max_items: The longest history kept: a write beyond it drops the oldest items.
+        touch_on_read: Whether reads slide the expiry too.
+        user_id: The owner given when the session is first written (or to fill an absent one).
+        title: Likewise, the title.
+        metadata: Likewise, the metadata (``None``: none given).
+    """
+
+    ttl: float | None = None
+    max_items: int | None = None
+    touch_on_read: bool = False
+    user_id: str | None = None
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        ttl: object = None,
+        max_items: object = None,
+        touch_on_read: object = False,
+        user_id: object = None,
+        title: object = None,
+        metadata: object = None,
+    ) -> Lifecycle:
+        """The options, each checked by its ``validate_*`` function.
+
+        Raises:
+            TypeError, ValueError: a bad option.
+        """
+        if not isinstance(touch_on_read, bool):
+            raise TypeError(f"touch_on_read must be a bool, got {type(touch_on_read).__name__}")
+        return cls(
+            validate_ttl(ttl),
+            validate_max_items(max_items),
+            touch_on_read,
+            validate_user_id(user_id),
+            validate_title(title),
+            validate_metadata(metadata) or None,
+        )
+
+    @property
+    def metadata_json(self) -> str | None:
+        """``metadata`` as JSON text (``None`` when none was given)."""
+        return None if self.metadata is None else orjson.dumps(self.metadata).decode()
+
+
 def validate_user_id(user_id: object) -> str | None:
     """Return ``user_id`` if it is ``None`` or a usable owner id (1 to 255 characters, no NUL).
 
@@ -173,6 +233,28 @@ def validate_metadata(metadata: object) -> dict[str, Any]:
     return value
 
 
+def validate_metadata_filter(metadata: object) -> dict[str, Any] | None:
+    """Return a ``find_sessions`` metadata filter if it is ``None`` or a JSON object of scalar
+    values (the top-level keys a session's metadata must hold with equal values).
+
+    Raises:
+        TypeError: not a ``dict`` of ``str`` keys and ``str``/number/bool/``None`` values.
+    """
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metadata filter keys must be str, got {key!r}")
+        if not (value is None or isinstance(value, str | int | float)):
+            raise TypeError(
+                f"metadata filter values must be str, numbers, bools or None; {key!r} holds "
+                f"{type(value).__name__}"
+            )
+    return metadata
+
+
 def _non_finite(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)
@@ -217,3 +299,26 @@ def validate_max_items(max_items: object) -> int | None:
     if max_items < 1:
         raise ValueError(f"max_items must be at least 1, got {max_items}")
     return max_items
+
+
+def encode_position(position: int) -> str:
+    """An opaque cursor for a position in one history (what ``ItemPage.before`` holds)."""
+    return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
+
+
+def decode_position(cursor: object) -> int:
+    """The position an :func:`encode_position` cursor holds.
+
+    Raises:
+        TypeError: not a ``str``.
+        ValueError: not such a cursor.
+    """
+    if not isinstance(cursor, str):
+        raise TypeError(f"before must be a str or None, got {type(cursor).__name__}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if raw[:1] == "p" and raw[1:].isdigit():
+            return int(raw[1:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise ValueError(f"not a history page cursor: {cursor!r}")

@@ -1,7 +1,7 @@
 """The Session protocol and the base class every agentmem session builds on.
 
-Core: it imports only agentmem's other core modules (items, errors); backends depend on it, never
-the reverse.
+Core: it imports only agentmem's other core modules (items, records, errors); backends depend on
+it, never the reverse.
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ from agentmem.items import (
     encode_items,
     validate_limit,
     validate_session_id,
+)
+from agentmem.records import (
+    UNSET,
+    ItemPage,
+    Lifecycle,
+    SessionInfo,
+    Unset,
+    decode_position,
+    validate_metadata,
+    validate_title,
+    validate_user_id,
 )
 from agentmem.windows import WindowMode, resolve_window_mode
 
@@ -129,6 +140,7 @@ class SessionABC(Closing):
     session_id: str
     session_settings: Any = None
     window_mode: WindowMode = "items"
+    lifecycle: Lifecycle = Lifecycle()
     _closed: bool = False
 
     def __init__(
@@ -278,6 +290,74 @@ class SessionABC(Closing):
         """A new hold on this session's lock, for one ``exclusive()`` block: the store's
         shared lock (each backend's own); process-local on a store private to a process."""
         return SessionLock((type(self).__name__, id(self), self.session_id))
+
+    async def info(self) -> SessionInfo | None:
+        """What the store knows of this session: owner, title, metadata, item count, times.
+
+        Returns:
+            ``None`` when nothing is stored (never written, cleared, deleted or expired).
+
+        Raises:
+            SessionClosedError: the session was closed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep session info")
+
+    async def update_info(
+        self,
+        *,
+        user_id: str | Unset | None = UNSET,
+        title: str | Unset | None = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+    ) -> SessionInfo:
+        """Change the given fields of this session's info (``None`` clears one); the others
+        stay. A session with no items yet is stored with its info; an expired one starts
+        afresh. The write slides the expiry like ``add_items``.
+
+        Returns:
+            The info as stored afterwards.
+
+        Raises:
+            TypeError, ValueError: a bad field; nothing is written.
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        changes: dict[str, Any] = {}
+        if not isinstance(user_id, Unset):
+            changes["user_id"] = validate_user_id(user_id)
+        if not isinstance(title, Unset):
+            changes["title"] = validate_title(title)
+        if not isinstance(metadata, Unset):
+            changes["metadata"] = validate_metadata(metadata)
+        return await self._update_info(changes)
+
+    async def _update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        """Store ``changes`` (checked: ``user_id``, ``title``, ``metadata``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep session info")
+
+    async def get_page(self, limit: int = 50, before: str | None = None) -> ItemPage:
+        """One page of the history, for scrolling back through it without loading it whole.
+
+        Args:
+            limit: The most items the page holds (at least 1).
+            before: ``ItemPage.before`` of the newer page; ``None``: the newest page. Cursors
+                stay valid while items are appended.
+
+        Returns:
+            The items just older than ``before``, oldest first.
+
+        Raises:
+            TypeError, ValueError: a bad limit or cursor.
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        size = validate_limit(limit)
+        if size is None or size < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        return await self._page(size, None if before is None else decode_position(before))
+
+    async def _page(self, limit: int, before: int | None) -> ItemPage:
+        """The ``limit`` items before position ``before`` (``None``: the newest)."""
+        raise NotImplementedError(f"{type(self).__name__} does not page its history")
 
     def _resolve_limit(self, limit: int | None) -> int | None:
         """The effective limit: the argument, else ``session_settings.limit``; validated."""

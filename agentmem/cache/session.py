@@ -47,9 +47,10 @@ import hashlib
 import logging
 import secrets
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import orjson
@@ -63,6 +64,8 @@ from agentmem.manager import (
     SessionManagerABC,
     SessionPage,
 )
+from agentmem.records import TTL as SessionTTL
+from agentmem.records import UNSET, ItemPage, Unset
 from agentmem.redis import client as _redis
 from agentmem.redis.client import (
     DEFAULT_URL,
@@ -448,6 +451,7 @@ class CachedSession(SessionABC):
             "pool_timeout": pool_timeout,
         }
         self.store = store
+        self.lifecycle = store.lifecycle
         self._ttl_ms = ttl_ms
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self.max_cached_items = max_cached_items
@@ -543,15 +547,47 @@ class CachedSession(SessionABC):
         return False
 
     def _end(
-        self, client: RedisClient, began: str, gen: str, op: str, payload: list[Any]
+        self,
+        client: RedisClient,
+        began: str,
+        gen: str,
+        op: str,
+        payload: list[Any],
+        ttl_ms: int | None = None,
     ) -> Awaitable[Any]:
-        args: list[Any] = [began, gen, _token(), self._ttl_ms, self.max_cached_items, op, *payload]
+        ttl = self._ttl_ms if ttl_ms is None else ttl_ms
+        args: list[Any] = [began, gen, _token(), ttl, self.max_cached_items, op, *payload]
         # A drop adds nothing: it may run over maxmemory (the invalidation a process owes too).
         return (_END_OOM if op == "" else _END)(client, self._keys, args)
+
+    def _copy_ttl_ms(self, started: float) -> int:
+        """How long a copy written now may live: the cache's ``ttl``, and never past the
+        session's expiry in SQL, which its write begun at ``started`` (monotonic) set."""
+        session_ttl = self.store.lifecycle.ttl
+        if session_ttl is None:
+            return self._ttl_ms
+        left = max(1, int((session_ttl - (time.monotonic() - started)) * 1000))
+        return min(self._ttl_ms, left) if self._ttl_ms else left
+
+    async def _fill_ttl_ms(self, rows: list[str]) -> int | None:
+        """How long a copy filled now may live (``None``: do not fill): never past the
+        session's expiry in SQL."""
+        if self.store.lifecycle.ttl is None:
+            return self._ttl_ms
+        info = await self.store.info()
+        if info is None:
+            return None if rows else self._ttl_ms  # expired since the load: no copy
+        if info.expires_at is None:
+            return self._ttl_ms
+        left = int((info.expires_at - datetime.now(UTC)).total_seconds() * 1000)
+        if left <= 0:
+            return None
+        return min(self._ttl_ms, left) if self._ttl_ms else left
 
     async def _write(self, write: Callable[[], Awaitable[T]], op: str, payload: list[Any]) -> T:
         """SQL first, the cache around it (see the module docstring)."""
         client = self._client()
+        started = time.monotonic()
         gen = _token()
         began = await self._begin(client, gen)
         try:
@@ -561,24 +597,34 @@ class CachedSession(SessionABC):
             # the copy; where it may still commit (a server), keep it counted, so readers stay
             # on SQL until the lease ends.
             held = "1" if self.store.over_when_raised else "h"
-            await self._finish(client, held if began else "0", gen, "", [])
+            await self._finish(client, held if began else "0", gen, "", [], self._ttl_ms)
             raise
-        await self._finish(client, "1" if began else "0", gen, op, payload)
+        await self._finish(
+            client, "1" if began else "0", gen, op, payload, self._copy_ttl_ms(started)
+        )
         return result
 
     async def _finish(
-        self, client: RedisClient, began: str, gen: str, op: str, payload: list[Any]
+        self,
+        client: RedisClient,
+        began: str,
+        gen: str,
+        op: str,
+        payload: list[Any],
+        ttl_ms: int,
     ) -> None:
         """End a write; until an end succeeds, this process bypasses the session's cache."""
         pending = self._server(client).pending
         try:
-            error, _ = await self._redis(client, lambda: self._end(client, began, gen, op, payload))
+            error, _ = await self._redis(
+                client, lambda: self._end(client, began, gen, op, payload, ttl_ms)
+            )
             if isinstance(error, _redis.OutOfMemoryError):  # no update in place: drop the copy
                 args: list[str | int] = [
                     began,
                     gen,
                     _token(),
-                    self._ttl_ms,
+                    ttl_ms,
                     self.max_cached_items,
                     "",
                 ]
@@ -641,6 +687,8 @@ class CachedSession(SessionABC):
 
     async def _read(self, limit: int | None) -> list[SessionItem]:
         """The newest ``limit`` items (all with ``None``): the cache protocol's read."""
+        if self.lifecycle.touch_on_read:  # a read slides the expiry in SQL: it goes there
+            return [decode_item(data) for data in await self._load(limit)]
         client = self._client()
         reply: Any = None
         if await self._settle(client):
@@ -661,8 +709,10 @@ class CachedSession(SessionABC):
         rows = await self._load(None if limit is None else max(limit, window + 1))
         header = "c" if len(rows) <= window else "p"
         joined, ends = _joined(rows[-window:], start=1)
-        fill: list[Any] = [reply[1], self._ttl_ms, header, header + joined, ends]
-        await self._redis(client, lambda: _FILL(client, self._keys, fill))
+        fill_ttl = await self._fill_ttl_ms(rows)
+        if fill_ttl is not None:
+            fill: list[Any] = [reply[1], fill_ttl, header, header + joined, ends]
+            await self._redis(client, lambda: _FILL(client, self._keys, fill))
         if limit is not None:
             rows = rows[-limit:]
         return [decode_item(data) for data in rows]
@@ -680,6 +730,9 @@ class CachedSession(SessionABC):
         self._check_open()
         encoded = encode_items(items)
         if not encoded:
+            return
+        if self.lifecycle.max_items is not None:  # SQL may drop the oldest: drop the copy
+            await self._write(lambda: self.store.add_encoded_items(encoded), "", [])
             return
         await self._write(
             lambda: self.store.add_encoded_items(encoded),
@@ -730,6 +783,20 @@ class CachedSession(SessionABC):
     def _session_lock(self) -> SessionLock:
         """The lock of the SQL store of record (the cache holds none of its own)."""
         return self.store._session_lock()
+
+    async def info(self) -> SessionInfo | None:
+        """What the SQL store knows of this session (see :meth:`SessionABC.info`)."""
+        self._check_open()
+        return await self.store.info()
+
+    async def _update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        # Through the write protocol: a write to an expired session starts a fresh history.
+        return await self._write(lambda: self.store.update_info(**changes), "", [])
+
+    async def get_page(self, limit: int = 50, before: str | None = None) -> ItemPage:
+        """One page of the history, from SQL (see :meth:`SessionABC.get_page`)."""
+        self._check_open()
+        return await self.store.get_page(limit, before)
 
     async def _close(self) -> None:
         try:
@@ -810,6 +877,33 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         }
         self._closed = False
 
+    @property
+    def default_ttl(self) -> float | None:
+        """The store manager's ``default_ttl`` (the sessions' expiry in SQL)."""
+        return self.store.default_ttl
+
+    @default_ttl.setter
+    def default_ttl(self, value: float | None) -> None:
+        self.store.default_ttl = value
+
+    @property
+    def default_max_items(self) -> int | None:
+        """The store manager's ``default_max_items``."""
+        return self.store.default_max_items
+
+    @default_max_items.setter
+    def default_max_items(self, value: int | None) -> None:
+        self.store.default_max_items = value
+
+    @property
+    def touch_on_read(self) -> bool:
+        """The store manager's ``touch_on_read`` (such reads go to SQL)."""
+        return self.store.touch_on_read
+
+    @touch_on_read.setter
+    def touch_on_read(self, value: bool) -> None:
+        self.store.touch_on_read = value
+
     def get_session(
         self,
         session_id: str,
@@ -817,11 +911,19 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: SessionTTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
     ) -> CachedSession:
         """A cached session over the store manager's session of ``session_id``
-        (``whole_pairs``/``whole_turns``: its default window, see :mod:`agentmem.windows`).
+        (``whole_pairs``/``whole_turns``: its default window, see :mod:`agentmem.windows`);
+        the lifecycle options (see :meth:`SessionManagerABC.get_session`) go to the store's
+        session (``ttl`` is the session's expiry in SQL, not the cache's).
 
         Raises:
+            TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
         self._check_open()
@@ -830,6 +932,11 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             session_settings=session_settings,
             whole_pairs=whole_pairs,
             whole_turns=whole_turns,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
+            ttl=ttl,
+            max_items=max_items,
         )
         session = CachedSession(sql_session, session_settings=session_settings, **self._options)
         return self._handed_out(session)
@@ -845,11 +952,31 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         return await self.store.session_info(session_id)
 
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
-        """One page of the stored sessions (from SQL), most recently updated first."""
+        """One page of the live sessions (from SQL), most recently updated first."""
         self._check_open()
-        return await self.store.find_sessions(limit=limit, cursor=cursor)
+        return await self.store.find_sessions(
+            user_id=user_id, metadata=metadata, limit=limit, cursor=cursor
+        )
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions the store holds (from SQL)."""
+        self._check_open()
+        return await self.store.count_sessions(user_id)
+
+    async def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete the expired sessions from SQL (see :meth:`SessionManagerABC.purge_expired`);
+        their cached copies, which never outlive a session's expiry, need no purge."""
+        self._check_open()
+        return await self.store.purge_expired(batch_size, on_batch=on_batch)
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """Those of ``session_ids`` that are stored (in SQL)."""

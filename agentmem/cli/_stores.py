@@ -64,6 +64,17 @@ def info_json(info: SessionInfo) -> dict[str, Any]:
     }
 
 
+def lifecycle_json(info: SessionInfo) -> dict[str, Any]:
+    """A session with its lifecycle fields (owner, title, metadata, expiry), for ``--json``."""
+    return {
+        **info_json(info),
+        "user_id": info.user_id,
+        "title": info.title,
+        "metadata": info.metadata,
+        "expires_at": format_time(info.expires_at),
+    }
+
+
 def conversation_json(conversation: Conversation) -> dict[str, Any]:
     """A whole conversation as one exported JSON line."""
     return {
@@ -263,6 +274,11 @@ class OpenedStore:
         if info is None or not await self.manager.delete_session(session_id):
             return None
         return info.item_count
+
+    async def purge(self, batch_size: int, on_batch: Callable[[int], None]) -> int:
+        """Delete the expired sessions (the manager's ``purge_expired``); how many went."""
+        self._require_writable()
+        return await self.manager.purge_expired(batch_size, on_batch=on_batch)
 
     async def write(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole, replacing a session of the same id, atomically."""

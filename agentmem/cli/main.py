@@ -43,6 +43,7 @@ from agentmem.cli._stores import (
     conversation_json,
     format_time,
     info_json,
+    lifecycle_json,
     open_store,
     parse_conversation,
 )
@@ -56,7 +57,7 @@ __all__ = ["main"]
 
 URL_ENV = "AGENTMEM_DATABASE_URL"
 DEMO_SESSION_ID = "demo"
-COMMANDS = ("demo", "upgrade", "current", "check", "sessions", "rotate-keys")
+COMMANDS = ("demo", "upgrade", "current", "check", "sessions", "purge", "rotate-keys")
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -252,7 +253,103 @@ async def cmd_check(args: argparse.Namespace, stack: AsyncExitStack) -> int:
     return 0
 
 
+async def cmd_find(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    """``sessions list --user U`` / ``--cursor C``: one keyset page of ``find_sessions``."""
+    if args.offset:
+        raise CLIError("--offset does not combine with --user or --cursor (pages use --cursor)")
+    if args.limit == 0:
+        raise CLIError("--limit must be at least 1 with --user or --cursor")
+    store = await opened(stack, args.url, args)
+    page = await store.manager.find_sessions(
+        user_id=args.user, limit=args.limit, cursor=args.cursor
+    )
+    if args.json:
+        emit_json(
+            {"sessions": [lifecycle_json(i) for i in page.items], "next_cursor": page.next_cursor}
+        )
+        return 0
+    if not page.items:
+        print(
+            f"No sessions in {store.display_url}"
+            + (f" of user {args.user!r}." if args.user else ".")
+        )
+        return 0
+    rows = [
+        [
+            info.session_id,
+            info.user_id or "",
+            info.title or "",
+            str(info.item_count),
+            short_time(info, "updated_at"),
+        ]
+        for info in page.items
+    ]
+    print_table(["SESSION ID", "USER", "TITLE", "ITEMS", "UPDATED (UTC)"], rows)
+    if page.next_cursor is not None:
+        print(f"(more with --cursor {page.next_cursor})")
+    return 0
+
+
+async def cmd_info(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args)
+    info = await store.require(args.session_id)
+    if args.json:
+        emit_json(lifecycle_json(info))
+        return 0
+    rows = [
+        ["session", info.session_id],
+        ["user", info.user_id or "-"],
+        ["title", info.title or "-"],
+        ["items", str(info.item_count)],
+        ["created (UTC)", short_time(info, "created_at")],
+        ["updated (UTC)", short_time(info, "updated_at")],
+        ["expires (UTC)", short_time(info, "expires_at") if info.expires_at else "never"],
+        ["metadata", orjson.dumps(info.metadata).decode()],
+    ]
+    for name, value in rows:
+        print(f"{name:<14} {value}")
+    return 0
+
+
+async def cmd_purge(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    store = await opened(stack, args.url, args)
+    progress = PurgeProgress(enabled=args.progress or (not args.json and sys.stderr.isatty()))
+    deleted = await store.purge(args.batch_size, progress.advance)
+    progress.done()
+    if args.json:
+        emit_json({"url": store.display_url, "purged": deleted})
+    else:
+        print(f"Purged {count(deleted, 'expired session')} from {store.display_url}.")
+    return 0
+
+
+class PurgeProgress:
+    """The purge's progress bar on stderr: its total is unknown, so the bar fills a step per
+    batch (and starts over) beside the running count."""
+
+    WIDTH = 30
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = 0
+        self.batches = 0
+
+    def advance(self, deleted: int) -> None:
+        self.total += deleted
+        self.batches += 1
+        if self.enabled:
+            filled = self.batches % (self.WIDTH + 1)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            print(f"\rpurging [{bar}] {self.total:,} deleted", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.batches:
+            print(file=sys.stderr)
+
+
 async def cmd_list(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    if args.user is not None or args.cursor is not None:
+        return await cmd_find(args, stack)
     store = await opened(stack, args.url, args)
     infos = await store.list_sessions(args.limit, args.offset)
     if args.json:
@@ -688,7 +785,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", parents=[store], help="sessions, newest first")
     listing.add_argument("--limit", type=non_negative, default=50, help="at most N (default 50)")
     listing.add_argument("--offset", type=non_negative, default=0, help="skip the first N")
+    listing.add_argument("--user", help="only this user's sessions (one page; see --cursor)")
+    listing.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     listing.set_defaults(run=cmd_list)
+
+    about = actions.add_parser(
+        "info", parents=[store], help="one session's owner, title, metadata and expiry"
+    )
+    about.add_argument("session_id", metavar="ID")
+    about.set_defaults(run=cmd_info)
 
     show = actions.add_parser("show", parents=[store], help="one session's items")
     show.add_argument("session_id", metavar="ID")
@@ -755,6 +860,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=positive, default=500, help="sessions listed per page (default 500)"
     )
     rotate.set_defaults(run=cmd_rotate_keys)
+    purge = commands.add_parser(
+        "purge",
+        parents=[store],
+        help="delete expired sessions with their items",
+        description="Delete the expired sessions and their items in batches (short "
+        "transactions; safe to run from several processes at once).",
+    )
+    purge.add_argument(
+        "--batch-size", type=positive, default=1000, help="sessions per batch (default 1000)"
+    )
+    purge.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when not a terminal"
+    )
+    purge.set_defaults(run=cmd_purge)
     return parser
 
 

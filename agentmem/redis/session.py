@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
-from agentmem._batch import BATCH_ID_LENGTH, new_batch_id
+import orjson
+
+from agentmem._batch import new_batch_id
 from agentmem._lock import SessionLock
 from agentmem.errors import SessionLockLost
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
@@ -33,6 +35,17 @@ from agentmem.manager import (
     page_request,
     validate_page_size,
 )
+from agentmem.records import TTL as SessionTTL
+from agentmem.records import (
+    UNSET,
+    ItemPage,
+    Lifecycle,
+    Unset,
+    encode_position,
+    validate_metadata_filter,
+    validate_user_id,
+)
+from agentmem.redis import _lifecycle as _lua
 from agentmem.redis import _windows
 from agentmem.redis import client as _redis
 from agentmem.redis._lock import LOCK_LOST, RedisSessionLock
@@ -42,9 +55,9 @@ from agentmem.redis.client import (
     Connection,
     ConnectionOptions,
     LoopClients,
-    Script,
     connection_unless_given,
     decode_tag,
+    encode_tag,
     glob_escape,
     settled,
     shared_clients,
@@ -76,79 +89,7 @@ _SCAN_COUNT = 1000
 _PIPELINE_CHUNK = 500
 
 logger = logging.getLogger("agentmem")
-# Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
-_RPUSH_CHUNK = 1000
-
-# The ids of the newest batches a session holds, kept in its hash (field "batches"): a retried
-# add_items whose first attempt was applied (its reply lost) is applied once.
-_RECENT_BATCHES = 32
-
-# Refuses a write made under a lock that is no longer the caller's (KEYS[3]: the lock key,
-# present only while the caller holds the session's lock; ARGV[TOKEN]: its token).
-_FENCE = f"""
-if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[TOKEN] then
-  return redis.error_reply('{LOCK_LOST} the session lock of this writer was lost')
-end
-"""
-
-_EXPIRE = """
-local ttl = tonumber(ARGV[2])
-for i = 1, 2 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-end
-"""
-
-# KEYS: messages list, session hash[, lock]. ARGV: now, ttl ms, batch id, lock token, items...
-# Returns 1 when added, 0 when the batch id was already applied.
-_ADD_SOURCE = (
-    _FENCE.replace("TOKEN", "4")
-    + f"""
-local meta_type = redis.call('TYPE', KEYS[2]).ok
-if meta_type ~= 'none' and meta_type ~= 'hash' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. meta_type .. ', not a hash')
-end
-local list_type = redis.call('TYPE', KEYS[1]).ok
-if list_type ~= 'none' and list_type ~= 'list' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. list_type .. ', not a list')
-end
-local recent = redis.call('HGET', KEYS[2], 'batches') or ''
-local batch = ARGV[3] .. ','
-if string.find(recent, batch, 1, true) then return 0 end
-for i = 5, #ARGV, {_RPUSH_CHUNK} do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
-end
-recent = recent .. batch
-local keep = {_RECENT_BATCHES * (BATCH_ID_LENGTH + 1)}
-if #recent > keep then recent = string.sub(recent, -keep) end
-redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
-redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'batches', recent)
-"""
-    + _EXPIRE
-    + "return 1\n"
-)
-
-# KEYS: messages list, session hash[, lock]. ARGV: now, ttl ms, lock token.
-_POP_SOURCE = (
-    _FENCE.replace("TOKEN", "3")
-    + """
-local item = redis.call('RPOP', KEYS[1])
-if item then
-  redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
-"""
-    + _EXPIRE
-    + """
-end
-return item
-"""
-)
-
-# KEYS: messages list, session hash, lock. ARGV: now, ttl ms, lock token (as for a pop).
-_CLEAR_FENCED_SOURCE = _FENCE.replace("TOKEN", "3") + "return redis.call('DEL', KEYS[1], KEYS[2])\n"
-
-
-_ADD = Script(_ADD_SOURCE)
-_POP = Script(_POP_SOURCE)
-_CLEAR_FENCED = Script(_CLEAR_FENCED_SOURCE)
+_RPUSH_CHUNK = _lua.RPUSH_CHUNK
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -194,6 +135,11 @@ class RedisSession(SessionABC):
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        max_items: int | None = None,
+        touch_on_read: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
         max_connections: int = 50,
         socket_timeout: float | None = 10.0,
         socket_connect_timeout: float | None = 5.0,
@@ -219,6 +165,11 @@ class RedisSession(SessionABC):
                 limit (the Runner's ``session_settings.limit`` too); see
                 :mod:`agentmem.windows`.
             whole_turns: Make whole-turn windows that default.
+            max_items: The longest history kept; a write beyond it drops the oldest items.
+            touch_on_read: Whether reads slide the expiry too.
+            user_id: The owner stored with the first write (or filled in if absent).
+            title: The title, likewise.
+            metadata: The metadata (a JSON object), likewise.
             max_connections: Size of the connection pool; callers beyond it wait for a connection.
             socket_timeout: Seconds to wait for a reply before raising ``redis.TimeoutError``.
             socket_connect_timeout: Seconds to wait for a connection to open.
@@ -237,6 +188,14 @@ class RedisSession(SessionABC):
         )
         self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
         self.window_mode = resolve_window_mode(whole_pairs, whole_turns)
+        self.lifecycle = Lifecycle.checked(
+            ttl=None if self.ttl is None else self.ttl.total_seconds(),
+            max_items=max_items,
+            touch_on_read=touch_on_read,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
+        )
         self._client_given = client
         self._manager: RedisSessionManager | None = None
         self._connection = connection
@@ -255,6 +214,7 @@ class RedisSession(SessionABC):
         self._prefixes = (session_prefix, messages_prefix)
         self._ttl_ms = ttl_to_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
+        self._session_prefix = session_prefix
         self.session_key = tagged_key(session_prefix, self.session_id)
         self.messages_key = tagged_key(messages_prefix, self.session_id)
         self._keys = [self.messages_key, self.session_key]
@@ -266,6 +226,7 @@ class RedisSession(SessionABC):
         session_id: str,
         ttl: object,
         session_settings: Any,
+        lifecycle: Lifecycle,
         window_mode: WindowMode = "items",
     ) -> RedisSession:
         session = cls.__new__(cls)
@@ -273,6 +234,7 @@ class RedisSession(SessionABC):
             session_id, session_settings, ttl, manager.session_prefix, manager.messages_prefix
         )
         session.window_mode = window_mode
+        session.lifecycle = lifecycle
         session._client_given = None
         session._manager = manager
         session._connection = None
@@ -337,7 +299,12 @@ class RedisSession(SessionABC):
             )
             return [decode_item(data) for data in items]
         start = 0 if limit is None else -limit
-        raw: list[bytes | str] = await settled(client.lrange(self.messages_key, start, -1))
+        raw: list[bytes | str]
+        if self.lifecycle.touch_on_read and self._ttl_ms:
+            args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
+            raw = await settled(_lua.TOUCH_READ(client, self._keys, [*args, start]))
+        else:
+            raw = await settled(client.lrange(self.messages_key, start, -1))
         return [decode_item(data) for data in raw]
 
     async def add_items(self, items: list[SessionItem]) -> None:
@@ -358,14 +325,26 @@ class RedisSession(SessionABC):
         encoded = encode_items(items)
         if not encoded:
             return
+        life = self.lifecycle
         keys, token = self._fenced_keys()
-        args: list[str | int] = [_now(), self._ttl_ms, new_batch_id(), token]
+        args: list[str | int] = [
+            _now(),
+            self._ttl_ms,
+            life.max_items or 0,
+            self._session_prefix,
+            self.session_id,
+            life.user_id or "",
+            life.title or "",
+            life.metadata_json or "",
+            new_batch_id(),
+            token,
+        ]
         args.extend(item.json for item in encoded)
         try:
-            await self._fenced(_ADD(client, keys, args))
+            await self._fenced(_lua.ADD(client, keys, args))
         except (_redis.RedisConnectionError, _redis.RedisTimeoutError):
             # The reply may be lost after the script ran: the batch id makes the retry a no-op.
-            await self._fenced(_ADD(client, keys, args))
+            await self._fenced(_lua.ADD(client, keys, args))
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, atomically, in one round trip (a Lua script).
@@ -378,19 +357,16 @@ class RedisSession(SessionABC):
         """
         client = self._client()
         keys, token = self._fenced_keys()
-        data: bytes | str | None = await self._fenced(
-            _POP(client, keys, [_now(), self._ttl_ms, token])
-        )
+        args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
+        data: bytes | str | None = await self._fenced(_lua.POP(client, keys, [*args, token]))
         return None if data is None else decode_item(data)
 
     async def clear_session(self) -> None:
         """Delete every key of this session (other sessions are untouched); never retried."""
         client = self._client()
         keys, token = self._fenced_keys()
-        if len(keys) == 2:
-            await settled(client.delete(*keys))
-        else:
-            await self._fenced(_CLEAR_FENCED(client, keys, [_now(), self._ttl_ms, token]))
+        args = [self._session_prefix, self.session_id, token]
+        await self._fenced(_lua.DROP(client, keys, args))
 
     def _session_lock(self) -> SessionLock:
         """A Redis lock key with an expiry, renewed while held; it fences this object's
@@ -472,6 +448,38 @@ class RedisSession(SessionABC):
         parent_id = parent.decode() if isinstance(parent, bytes) else parent
         return ForkOrigin(parent_id, ItemCursor(int(point)))
 
+    async def info(self) -> SessionInfo | None:
+        """Owner, title, metadata, item count, times and expiry; ``None`` when not stored."""
+        client = self._client()
+        return (
+            await _read_infos(client, [(self.session_id, self.session_key, self.messages_key)])
+        )[0]
+
+    async def _update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        client = self._client()
+        args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
+        for name, value in changes.items():
+            if name == "metadata":
+                value = orjson.dumps(value).decode() if value else None
+            args.extend([name, "d", ""] if value is None else [name, "s", value])
+        life = self.lifecycle
+        given = {"user_id": life.user_id, "title": life.title, "metadata": life.metadata_json}
+        for name, value in given.items():  # the session's own, as its first write stores them
+            if name not in changes and value is not None:
+                args.extend([name, "n", value])
+        await settled(_lua.UPDATE(client, self._keys, args))
+        info = await self.info()
+        assert info is not None  # just written (a TTL shorter than this call aside)
+        return info
+
+    async def _page(self, limit: int, before: int | None) -> ItemPage:
+        client = self._client()
+        args: list[str | int] = [-1 if before is None else before, limit]
+        start, first, raw = await settled(_lua.PAGE(client, self._keys, args))
+        items = [decode_item(data) for data in raw]
+        at_start = not items or int(start) <= int(first)
+        return ItemPage(items, None if at_start else encode_position(int(start)))
+
     async def _close(self) -> None:
         if self._connection is not None:
             self._clients = None
@@ -483,8 +491,6 @@ def _now() -> str:
 
 
 # --- the manager -------------------------------------------------------------------------------
-
-_MANAGER_DEFAULT: Any = object()
 
 
 class RedisSessionManager(SessionManagerABC[RedisSession]):
@@ -545,7 +551,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             session_prefix, messages_prefix
         )
         ttl_to_ms(default_ttl, "default_ttl")
-        self.default_ttl = default_ttl
+        self._set_lifecycle_defaults(default_ttl, None, False)
         connection = Connection(
             ConnectionOptions(
                 redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
@@ -559,7 +565,11 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         self,
         session_id: str,
         *,
-        ttl: TTL | None = _MANAGER_DEFAULT,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: SessionTTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
@@ -578,11 +588,16 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             SessionClosedError: the manager was closed.
         """
         self._check_open()
-        if ttl is _MANAGER_DEFAULT:
-            ttl = self.default_ttl
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
+        seconds = lifecycle.ttl
+        expiry = None if seconds is None else timedelta(seconds=seconds)
         window = resolve_window_mode(whole_pairs, whole_turns)
         return self._handed_out(
-            RedisSession._from_manager(self, session_id, ttl, session_settings, window)
+            RedisSession._from_manager(
+                self, session_id, expiry, session_settings, lifecycle, window
+            )
         )
 
     async def list_sessions(self) -> list[str]:
@@ -631,7 +646,12 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         """
         self._check_open()
         session_id = validate_session_id(session_id)
-        deleted: int = await self._clients.get().delete(*self._keys_of(session_id))
+        keys = [
+            tagged_key(self.messages_prefix, session_id),
+            tagged_key(self.session_prefix, session_id),
+        ]
+        client = self._clients.get()
+        deleted: int = await settled(_lua.DROP(client, keys, [self.session_prefix, session_id]))
         return deleted > 0
 
     async def ping(self) -> bool:
@@ -651,25 +671,8 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
 
     async def _infos(self, session_ids: list[str]) -> list[SessionInfo | None]:
         """What is stored of each session (``None``: not stored), a pipeline per 500 ids."""
-        infos: list[SessionInfo | None] = []
-        client = self._clients.get()
-        for start in range(0, len(session_ids), _PIPELINE_CHUNK):
-            chunk = session_ids[start : start + _PIPELINE_CHUNK]
-            async with client.pipeline(transaction=False) as pipe:
-                for session_id in chunk:
-                    session_key, messages_key = self._keys_of(session_id)
-                    pipe.hmget(session_key, ["created_at", "updated_at"])
-                    pipe.llen(messages_key)
-                    pipe.exists(session_key, messages_key)
-                replies = await pipe.execute()
-            for index, session_id in enumerate(chunk):
-                (created, updated), length, exists = replies[3 * index : 3 * index + 3]
-                infos.append(
-                    SessionInfo(session_id, int(length), _from_unix(created), _from_unix(updated))
-                    if exists
-                    else None
-                )
-        return infos
+        triples = [(i, *self._keys_of(i)) for i in session_ids]
+        return await _read_infos(self._clients.get(), triples)
 
     async def session_info(self, session_id: str) -> SessionInfo | None:
         """Item count and timestamps of one session; ``None`` if it is not stored."""
@@ -677,21 +680,147 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         return (await self._infos([validate_session_id(session_id)]))[0]
 
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
         """One page of the stored sessions, most recently updated first.
 
-        Redis keeps no index by activity: each page walks the prefix's keys with SCAN and
-        reads every session's timestamps, so its cost grows with the number of sessions.
+        With ``user_id``, a page is a range of the owner's index by activity (a sorted set,
+        cleaned of expired sessions first). Without, Redis keeps no index by activity: each
+        page walks the prefix's keys with SCAN and reads every session's timestamps, so its
+        cost grows with the number of sessions.
         """
         self._check_open()
+        owner = validate_user_id(user_id)
+        wanted = validate_metadata_filter(metadata)
         size, after = page_request(limit, cursor)
+        if owner is not None:
+            return await self._find_owned(owner, wanted, size, after)
         infos = [info for info in await self._infos(await self.list_sessions()) if info]
+        infos = [info for info in infos if _matches(info, wanted)]
         infos.sort(key=_newest_first)
         if after is not None:
             position = (-after[0].timestamp(), after[1])
             infos = [info for info in infos if _newest_first(info) > position]
         return page_of(infos[: size + 1], size)
+
+    def _owner_keys(self, user_id: str) -> tuple[str, str]:
+        """The activity and expiry indexes of an owner's sessions."""
+        tag = encode_tag(user_id)
+        return (
+            f"{self.session_prefix}:owner:{{{tag}}}",
+            f"{self.session_prefix}:owner-expiry:{{{tag}}}",
+        )
+
+    async def _clean(self, keys: tuple[str, str] | list[str]) -> int:
+        """Forget the expired sessions of one owner's index; how many went."""
+        client = self._clients.get()
+        total = 0
+        while True:
+            now_ms = int(time.time() * 1000)
+            gone = int(await settled(_lua.CLEAN(client, list(keys), [now_ms, _PIPELINE_CHUNK])))
+            total += gone
+            if gone < _PIPELINE_CHUNK:
+                return total
+
+    async def _find_owned(
+        self,
+        user_id: str,
+        metadata: dict[str, Any] | None,
+        size: int,
+        after: tuple[datetime, str] | None,
+    ) -> SessionPage:
+        activity, expiry = self._owner_keys(user_id)
+        await self._clean((activity, expiry))
+        client = self._clients.get()
+        top: float | str = "+inf" if after is None else after[0].timestamp() + 1e-6
+        chunk = size + 1 + 8  # ties at the chunk's edge are rare: microsecond scores
+        found: list[SessionInfo] = []
+        offset = 0
+        while len(found) <= size:
+            rows: list[Any] = await settled(
+                client.zrevrangebyscore(
+                    activity, top, "-inf", start=offset, num=chunk, withscores=True
+                )
+            )
+            offset += len(rows)
+            ids = [r.decode() if isinstance(r, bytes) else r for r, _ in rows]
+            infos = await self._owned_infos(client, ids)
+            stale = [i for i, info in zip(ids, infos, strict=True) if info is None]
+            if stale:  # deleted, or no longer this owner's: forget them
+                await settled(client.zrem(activity, *stale))
+                await settled(client.zrem(expiry, *stale))
+            for info in sorted((i for i in infos if i is not None), key=_newest_first):
+                if info.user_id != user_id or not _matches(info, metadata):
+                    continue
+                if after is not None and _newest_first(info) <= (
+                    -after[0].timestamp(),
+                    after[1],
+                ):
+                    continue
+                found.append(info)
+            if len(rows) < chunk:
+                break
+        return page_of(found[: size + 1], size)
+
+    async def _owned_infos(
+        self, client: RedisClient, session_ids: list[str]
+    ) -> list[SessionInfo | None]:
+        """What is stored of each of an owner's sessions, in one script call (a page's worth:
+        one reply, where a pipeline would parse four per session)."""
+        if not session_ids:
+            return []
+        keys = [key for i in session_ids for key in self._keys_of(i)]
+        replies = await settled(_lua.INFOS(client, keys, []))
+        now = time.time()
+        return [
+            _info(session_id, fields, length, pttl, now) if exists else None
+            for session_id, (fields, length, pttl, exists) in zip(session_ids, replies, strict=True)
+        ]
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions: an owner's from the owner's index (cleaned first), all of
+        them by walking the prefix's keys."""
+        self._check_open()
+        owner = validate_user_id(user_id)
+        if owner is None:
+            return len(await self.list_sessions())
+        keys = self._owner_keys(owner)
+        await self._clean(keys)
+        count: int = await settled(self._clients.get().zcard(keys[0]))
+        return count
+
+    async def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: Callable[[int], None] | None = None
+    ) -> int:
+        """Redis deletes an expired session's keys itself (native TTL): this forgets expired
+        sessions in every owner's index, ``batch_size`` at a time.
+
+        Returns:
+            How many index entries of expired sessions were removed.
+        """
+        self._check_open()
+        size = validate_page_size(batch_size)
+        client = self._clients.get()
+        head = f"{self.session_prefix}:owner-expiry:"
+        pattern = f"{glob_escape(head)}{{*}}"
+        total = 0
+        async for raw in client.scan_iter(match=pattern, count=_SCAN_COUNT, _type="zset"):
+            expiry = raw.decode() if isinstance(raw, bytes) else raw
+            activity = f"{self.session_prefix}:owner:{expiry[len(head) :]}"
+            while True:
+                now_ms = int(time.time() * 1000)
+                gone = int(await settled(_lua.CLEAN(client, [activity, expiry], [now_ms, size])))
+                total += gone
+                if on_batch is not None and gone:
+                    on_batch(gone)
+                if gone < size:
+                    break
+        return total
 
     async def iter_sessions(self, *, page_size: int = 500) -> AsyncIterator[SessionInfo]:
         """Every stored session, most recently updated first, from one walk of the keyspace
@@ -729,9 +858,11 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         self._check_open()
         encoded, created, updated = conversation.prepared()
         keys = self._keys_of(conversation.session_id)
-        ttl_ms = ttl_to_ms(self.default_ttl, "default_ttl")
+        ttl_ms = 0 if self.default_ttl is None else round(self.default_ttl * 1000)
         async with self._clients.get().pipeline(transaction=True) as pipe:
-            pipe.delete(*keys)
+            pipe.eval(
+                _lua.DROP_SOURCE, 2, *keys[::-1], self.session_prefix, conversation.session_id
+            )
             for start in range(0, len(encoded), _RPUSH_CHUNK):
                 pipe.rpush(keys[1], *(item.json for item in encoded[start : start + _RPUSH_CHUNK]))
             pipe.hset(
@@ -741,6 +872,59 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
                 for key in keys:
                     pipe.pexpire(key, ttl_ms)
             await pipe.execute()
+
+
+async def _read_infos(
+    client: RedisClient, sessions: list[tuple[str, str, str]]
+) -> list[SessionInfo | None]:
+    """What is stored of each ``(session id, hash key, list key)`` (``None``: not stored), a
+    pipeline per 500 sessions."""
+    infos: list[SessionInfo | None] = []
+    for start in range(0, len(sessions), _PIPELINE_CHUNK):
+        chunk = sessions[start : start + _PIPELINE_CHUNK]
+        async with client.pipeline(transaction=False) as pipe:
+            for _, session_key, messages_key in chunk:
+                pipe.hmget(session_key, list(_INFO_FIELDS))
+                pipe.llen(messages_key)
+                pipe.exists(session_key, messages_key)
+                pipe.pttl(session_key)
+            replies = await settled(pipe.execute())
+        now = time.time()
+        for index, (session_id, _, _) in enumerate(chunk):
+            fields, length, exists, pttl = replies[4 * index : 4 * index + 4]
+            infos.append(_info(session_id, fields, length, pttl, now) if exists else None)
+    return infos
+
+
+_INFO_FIELDS = ("created_at", "updated_at", "user_id", "title", "metadata")
+
+
+def _info(session_id: str, fields: list[Any], length: int, pttl: int, now: float) -> SessionInfo:
+    created, updated, user_id, title, metadata = (
+        value.decode() if isinstance(value, bytes) else value for value in fields
+    )
+    return SessionInfo(
+        session_id,
+        int(length),
+        _from_unix(created),
+        _from_unix(updated),
+        user_id=user_id,
+        title=title,
+        metadata={} if metadata is None else orjson.loads(metadata),
+        expires_at=None if pttl < 0 else datetime.fromtimestamp(now + pttl / 1000, UTC),
+    )
+
+
+def _matches(info: SessionInfo, metadata: dict[str, Any] | None) -> bool:
+    """Whether ``info``'s metadata holds every key of the filter with an equal value (a bool
+    never equals a number, as in JSON)."""
+    for key, value in (metadata or {}).items():
+        if key not in info.metadata:
+            return False
+        held = info.metadata[key]
+        if held != value or isinstance(held, bool) != isinstance(value, bool):
+            return False
+    return True
 
 
 def _newest_first(info: SessionInfo) -> tuple[float, str]:

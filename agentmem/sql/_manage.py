@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -29,8 +29,6 @@ class ManagerStatements:
 
     ids: str
     info: str
-    page_first: str
-    page_after: str
     existing: str
     items: str
     write_session: str
@@ -45,34 +43,43 @@ def _quoted(table_prefix: str, dialect: Any) -> tuple[str, str]:
     return quote(tables.sessions), quote(tables.messages)
 
 
-def _info_select(s: str, m: str) -> str:
-    count = f"(SELECT count(*) FROM {m} AS m WHERE m.session_id = s.session_id)"
-    return f"SELECT s.session_id, s.created_at, s.updated_at, {count} FROM {s} AS s"
+INFO_COLUMNS = (
+    "s.session_id, s.created_at, s.updated_at, s.item_count, s.user_id, s.title, "
+    "s.metadata_json, s.expires_at"
+)
+"""The columns :func:`info_from_row` reads, of ``sessions`` aliased ``s``."""
 
 
-_NEWEST_FIRST = "ORDER BY s.updated_at DESC, s.session_id"
+def _info_select(s: str) -> str:
+    return f"SELECT {INFO_COLUMNS} FROM {s} AS s"
+
+
+PG_LIVE = "(s.expires_at IS NULL OR s.expires_at > now())"
+"""Not expired (``sessions`` aliased ``s``); on SQLite the time is the parameter ``:now``."""
+SQLITE_LIVE = "(s.expires_at IS NULL OR s.expires_at > :now)"
 
 
 @cache
 def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
     s, m = _quoted(table_prefix, postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
-    select = _info_select(s, m)
+    select = _info_select(s)
     return ManagerStatements(
-        ids=f"SELECT session_id FROM {s} ORDER BY session_id",
-        info=f"{select} WHERE s.session_id = $1",
-        page_first=f"{select} {_NEWEST_FIRST} LIMIT $1",
-        page_after=(
-            f"{select} WHERE s.updated_at < $1 OR (s.updated_at = $1 AND s.session_id > $2) "
-            f"{_NEWEST_FIRST} LIMIT $3"
+        ids=f"SELECT session_id FROM {s} AS s WHERE {PG_LIVE} ORDER BY session_id",
+        info=f"{select} WHERE s.session_id = $1 AND {PG_LIVE}",
+        existing=(
+            f"SELECT session_id FROM {s} AS s WHERE session_id = ANY($1::text[]) AND {PG_LIVE}"
         ),
-        existing=f"SELECT session_id FROM {s} WHERE session_id = ANY($1::text[])",
         items=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
         delete_session=f"DELETE FROM {s} WHERE session_id = $1",
         # The upsert takes the session row's lock first, as every writer of the session does.
+        # $4 item count, $5 ttl seconds (NULL: none).
         write_session=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES ($1, $2, $3) "
+            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, expires_at) "
+            f"VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::float8)) "
             f"ON CONFLICT (session_id) DO UPDATE SET created_at = excluded.created_at, "
-            f"updated_at = excluded.updated_at"
+            f"updated_at = excluded.updated_at, item_count = excluded.item_count, "
+            f"expires_at = excluded.expires_at, user_id = NULL, title = NULL, "
+            f"metadata_json = NULL"
         ),
         delete_items=f"DELETE FROM {m} WHERE session_id = $1",
         insert_items=(
@@ -87,19 +94,20 @@ def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
 @cache
 def sqlite_manager_statements(table_prefix: str) -> ManagerStatements:
     s, m = _quoted(table_prefix, sqlite.pysqlite.dialect())
-    select = _info_select(s, m)
+    select = _info_select(s)
     return ManagerStatements(
-        ids=f"SELECT session_id FROM {s} ORDER BY session_id",
-        info=f"{select} WHERE s.session_id = ?",
-        page_first=f"{select} {_NEWEST_FIRST} LIMIT ?",
-        page_after=(
-            f"{select} WHERE s.updated_at < :u OR (s.updated_at = :u AND s.session_id > :id) "
-            f"{_NEWEST_FIRST} LIMIT :n"
+        ids=f"SELECT session_id FROM {s} AS s WHERE {SQLITE_LIVE} ORDER BY session_id",
+        info=f"{select} WHERE s.session_id = :id AND {SQLITE_LIVE}",
+        existing=(
+            f"SELECT session_id FROM {s} AS s WHERE session_id IN "
+            f"(SELECT value FROM json_each(:ids)) AND {SQLITE_LIVE}"
         ),
-        existing=f"SELECT session_id FROM {s} WHERE session_id IN (SELECT value FROM json_each(?))",
         items=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
         # Run after deleting the session under the database's write lock (BEGIN IMMEDIATE).
-        write_session=f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?)",
+        write_session=(
+            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, expires_at) "
+            f"VALUES (?, ?, ?, ?, ?)"
+        ),
         delete_session=f"DELETE FROM {s} WHERE session_id = ?",
         delete_items=f"DELETE FROM {m} WHERE session_id = ?",
         insert_items=(
@@ -110,9 +118,34 @@ def sqlite_manager_statements(table_prefix: str) -> ManagerStatements:
 
 
 def info_from_row(row: Any) -> SessionInfo:
-    """A :class:`SessionInfo` from ``(session_id, created_at, updated_at, item_count)``."""
-    session_id, created, updated, count = row[0], row[1], row[2], row[3]
-    return SessionInfo(str(session_id), int(count), _time(created), _time(updated))
+    """A :class:`SessionInfo` from a row of :data:`INFO_COLUMNS`."""
+    session_id, created, updated, count, user_id, title, metadata, expires = tuple(row)
+    return SessionInfo(
+        str(session_id),
+        int(count),
+        _time(created),
+        _time(updated),
+        user_id=user_id,
+        title=title,
+        metadata=_metadata(metadata),
+        expires_at=None if expires is None else _time(expires),
+    )
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    """Stored metadata: JSON text, or already decoded (SQLAlchemy gives asyncpg a JSONB
+    codec); NULL is ``{}``."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    decoded: dict[str, Any] = orjson.loads(value)
+    return decoded
+
+
+def now_text() -> str:
+    """The current time in the text form agentmem's SQLite rows hold."""
+    return sqlite_time(datetime.now(UTC))
 
 
 def _time(value: Any) -> datetime:
@@ -132,24 +165,13 @@ def sqlite_time(value: datetime) -> str:
 
 def sqlite_ids(conn: sqlite3.Connection, table_prefix: str) -> list[str]:
     sql = sqlite_manager_statements(table_prefix)
-    return [row[0] for row in conn.execute(sql.ids)]
+    return [row[0] for row in conn.execute(sql.ids, {"now": now_text()})]
 
 
 def sqlite_info(conn: sqlite3.Connection, table_prefix: str, session_id: str) -> SessionInfo | None:
-    row = conn.execute(sqlite_manager_statements(table_prefix).info, (session_id,)).fetchone()
-    return None if row is None else info_from_row(row)
-
-
-def sqlite_page(
-    conn: sqlite3.Connection, table_prefix: str, limit: int, after: tuple[datetime, str] | None
-) -> list[SessionInfo]:
     sql = sqlite_manager_statements(table_prefix)
-    if after is None:
-        rows = conn.execute(sql.page_first, (limit,)).fetchall()
-    else:
-        values = {"u": sqlite_time(after[0]), "id": after[1], "n": limit}
-        rows = conn.execute(sql.page_after, values).fetchall()
-    return [info_from_row(row) for row in rows]
+    row = conn.execute(sql.info, {"id": session_id, "now": now_text()}).fetchone()
+    return None if row is None else info_from_row(row)
 
 
 def sqlite_existing(
@@ -157,7 +179,7 @@ def sqlite_existing(
 ) -> set[str]:
     sql = sqlite_manager_statements(table_prefix)
     ids = orjson.dumps(session_ids).decode()  # bound once as a JSON array, whatever its length
-    return {row[0] for row in conn.execute(sql.existing, (ids,))}
+    return {row[0] for row in conn.execute(sql.existing, {"ids": ids, "now": now_text()})}
 
 
 def sqlite_delete(conn: sqlite3.Connection, table_prefix: str, session_id: str) -> bool:
@@ -175,7 +197,7 @@ def sqlite_read(
         conn.rollback()
     conn.execute("BEGIN")  # one snapshot for the session row and its items
     try:
-        row = conn.execute(sql.info, (session_id,)).fetchone()
+        row = conn.execute(sql.info, {"id": session_id, "now": now_text()}).fetchone()
         if row is None:
             return None
         items = [decode_item(data) for (data,) in conn.execute(sql.items, (session_id,))]
@@ -192,13 +214,15 @@ def sqlite_write(
     items: list[EncodedItem],
     created_at: datetime,
     updated_at: datetime,
+    ttl: float | None = None,
 ) -> None:
     sql = sqlite_manager_statements(table_prefix)
     created, updated = sqlite_time(created_at), sqlite_time(updated_at)
+    expires = None if ttl is None else sqlite_time(datetime.now(UTC) + timedelta(seconds=ttl))
     with _WriteTransaction(conn):
         conn.execute(sql.delete_items, (session_id,))
         conn.execute(sql.delete_session, (session_id,))
-        conn.execute(sql.write_session, (session_id, created, updated))
+        conn.execute(sql.write_session, (session_id, created, updated, len(items), expires))
         conn.executemany(sql.insert_items, [(session_id, *item, updated) for item in items])
 
 
@@ -213,17 +237,6 @@ async def postgres_ids(conn: Any, table_prefix: str) -> list[str]:
 async def postgres_info(conn: Any, table_prefix: str, session_id: str) -> SessionInfo | None:
     row = await conn.fetchrow(postgres_manager_statements(table_prefix).info, session_id)
     return None if row is None else info_from_row(row)
-
-
-async def postgres_page(
-    conn: Any, table_prefix: str, limit: int, after: tuple[datetime, str] | None
-) -> list[SessionInfo]:
-    sql = postgres_manager_statements(table_prefix)
-    if after is None:
-        rows = await conn.fetch(sql.page_first, limit)
-    else:
-        rows = await conn.fetch(sql.page_after, after[0], after[1], limit)
-    return [info_from_row(row) for row in rows]
 
 
 async def postgres_existing(conn: Any, table_prefix: str, session_ids: list[str]) -> set[str]:
@@ -258,10 +271,11 @@ async def postgres_write(
     items: list[EncodedItem],
     created_at: datetime,
     updated_at: datetime,
+    ttl: float | None = None,
 ) -> None:
     sql = postgres_manager_statements(table_prefix)
     async with conn.transaction():
-        await conn.execute(sql.write_session, session_id, created_at, updated_at)
+        await conn.execute(sql.write_session, session_id, created_at, updated_at, len(items), ttl)
         await conn.execute(sql.delete_items, session_id)
         if items:
             data, roles, types = (list(column) for column in zip(*items, strict=True))

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
+from agentmem.records import Lifecycle
 from agentmem.session import EncodedItem
 from agentmem.sql.schema import Tables, tables_for_prefix
 
@@ -32,11 +33,7 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
-
-def sqlite_now() -> str:
-    """The current UTC time in the text form SQLAlchemy's SQLite ``DateTime`` reads back (bound
-    once per operation: cheaper than SQLite's ``strftime`` on every row)."""
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+_NO_LIFECYCLE = Lifecycle()
 
 
 def _names(tables: Tables, dialect: Dialect) -> tuple[str, str]:
@@ -44,94 +41,154 @@ def _names(tables: Tables, dialect: Dialect) -> tuple[str, str]:
     return quote(tables.sessions), quote(tables.messages)
 
 
+_PG_TTL = "now() + make_interval(secs => $5::float8)"
+
+
+def _refresh(table: str, expired: str) -> str:
+    """The ``ON CONFLICT`` assignments of a write: a session that had expired starts afresh
+    (owner, title, metadata and creation time of the writer); a live one keeps its own info,
+    filling in what it lacks."""
+    keep = ", ".join(
+        f"{column} = CASE WHEN {expired} THEN excluded.{column} "
+        f"ELSE COALESCE({table}.{column}, excluded.{column}) END"
+        for column in ("user_id", "title", "metadata_json")
+    )
+    return (
+        f"updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+        f"created_at = CASE WHEN {expired} THEN excluded.created_at ELSE {table}.created_at END, "
+        f"{keep}, item_count = CASE WHEN {expired} THEN 0 ELSE {table}.item_count END "
+        f"+ excluded.item_count"
+    )
+
+
 @dataclass(frozen=True)
 class PostgresStatements:
     """One statement per operation, with ``$n`` parameters for asyncpg."""
 
     add: str
+    add_counted: str
+    trim: str
     batch_index: str
     select_all: str
     select_newest: str
     pop: str
     clear: str
+    touch: str
 
 
 @cache
 def postgres_statements(table_prefix: str) -> PostgresStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
+    live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now())"
+    # $1 session id; $2, $3, $4 arrays of JSON text, role, type; $5 ttl seconds (NULL: none);
+    # $6, $7, $8 owner, title, metadata of a new session; $9 the batch id, stored on the first
+    # item. The CTE's upsert locks the session row before any id is drawn from the sequence.
+    # A row left with exactly the new items' count was new, expired or empty: the messages of
+    # its old history (visible to this statement) go. A batch id already stored (a retry whose
+    # first attempt committed) writes nothing; one committed by an attempt still running when
+    # this one began violates the unique index instead (see ``batch_index``).
+    add = (
+        f"WITH s AS (INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, "
+        f"user_id, title, metadata_json, item_count) "
+        f"SELECT $1, now(), now(), {_PG_TTL}, $6, $7, $8::jsonb, cardinality($2::text[]) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $1 AND batch_id = $9::text) "
+        f"ON CONFLICT (session_id) DO UPDATE SET {_refresh('t', 't.expires_at <= now()')} "
+        f"RETURNING session_id, item_count, item_count = cardinality($2::text[]) AS fresh), "
+        f"d AS (DELETE FROM {m} WHERE session_id = $1 AND (SELECT fresh FROM s)) "
+        f"INSERT INTO {m} (session_id, message_data, role, item_type, batch_id) "
+        f"SELECT s.session_id, i.message_data, i.role, i.item_type, "
+        f"CASE WHEN i.n = 1 THEN $9::text END FROM s CROSS JOIN "
+        f"unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+        f"AS i(message_data, role, item_type, n) ORDER BY i.n"
+    )
     return PostgresStatements(
-        # $1 session id; $2, $3, $4 arrays of JSON text, role, type; $5 the batch id, stored
-        # on the first item. The CTE's upsert locks the session row before any id is drawn
-        # from the sequence. A batch id already stored (a retry whose first attempt committed)
-        # inserts nothing; one committed by an attempt still running when this one began
-        # violates the unique index instead (see ``batch_index``).
-        add=(
-            f"WITH s AS (INSERT INTO {s} (session_id, created_at, updated_at) "
-            f"VALUES ($1, now(), now()) ON CONFLICT (session_id) DO UPDATE "
-            f"SET updated_at = excluded.updated_at RETURNING session_id) "
-            f"INSERT INTO {m} (session_id, message_data, role, item_type, batch_id) "
-            f"SELECT s.session_id, i.message_data, i.role, i.item_type, "
-            f"CASE WHEN i.n = 1 THEN $5::text END FROM s CROSS JOIN "
-            f"unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
-            f"AS i(message_data, role, item_type, n) "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $1 AND batch_id = $5::text) "
-            f"ORDER BY i.n"
+        add=add,
+        add_counted=f"{add} RETURNING (SELECT item_count FROM s)",
+        # $1 session id, $2 how many of the oldest items go (retention, after an add).
+        trim=(
+            f"WITH d AS (DELETE FROM {m} WHERE id IN (SELECT id FROM {m} WHERE session_id = $1 "
+            f"ORDER BY id LIMIT $2)) "
+            f"UPDATE {s} SET item_count = item_count - $2 WHERE session_id = $1"
         ),
         batch_index=f"ix_{table_prefix}messages_session_id_batch_id",
-        select_all=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
+        select_all=f"SELECT message_data FROM {m} WHERE session_id = $1 AND {live} ORDER BY id",
         select_newest=(
-            f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
+            f"SELECT message_data FROM {m} WHERE session_id = $1 AND {live} "
+            f"ORDER BY id DESC LIMIT $2"
         ),
         # FOR UPDATE: a concurrent pop that lost the newest row moves on to the next one, so
-        # every item is returned exactly once.
+        # every item is returned exactly once. $2: ttl seconds (NULL: none).
         pop=(
             f"WITH d AS (DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
-            f"ORDER BY id DESC LIMIT 1 FOR UPDATE) RETURNING message_data), "
-            f"t AS (UPDATE {s} SET updated_at = now() WHERE session_id = $1 "
+            f"AND {live} ORDER BY id DESC LIMIT 1 FOR UPDATE) RETURNING message_data), "
+            f"t AS (UPDATE {s} SET updated_at = now(), item_count = item_count - 1, "
+            f"expires_at = now() + make_interval(secs => $2::float8) WHERE session_id = $1 "
             f"AND EXISTS (SELECT 1 FROM d)) SELECT message_data FROM d"
         ),
         clear=f"DELETE FROM {s} WHERE session_id = $1",  # messages go by ON DELETE CASCADE
+        touch=(
+            f"UPDATE {s} SET expires_at = now() + make_interval(secs => $2::float8) "
+            f"WHERE session_id = $1 AND expires_at > now()"
+        ),
     )
 
 
 @dataclass(frozen=True)
 class SQLiteStatements:
-    """The statements of the SQLite operations, with ``?`` parameters."""
+    """The statements of the SQLite operations, with ``?`` (or ``:name``) parameters."""
 
-    touch: str
+    upsert: str
     batch_stored: str
     insert: str
     select_all: str
     select_newest: str
     pop: str
+    popped: str
     clear_messages: str
     clear_session: str
+    trim: str
+    uncount: str
+    touch: str
 
 
 @cache
 def sqlite_statements(table_prefix: str) -> SQLiteStatements:
     s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
+    live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = ?1 AND expires_at <= ?2)"
     return SQLiteStatements(
-        touch=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES (?, ?, ?) "
-            f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at"
+        upsert=(
+            f"INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, user_id, "
+            f"title, metadata_json, item_count) VALUES (:id, :now, :now, :expires, :user_id, "
+            f":title, :metadata, :n) ON CONFLICT (session_id) DO UPDATE SET "
+            f"{_refresh('t', 't.expires_at <= :now')} RETURNING item_count"
         ),
         batch_stored=f"SELECT 1 FROM {m} WHERE session_id = ? AND batch_id = ?",
         insert=(
             f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at, batch_id) "
             f"VALUES (?, ?, ?, ?, ?, ?)"
         ),
-        select_all=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
+        select_all=f"SELECT message_data FROM {m} WHERE session_id = ?1 AND {live} ORDER BY id",
         select_newest=(
-            f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+            f"SELECT message_data FROM {m} WHERE session_id = ?1 AND {live} "
+            f"ORDER BY id DESC LIMIT ?3"
         ),
         pop=(
-            f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
+            f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ?1 AND {live} "
             f"ORDER BY id DESC LIMIT 1) RETURNING message_data"
+        ),
+        popped=(
+            f"UPDATE {s} SET updated_at = ?, expires_at = ?, item_count = item_count - 1 "
+            f"WHERE session_id = ?"
         ),
         # Explicit, so that it does not depend on PRAGMA foreign_keys being on.
         clear_messages=f"DELETE FROM {m} WHERE session_id = ?",
         clear_session=f"DELETE FROM {s} WHERE session_id = ?",
+        trim=(
+            f"DELETE FROM {m} WHERE id IN (SELECT id FROM {m} WHERE session_id = ?1 "
+            f"ORDER BY id LIMIT ?2)"
+        ),
+        uncount=f"UPDATE {s} SET item_count = item_count - ?2 WHERE session_id = ?1",
+        touch=f"UPDATE {s} SET expires_at = ? WHERE session_id = ? AND expires_at > ?",
     )
 
 
@@ -256,12 +313,32 @@ class _WriteTransaction:
             self.conn.rollback()
 
 
+def sqlite_expiry(now: datetime, ttl: float | None) -> str | None:
+    """The stored expiry of a write at ``now`` with ``ttl`` seconds (``None``: never)."""
+    return None if ttl is None else sqlite_text_time(now + timedelta(seconds=ttl))
+
+
+def sqlite_text_time(value: datetime) -> str:
+    """A UTC time in the text form agentmem's SQLite rows hold (zero-padded year)."""
+    value = value.astimezone(UTC)
+    return f"{value.year:04d}-{value:%m-%d %H:%M:%S.%f}"
+
+
 def sqlite_get(
-    conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str, limit: int | None
+    conn: sqlite3.Connection,
+    sql: SQLiteStatements,
+    session_id: str,
+    limit: int | None,
+    touch_ttl: float | None = None,
 ) -> list[str]:
+    now = datetime.now(UTC)
+    stamp = sqlite_text_time(now)
+    if touch_ttl is not None:
+        with _WriteTransaction(conn):
+            conn.execute(sql.touch, (sqlite_expiry(now, touch_ttl), session_id, stamp))
     if limit is None:
-        return [row[0] for row in conn.execute(sql.select_all, (session_id,))]
-    rows = conn.execute(sql.select_newest, (session_id, limit)).fetchall()
+        return [row[0] for row in conn.execute(sql.select_all, (session_id, stamp))]
+    rows = conn.execute(sql.select_newest, (session_id, stamp, limit)).fetchall()
     rows.reverse()
     return [row[0] for row in rows]
 
@@ -272,25 +349,54 @@ def sqlite_add(
     session_id: str,
     items: Sequence[EncodedItem],
     batch_id: str,
+    lifecycle: Lifecycle = _NO_LIFECYCLE,
 ) -> None:
     """Append ``items``, the first one marked with ``batch_id``; nothing if that batch is
     already stored (a retried call)."""
-    now = sqlite_now()
+    moment = datetime.now(UTC)
+    now = sqlite_text_time(moment)
+    values = {
+        "id": session_id,
+        "now": now,
+        "expires": sqlite_expiry(moment, lifecycle.ttl),
+        "user_id": lifecycle.user_id,
+        "title": lifecycle.title,
+        "metadata": lifecycle.metadata_json,
+        "n": len(items),
+    }
     with _WriteTransaction(conn):
         if conn.execute(sql.batch_stored, (session_id, batch_id)).fetchone() is not None:
             return
-        conn.execute(sql.touch, (session_id, now, now))
+        (count,) = conn.execute(sql.upsert, values).fetchone()
+        if count == len(items):  # new, expired or empty: no old history stays
+            conn.execute(sql.clear_messages, (session_id,))
         rows: list[tuple[object, ...]] = [(session_id, *item, now, None) for item in items]
         rows[0] = (session_id, *items[0], now, batch_id)
         conn.executemany(sql.insert, rows)
+        if lifecycle.max_items is not None and count > lifecycle.max_items:
+            sqlite_trim(conn, sql, session_id, count - lifecycle.max_items)
 
 
-def sqlite_pop(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> str | None:
+def sqlite_trim(
+    conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str, drop: int
+) -> None:
+    """Drop the ``drop`` oldest items (inside the caller's write transaction)."""
+    conn.execute(sql.trim, (session_id, drop))
+    conn.execute(sql.uncount, (session_id, drop))
+
+
+def sqlite_pop(
+    conn: sqlite3.Connection,
+    sql: SQLiteStatements,
+    session_id: str,
+    ttl: float | None = None,
+) -> str | None:
+    moment = datetime.now(UTC)
+    now = sqlite_text_time(moment)
     with _WriteTransaction(conn):
-        row = conn.execute(sql.pop, (session_id,)).fetchone()
+        row = conn.execute(sql.pop, (session_id, now)).fetchone()
         if row is not None:
-            now = sqlite_now()
-            conn.execute(sql.touch, (session_id, now, now))
+            conn.execute(sql.popped, (now, sqlite_expiry(moment, ttl), session_id))
     return None if row is None else str(row[0])
 
 

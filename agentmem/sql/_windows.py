@@ -14,13 +14,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 
-import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmem.forks import ForkOrigin, ItemCursor
-from agentmem.sql._statements import _names, _WriteTransaction, sqlite_now
+from agentmem.sql._statements import _names, _WriteTransaction, sqlite_text_time
 from agentmem.sql.schema import tables_for_prefix
 from agentmem.windows import (
     APPROVAL_REQUEST,
@@ -52,20 +52,11 @@ def _reference_sql(extract: str) -> str:
     )
 
 
-def fork_metadata(parent_id: str, count: int) -> str:
-    """The ``metadata_json`` a forked session's row records."""
-    return orjson.dumps({"fork": {"parent": parent_id, "point": count}}).decode()
-
-
-def fork_origin_of(metadata_json: str | None) -> ForkOrigin | None:
-    """The fork origin recorded in a ``metadata_json`` value, if any."""
-    if not metadata_json:
+def fork_origin_of(parent_id: str | None, point: int | None) -> ForkOrigin | None:
+    """The fork origin a session's row records (``forked_from``, ``fork_point``), if any."""
+    if parent_id is None or point is None:
         return None
-    try:
-        fork = orjson.loads(metadata_json).get("fork")
-        return ForkOrigin(fork["parent"], ItemCursor(fork["point"]))
-    except (AttributeError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
-        return None
+    return ForkOrigin(parent_id, ItemCursor(int(point)))
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------
@@ -128,18 +119,21 @@ def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
         fork=(
             f"WITH src AS (SELECT id, message_data, role, item_type FROM {m} "
             f"WHERE session_id = $1::varchar ORDER BY id LIMIT $3::bigint), "
-            f"s AS (INSERT INTO {s} (session_id, created_at, updated_at, metadata_json) "
-            f"SELECT $2::varchar, now(), now(), json_build_object('fork', json_build_object("
-            f"'parent', $1::varchar, 'point', (SELECT count(*) FROM src)))::text "
+            f"s AS (INSERT INTO {s} (session_id, created_at, updated_at, item_count, "
+            f"forked_from, fork_point) "
+            f"SELECT $2::varchar, now(), now(), (SELECT count(*) FROM src), $1::varchar, "
+            f"(SELECT count(*) FROM src) "
             f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $2::varchar) "
             f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at, "
-            f"metadata_json = excluded.metadata_json RETURNING session_id), "
+            f"created_at = excluded.created_at, expires_at = NULL, "
+            f"item_count = excluded.item_count, forked_from = excluded.forked_from, "
+            f"fork_point = excluded.fork_point RETURNING session_id), "
             f"ins AS (INSERT INTO {m} (session_id, message_data, role, item_type) "
             f"SELECT s.session_id, src.message_data, src.role, src.item_type "
             f"FROM s CROSS JOIN src ORDER BY src.id RETURNING 1) "
             f"SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM ins)"
         ),
-        origin=f"SELECT metadata_json FROM {s} WHERE session_id = $1",
+        origin=f"SELECT forked_from, fork_point FROM {s} WHERE session_id = $1",
     )
 
 
@@ -166,16 +160,18 @@ def sqlite_window_statements(table_prefix: str) -> SQLiteWindowStatements:
         ),
         has_items=f"SELECT 1 FROM {m} WHERE session_id = ? LIMIT 1",
         touch_fork=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at, metadata_json) "
-            f"VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
-            f"updated_at = excluded.updated_at, metadata_json = excluded.metadata_json"
+            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, forked_from, "
+            f"fork_point) VALUES (?1, ?2, ?2, ?3, ?4, ?3) ON CONFLICT (session_id) DO UPDATE SET "
+            f"created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            f"expires_at = NULL, item_count = excluded.item_count, "
+            f"forked_from = excluded.forked_from, fork_point = excluded.fork_point"
         ),
         copy=(
             f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at) "
             f"SELECT ?, message_data, role, item_type, ? FROM {m} WHERE session_id = ? "
             f"ORDER BY id LIMIT ?"
         ),
-        origin=f"SELECT metadata_json FROM {s} WHERE session_id = ?",
+        origin=f"SELECT forked_from, fork_point FROM {s} WHERE session_id = ?",
     )
 
 
@@ -218,16 +214,16 @@ def sqlite_fork(
     Raises:
         ValueError: ``new_id`` holds items; nothing is written.
     """
-    now = sqlite_now()
+    now = sqlite_text_time(datetime.now(UTC))
     with _WriteTransaction(conn):
         if conn.execute(sql.has_items, (new_id,)).fetchone() is not None:
             raise ValueError(f"session {new_id!r} already holds items; a fork needs a new id")
-        # The row first (the items' foreign key), its fork origin once the count is known.
-        conn.execute(sql.touch_fork, (new_id, now, now, None))
+        # The row first (the items' foreign key), its count and fork point once known.
+        conn.execute(sql.touch_fork, (new_id, now, 0, session_id))
         copied = conn.execute(
             sql.copy, (new_id, now, session_id, -1 if count is None else count)
         ).rowcount
-        conn.execute(sql.touch_fork, (new_id, now, now, fork_metadata(session_id, copied)))
+        conn.execute(sql.touch_fork, (new_id, now, copied, session_id))
     return copied
 
 
@@ -235,4 +231,4 @@ def sqlite_fork_origin(
     conn: sqlite3.Connection, sql: SQLiteWindowStatements, session_id: str
 ) -> ForkOrigin | None:
     row = conn.execute(sql.origin, (session_id,)).fetchone()
-    return None if row is None else fork_origin_of(row[0])
+    return None if row is None else fork_origin_of(row[0], row[1])

@@ -16,6 +16,7 @@ from typing import Any, Self, TypeVar
 
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.manager import SessionManagerABC
+from agentmem.records import TTL, UNSET, ItemPage, SessionInfo, Unset
 from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
 from agentmem.windows import WindowMode
 
@@ -118,13 +119,28 @@ class SQLSessionBase(SessionABC):
         self._check_open()
         encoded = encode_items(items)
         if encoded:
-            await self._ops.add(encoded)
+            await self._ops.add(self._kept(encoded))
 
     async def add_encoded_items(self, items: list[EncodedItem]) -> None:
         """Append items already checked and encoded by :func:`agentmem.session.encode_items`."""
         self._check_open()
         if items:
-            await self._ops.add(items)
+            await self._ops.add(self._kept(items))
+
+    def _kept(self, items: list[EncodedItem]) -> list[EncodedItem]:
+        """With ``max_items``, only the newest that the history may keep."""
+        most = self.lifecycle.max_items
+        return items if most is None or len(items) <= most else items[-most:]
+
+    async def info(self) -> SessionInfo | None:
+        self._check_open()
+        return await self._ops.info()
+
+    async def _update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        return await self._ops.update_info(changes)
+
+    async def _page(self, limit: int, before: int | None) -> ItemPage:
+        return await self._ops.page(limit, before)
 
     async def pop_item(self) -> SessionItem | None:
         self._check_open()
@@ -160,12 +176,18 @@ class SQLSessionManagerABC(SessionManagerABC[SQLSessionT]):
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: TTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
     ) -> SQLSessionT:
         """A session of this store on the manager's connections (never closes them)."""
 
 
 class Operations(ABC):
-    """The four operations of one session on one kind of connection, on stored JSON text."""
+    """The operations of one session on one kind of connection, on stored JSON text; the
+    session's ``lifecycle`` (expiry, retention, given info) applies to them."""
 
     @abstractmethod
     async def get(self, limit: int | None) -> list[str]: ...
@@ -187,3 +209,12 @@ class Operations(ABC):
 
     @abstractmethod
     async def origin(self) -> ForkOrigin | None: ...
+
+    @abstractmethod
+    async def info(self) -> SessionInfo | None: ...
+
+    @abstractmethod
+    async def update_info(self, changes: dict[str, Any]) -> SessionInfo: ...
+
+    @abstractmethod
+    async def page(self, limit: int, before: int | None) -> ItemPage: ...

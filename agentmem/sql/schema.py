@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
 __all__ = [
@@ -86,9 +87,43 @@ def _define_tables(prefix: str) -> Tables:
         Column("session_id", String(255), primary_key=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        # Reserved for a later version: nothing reads or writes these two yet.
         Column("expires_at", DateTime(timezone=True), nullable=True),
-        Column("metadata_json", Text, nullable=True),
+        # JSONB on PostgreSQL (containment filters, GIN index); JSON text on SQLite.
+        Column("metadata_json", Text().with_variant(JSONB(), "postgresql"), nullable=True),
+        Column("user_id", String(255), nullable=True),
+        Column("title", Text, nullable=True),
+        Column("item_count", Integer, nullable=False, server_default=text("0")),
+        # A forked session's parent and how many of the parent's items it copied.
+        Column("forked_from", String(255), nullable=True),
+        Column("fork_point", BigInteger, nullable=True),
+    )
+    # Partial: a write to a session without an owner (or without expiry, or metadata) leaves
+    # the index of that field alone.
+    owned = sessions.c.user_id.is_not(None)
+    expiring = sessions.c.expires_at.is_not(None)
+    described = sessions.c.metadata_json.is_not(None)
+    Index(
+        f"ix_{prefix}sessions_user_id_updated_at",
+        sessions.c.user_id,
+        sessions.c.updated_at.desc(),
+        sessions.c.session_id,
+        postgresql_where=owned,
+        sqlite_where=owned,
+    )
+    Index(f"ix_{prefix}sessions_updated_at", sessions.c.updated_at.desc(), sessions.c.session_id)
+    Index(
+        f"ix_{prefix}sessions_expires_at",
+        sessions.c.expires_at,
+        postgresql_where=expiring,
+        sqlite_where=expiring,
+    )
+    Index(
+        f"ix_{prefix}sessions_metadata_json",
+        sessions.c.metadata_json,
+        postgresql_using="gin",
+        postgresql_ops={"metadata_json": "jsonb_path_ops"},
+        postgresql_where=described,
+        sqlite_where=described,
     )
     messages = Table(
         f"{prefix}messages",
@@ -145,11 +180,8 @@ class Base(DeclarativeBase):
 
 
 class SessionRecord(Base):
-    """One conversation: the ``sessions`` table.
-
-    ``expires_at`` and ``metadata_json`` are reserved for a later version: agentmem neither reads
-    nor writes them, so they stay NULL.
-    """
+    """One conversation: the ``sessions`` table (its items counted in ``item_count``; expired
+    once ``expires_at`` has passed; ``metadata_json`` NULL reads as ``{}``)."""
 
     __table__ = DEFAULT_TABLES.sessions
 
@@ -158,6 +190,11 @@ class SessionRecord(Base):
     updated_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     metadata_json: Mapped[str | None]
+    user_id: Mapped[str | None]
+    title: Mapped[str | None]
+    item_count: Mapped[int]
+    forked_from: Mapped[str | None]
+    fork_point: Mapped[int | None]
 
 
 class MessageRecord(Base):

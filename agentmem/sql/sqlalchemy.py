@@ -30,12 +30,21 @@ from agentmem.manager import (
     page_of,
     page_request,
 )
+from agentmem.records import (
+    TTL,
+    UNSET,
+    ItemPage,
+    Lifecycle,
+    Unset,
+    validate_metadata_filter,
+    validate_user_id,
+)
 from agentmem.session import (
     EncodedItem,
     SessionABC,
     validate_session_id,
 )
-from agentmem.sql import _manage, _urls, _windows, migrate
+from agentmem.sql import _lifecycle, _manage, _urls, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._engines import (
     engine_of,
@@ -214,9 +223,23 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        ttl: TTL | None = None,
+        max_items: int | None = None,
+        touch_on_read: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
+        )
+        self.lifecycle = Lifecycle.checked(
+            ttl=ttl,
+            max_items=max_items,
+            touch_on_read=touch_on_read,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
         )
         kind = _engine_kind(engine, "SQLAlchemySession")
         self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
@@ -235,12 +258,15 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        lifecycle: Lifecycle | None = None,
     ) -> Self:
         """A session on its own engine built from ``url`` (shared with other sessions of that URL).
 
         ``postgresql://`` and ``sqlite:///`` URLs get the asyncpg and aiosqlite drivers.
         ``engine_kwargs`` go to ``create_async_engine``. ``close()`` releases the engine.
-        The other arguments are those of the constructor.
+        ``lifecycle`` holds the constructor's lifecycle options, checked
+        (:meth:`agentmem.records.Lifecycle.checked`). The other arguments are those of the
+        constructor.
 
         Raises:
             MissingDependencyError: the URL's driver is not installed (the message names the
@@ -251,6 +277,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         SessionABC.__init__(
             self, session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
+        self.lifecycle = lifecycle or Lifecycle()
         async_url, kind = _url_kind(url, "SQLAlchemySession")
         self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
         self._bind_operations()
@@ -326,10 +353,47 @@ class _EngineOperations(Operations):
         self.session = session
         self.session_id = session.session_id
 
+    async def _manage(
+        self, on_postgres: Callable[..., Awaitable[T]], on_sqlite: Callable[..., T], *args: Any
+    ) -> T:
+        """A lifecycle operation of this session (``retry``: it is idempotent)."""
+        prefix = self.session.table_prefix
+        if isinstance(self, _AsyncpgOperations):
+            return await with_driver(
+                self.session,
+                lambda c: on_postgres(c, prefix, self.session_id, *args),
+                retry=True,
+            )
+        return await in_aiosqlite_thread(
+            self.session, on_sqlite, prefix, self.session_id, *args, retry=True
+        )
+
+    async def info(self) -> SessionInfo | None:
+        return await self._manage(_lifecycle.postgres_info, _lifecycle.sqlite_info)
+
+    async def update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        return await self._manage(
+            _lifecycle.postgres_update_info,
+            _lifecycle.sqlite_update_info,
+            self.session.lifecycle,
+            changes,
+        )
+
+    async def page(self, limit: int, before: int | None) -> ItemPage:
+        return await self._manage(_lifecycle.postgres_page, _lifecycle.sqlite_page, limit, before)
+
 
 class _AsyncpgOperations(_EngineOperations):
     async def get(self, limit: int | None) -> list[str]:
         sql = self.session._pg
+        lifecycle = self.session.lifecycle
+        if lifecycle.touch_on_read and lifecycle.ttl is not None:
+            ttl, prefix = lifecycle.ttl, self.session.table_prefix
+            await with_driver(
+                self.session,
+                lambda c: _lifecycle.postgres_touch(c, prefix, self.session_id, ttl),
+                retry=True,
+            )
         if limit is None:
             rows = await with_driver(
                 self.session, lambda c: c.fetch(sql.select_all, self.session_id), retry=True
@@ -345,11 +409,32 @@ class _AsyncpgOperations(_EngineOperations):
     async def add(self, items: list[EncodedItem]) -> None:
         data, roles, types = zip(*items, strict=True)
         sql = self.session._pg
+        life = self.session.lifecycle
         batch_id = new_batch_id()
+        args = (
+            self.session_id,
+            data,
+            roles,
+            types,
+            life.ttl,
+            life.user_id,
+            life.title,
+            life.metadata_json,
+            batch_id,
+        )
+        most = life.max_items
 
         async def add(c: Any) -> None:
             try:
-                await c.execute(sql.add, self.session_id, data, roles, types, batch_id)
+                if most is None:
+                    await c.execute(sql.add, *args)
+                    return
+                # Retention in the add's transaction, after it (a statement sees its own
+                # CTEs' snapshot only): the session row lock is held throughout.
+                async with c.transaction():
+                    count: int | None = await c.fetchval(sql.add_counted, *args)
+                    if count is not None and count > most:
+                        await c.execute(sql.trim, self.session_id, count - most)
             except Exception as exc:
                 if getattr(exc, "constraint_name", None) != sql.batch_index:
                     raise
@@ -362,8 +447,9 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def pop(self) -> str | None:
         sql = self.session._pg.pop
+        ttl = self.session.lifecycle.ttl
         value: str | None = await with_driver(
-            self.session, lambda c: c.fetchval(sql, self.session_id), retry=False
+            self.session, lambda c: c.fetchval(sql, self.session_id, ttl), retry=False
         )
         return value
 
@@ -392,10 +478,10 @@ class _AsyncpgOperations(_EngineOperations):
 
     async def origin(self) -> ForkOrigin | None:
         sql = self.session._pg_windows.origin
-        value = await with_driver(
-            self.session, lambda c: c.fetchval(sql, self.session_id), retry=True
+        row = await with_driver(
+            self.session, lambda c: c.fetchrow(sql, self.session_id), retry=True
         )
-        return _windows.fork_origin_of(value)
+        return None if row is None else _windows.fork_origin_of(row[0], row[1])
 
 
 class _AiosqliteOperations(_EngineOperations):
@@ -405,18 +491,30 @@ class _AiosqliteOperations(_EngineOperations):
         return await in_aiosqlite_thread(self.session, fn, *args, retry=retry)
 
     async def get(self, limit: int | None) -> list[str]:
+        life = self.session.lifecycle
+        touch = life.ttl if life.touch_on_read else None
         return await self._in_thread(
-            _sql.sqlite_get, self.session._lite, self.session_id, limit, retry=True
+            _sql.sqlite_get, self.session._lite, self.session_id, limit, touch, retry=touch is None
         )
 
     async def add(self, items: list[EncodedItem]) -> None:
         await self._in_thread(
-            _sql.sqlite_add, self.session._lite, self.session_id, items, new_batch_id(), retry=True
+            _sql.sqlite_add,
+            self.session._lite,
+            self.session_id,
+            items,
+            new_batch_id(),
+            self.session.lifecycle,
+            retry=True,
         )
 
     async def pop(self) -> str | None:
         return await self._in_thread(
-            _sql.sqlite_pop, self.session._lite, self.session_id, retry=False
+            _sql.sqlite_pop,
+            self.session._lite,
+            self.session_id,
+            self.session.lifecycle.ttl,
+            retry=False,
         )
 
     async def clear(self) -> None:
@@ -469,6 +567,9 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         table_prefix: Prefix of agentmem's table names.
         call_timeout: Seconds one PostgreSQL call of the manager or of its sessions may take
             (``None``: no limit); see :class:`SQLAlchemySession`.
+        default_ttl: The expiry of the sessions it hands out (seconds or ``timedelta``).
+        default_max_items: The longest history of the sessions it hands out.
+        touch_on_read: Whether reads of its sessions slide their expiry too.
 
     Raises:
         TypeError, ValueError: a bad engine, driver or prefix.
@@ -481,8 +582,12 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         create_tables: bool = False,
         table_prefix: str = "",
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        default_ttl: TTL | None = None,
+        default_max_items: int | None = None,
+        touch_on_read: bool = False,
     ) -> None:
         kind = _engine_kind(engine, "SQLAlchemySessionManager")
+        self._set_lifecycle_defaults(default_ttl, default_max_items, touch_on_read)
         self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
         self._closed = False
 
@@ -495,11 +600,15 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         table_prefix: str = "",
         engine_kwargs: dict[str, Any] | None = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        default_ttl: TTL | None = None,
+        default_max_items: int | None = None,
+        touch_on_read: bool = False,
     ) -> SQLAlchemySessionManager:
         """A manager on the engine of ``url`` (``postgresql://`` gets asyncpg, ``sqlite:///``
         aiosqlite), shared with every session of that URL; ``close()`` releases it."""
         self = cls.__new__(cls)
         async_url, kind = _url_kind(url, "SQLAlchemySessionManager")
+        self._set_lifecycle_defaults(default_ttl, default_max_items, touch_on_read)
         self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
         self._closed = False
         return self
@@ -535,14 +644,23 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: TTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
     ) -> SQLAlchemySession:
-        """A session on the manager's engine (``whole_pairs``/``whole_turns``: as for
-        :class:`SQLAlchemySession`).
+        """A session on the manager's engine (options: see
+        :meth:`SessionManagerABC.get_session`).
 
         Raises:
+            TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
         self._check_open()
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
         if self._engine is not None:
             session = SQLAlchemySession(
                 self._engine,
@@ -554,6 +672,7 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
                 whole_pairs=whole_pairs,
                 whole_turns=whole_turns,
             )
+            session.lifecycle = lifecycle
         else:
             assert self._url is not None
             session = SQLAlchemySession.from_url(
@@ -566,6 +685,7 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
                 call_timeout=self._call_timeout,
                 whole_pairs=whole_pairs,
                 whole_turns=whole_turns,
+                lifecycle=lifecycle,
             )
         return self._handed_out(session)
 
@@ -594,15 +714,44 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         return await self._run(_manage.postgres_info, _manage.sqlite_info, session_id, retry=True)
 
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
-        """One page of the stored sessions, most recently updated first (a keyset range on
-        ``updated_at``: every page costs the same)."""
+        """One page of the live sessions, most recently updated first (a keyset range on
+        ``updated_at``: every page costs the same; see
+        :meth:`SessionManagerABC.find_sessions`)."""
+        owner = validate_user_id(user_id)
+        wanted = validate_metadata_filter(metadata)
         size, after = page_request(limit, cursor)
         infos = await self._run(
-            _manage.postgres_page, _manage.sqlite_page, size + 1, after, retry=True
+            _lifecycle.postgres_find,
+            _lifecycle.sqlite_find,
+            owner,
+            wanted,
+            size + 1,
+            after,
+            retry=True,
         )
         return page_of(infos, size)
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions the database holds (only ``user_id``'s, if given)."""
+        owner = validate_user_id(user_id)
+        return await self._run(
+            _lifecycle.postgres_count, _lifecycle.sqlite_count, owner, retry=True
+        )
+
+    async def _purge_batch(self, batch_size: int) -> int:
+        return await self._run(
+            _lifecycle.postgres_purge_batch,
+            _lifecycle.sqlite_purge_batch,
+            batch_size,
+            retry=False,
+        )
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """Those of ``session_ids`` that are stored."""
@@ -639,6 +788,7 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
             encoded,
             created,
             updated,
+            self.default_ttl,
             retry=False,
         )
 

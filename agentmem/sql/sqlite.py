@@ -40,8 +40,17 @@ from agentmem.manager import (
     page_of,
     page_request,
 )
+from agentmem.records import (
+    TTL,
+    UNSET,
+    ItemPage,
+    Lifecycle,
+    Unset,
+    validate_metadata_filter,
+    validate_user_id,
+)
 from agentmem.session import EncodedItem, validate_session_id
-from agentmem.sql import _manage, _sqlite_schema, _windows, migrate
+from agentmem.sql import _lifecycle, _manage, _sqlite_schema, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._locks import FileSessionLock, lock_file
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
@@ -217,22 +226,28 @@ async def _release(database: _Database) -> None:
 
 
 class _ThreadOperations(Operations):
-    def __init__(self, database: _Database, session_id: str) -> None:
+    def __init__(self, database: _Database, session_id: str, lifecycle: Lifecycle) -> None:
         self.database = database
         self.session_id = session_id
+        self.lifecycle = lifecycle
         self.sql = _sql.sqlite_statements(database.table_prefix)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await _run_on(self.database, fn, self.sql, self.session_id, *args)
 
+    async def _run_lifecycle(self, fn: Callable[..., T], *args: Any) -> T:
+        prefix = self.database.table_prefix
+        return await _run_on(self.database, fn, prefix, self.session_id, *args)
+
     async def get(self, limit: int | None) -> list[str]:
-        return await self._run(_sql.sqlite_get, limit)
+        touch = self.lifecycle.ttl if self.lifecycle.touch_on_read else None
+        return await self._run(_sql.sqlite_get, limit, touch)
 
     async def add(self, items: list[EncodedItem]) -> None:
-        await self._run(_sql.sqlite_add, items, new_batch_id())
+        await self._run(_sql.sqlite_add, items, new_batch_id(), self.lifecycle)
 
     async def pop(self) -> str | None:
-        return await self._run(_sql.sqlite_pop)
+        return await self._run(_sql.sqlite_pop, self.lifecycle.ttl)
 
     async def clear(self) -> None:
         await self._run(_sql.sqlite_clear)
@@ -249,6 +264,15 @@ class _ThreadOperations(Operations):
 
     async def origin(self) -> ForkOrigin | None:
         return await self._run_window(_windows.sqlite_fork_origin)
+
+    async def info(self) -> SessionInfo | None:
+        return await self._run_lifecycle(_lifecycle.sqlite_info)
+
+    async def update_info(self, changes: dict[str, Any]) -> SessionInfo:
+        return await self._run_lifecycle(_lifecycle.sqlite_update_info, self.lifecycle, changes)
+
+    async def page(self, limit: int, before: int | None) -> ItemPage:
+        return await self._run_lifecycle(_lifecycle.sqlite_page, limit, before)
 
 
 def _resolve(db_path: object) -> str:
@@ -290,6 +314,12 @@ class SQLiteSession(SQLSessionBase):
         whole_pairs: Make whole-pair windows the default of ``get_items`` calls with a limit
             (the Runner's ``session_settings.limit`` too); see :mod:`agentmem.windows`.
         whole_turns: Make whole-turn windows that default.
+        ttl: Expiry (seconds or ``timedelta``) that every write slides; ``None``: none.
+        max_items: The longest history kept; a write beyond it drops the oldest items.
+        touch_on_read: Whether reads slide the expiry too.
+        user_id: The owner stored with the first write (or filled in if absent).
+        title: The title, likewise.
+        metadata: The metadata (a JSON object), likewise.
 
     A file this process cannot write (or in a directory it cannot write) is opened read-only:
     reads work, and writes raise :class:`PermissionError`.
@@ -308,15 +338,29 @@ class SQLiteSession(SQLSessionBase):
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        ttl: TTL | None = None,
+        max_items: int | None = None,
+        touch_on_read: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
         validate_table_prefix(table_prefix)
+        self.lifecycle = Lifecycle.checked(
+            ttl=ttl,
+            max_items=max_items,
+            touch_on_read=touch_on_read,
+            user_id=user_id,
+            title=title,
+            metadata=metadata,
+        )
         target = _resolve(db_path)
         self.db_path = target
         self._database = _files.acquire(target, table_prefix)
-        self._ops = _ThreadOperations(self._database, self.session_id)
+        self._ops = _ThreadOperations(self._database, self.session_id, self.lifecycle)
 
     @classmethod
     def _on_database(
@@ -324,6 +368,7 @@ class SQLiteSession(SQLSessionBase):
         database: _Database,
         session_id: str,
         session_settings: Any,
+        lifecycle: Lifecycle,
         *,
         whole_pairs: bool = False,
         whole_turns: bool = False,
@@ -333,10 +378,11 @@ class SQLiteSession(SQLSessionBase):
         SQLSessionBase.__init__(
             self, session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
+        self.lifecycle = lifecycle
         self.db_path = database.target
         _files.share(database)
         self._database = database
-        self._ops = _ThreadOperations(database, self.session_id)
+        self._ops = _ThreadOperations(database, self.session_id, lifecycle)
         return self
 
     @property
@@ -348,7 +394,9 @@ class SQLiteSession(SQLSessionBase):
         """A session for ``session_id`` on this session's database (an in-memory one too),
         with its settings."""
         self._check_open()
-        session = type(self)._on_database(self._database, session_id, self.session_settings)
+        session = type(self)._on_database(
+            self._database, session_id, self.session_settings, self.lifecycle
+        )
         session.window_mode = self.window_mode
         return session
 
@@ -397,13 +445,25 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         db_path: ``":memory:"`` (default) or the path of the database file (created and brought
             to the current schema on first use).
         table_prefix: Prefix for agentmem's table names.
+        default_ttl: The expiry of the sessions it hands out (seconds or ``timedelta``).
+        default_max_items: The longest history of the sessions it hands out.
+        touch_on_read: Whether reads of its sessions slide their expiry too.
 
     Raises:
         FileNotFoundError: the directory of ``db_path`` does not exist.
     """
 
-    def __init__(self, db_path: str | PathLike[str] = MEMORY, *, table_prefix: str = "") -> None:
+    def __init__(
+        self,
+        db_path: str | PathLike[str] = MEMORY,
+        *,
+        table_prefix: str = "",
+        default_ttl: TTL | None = None,
+        default_max_items: int | None = None,
+        touch_on_read: bool = False,
+    ) -> None:
         self.table_prefix = validate_table_prefix(table_prefix)
+        self._set_lifecycle_defaults(default_ttl, default_max_items, touch_on_read)
         self.db_path = _resolve(db_path)
         self._database = _files.acquire(self.db_path, table_prefix)
         self._closed = False
@@ -420,19 +480,29 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         session_settings: Any = None,
         whole_pairs: bool = False,
         whole_turns: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl: TTL | Unset | None = UNSET,
+        max_items: int | Unset | None = UNSET,
     ) -> SQLiteSession:
-        """A session on the manager's database (``whole_pairs``/``whole_turns``: as for
-        :class:`SQLiteSession`).
+        """A session on the manager's database (options: see
+        :meth:`SessionManagerABC.get_session`).
 
         Raises:
+            TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
         self._check_open()
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
         return self._handed_out(
             SQLiteSession._on_database(
                 self._database,
                 session_id,
                 session_settings,
+                lifecycle,
                 whole_pairs=whole_pairs,
                 whole_turns=whole_turns,
             )
@@ -466,12 +536,27 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         return await self._run(_manage.sqlite_info, validate_session_id(session_id))
 
     async def find_sessions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
     ) -> SessionPage:
-        """One page of the stored sessions, most recently updated first (a keyset range on
-        ``updated_at``)."""
+        """One page of the live sessions, most recently updated first (a keyset range on
+        ``updated_at``; see :meth:`SessionManagerABC.find_sessions`)."""
+        owner = validate_user_id(user_id)
+        wanted = validate_metadata_filter(metadata)
         size, after = page_request(limit, cursor)
-        return page_of(await self._run(_manage.sqlite_page, size + 1, after), size)
+        infos = await self._run(_lifecycle.sqlite_find, owner, wanted, size + 1, after)
+        return page_of(infos, size)
+
+    async def count_sessions(self, user_id: str | None = None) -> int:
+        """How many live sessions the database holds (only ``user_id``'s, if given)."""
+        return await self._run(_lifecycle.sqlite_count, validate_user_id(user_id))
+
+    async def _purge_batch(self, batch_size: int) -> int:
+        return await self._run(_lifecycle.sqlite_purge_batch, batch_size)
 
     async def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """Those of ``session_ids`` that are stored."""
@@ -490,7 +575,14 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         """Store ``conversation`` whole with its timestamps, replacing any session of the same
         id, in one transaction."""
         encoded, created, updated = conversation.prepared()
-        await self._run(_manage.sqlite_write, conversation.session_id, encoded, created, updated)
+        await self._run(
+            _manage.sqlite_write,
+            conversation.session_id,
+            encoded,
+            created,
+            updated,
+            self.default_ttl,
+        )
 
     async def _release(self) -> None:
         await _release(self._database)
