@@ -24,9 +24,12 @@ from tests.conftest import unique_id
 from tests.test_managers import (  # noqa: F401  (fixtures, found by name)
     MANAGERS,
     ManagerCase,
+    cached_cluster_manager,
     cached_manager,
+    pgbouncer_manager,
     postgres_manager,
     postgres_url_manager,
+    redis_cluster_manager,
     redis_manager,
     sqlalchemy_sqlite_manager,
     sqlite_file_manager,
@@ -38,7 +41,9 @@ TINY_TTL = 0.005
 DEADLINE_SECONDS = 60.0
 
 
-LIFECYCLE_MANAGERS = MANAGERS
+# Not on Redis Cluster: an owner's index spans the slots of that owner's sessions, so its
+# scripts need one Redis (README, "Scaling out"); the cached mode keeps owners in SQL.
+LIFECYCLE_MANAGERS = [param for param in MANAGERS if param.id != "redis-cluster"]
 
 
 @pytest.fixture(params=LIFECYCLE_MANAGERS)

@@ -90,7 +90,8 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
     add = (
         f"WITH s AS (INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, "
         f"user_id, title, metadata_json, item_count) "
-        f"SELECT $1, now(), now(), {_PG_TTL}, $6, $7, $8::jsonb, cardinality($2::text[]) "
+        f"SELECT $1::varchar, now(), now(), {_PG_TTL}, $6::varchar, $7, $8::jsonb, "
+        f"cardinality($2::text[]) "
         f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $1 AND batch_id = $9::text) "
         f"ON CONFLICT (session_id) DO UPDATE SET {_refresh('t', 't.expires_at <= now()')} "
         f"RETURNING session_id, item_count, item_count = cardinality($2::text[]) AS fresh), "
