@@ -58,7 +58,8 @@ async def test_postgres_attempt_that_commits_while_the_retry_waits_is_stored_onc
     session = SQLAlchemySession(postgres_engine, unique_id("batch"))
     await session.add_items([{"n": 0}])
     sql = _statements.postgres_statements("")
-    args = (session.session_id, ['{"n": 1}'], [None], [None], BATCH)
+    # $1-$4 the items, $5 ttl, $6-$8 owner, title, metadata, $9 the batch id.
+    args = (session.session_id, ['{"n": 1}'], [None], [None], None, None, None, None, BATCH)
     async with postgres_engine.connect() as first, postgres_engine.connect() as second:
         a = (await first.get_raw_connection()).driver_connection
         b = (await second.get_raw_connection()).driver_connection
