@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from agentmem.manager import SessionManagerABC
 from tests.test_cli import (  # noqa: F401  (fixtures, found by name)
@@ -35,21 +34,8 @@ def cli_store(request: pytest.FixtureRequest) -> Store:
 
 
 def manager_of(store: Store) -> SessionManagerABC[Any]:
-    """A manager on the store the command line names."""
-    if store.kind == "sqlite":
-        from agentmem import SQLiteSessionManager
-
-        return SQLiteSessionManager(make_url(store.url).database or "")
-    if store.kind == "postgres":
-        from agentmem import SQLAlchemySessionManager
-
-        return SQLAlchemySessionManager.from_url(store.url)
-    from agentmem import RedisSessionManager
-
-    prefix = store.extra[1]
-    return RedisSessionManager(
-        store.url, session_prefix=f"{prefix}:session", messages_prefix=f"{prefix}:messages"
-    )
+    """A manager on the store the command line names (the registry's)."""
+    return store.manager()
 
 
 async def test_sessions_list_of_a_user_pages_with_the_cursor(
