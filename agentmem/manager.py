@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from agentmem.session import (
+    CloseHandle,
     Closing,
     SessionABC,
     SessionClosedError,
@@ -244,10 +245,10 @@ class SessionManagerABC(Closing, Generic[S]):
         if errors:
             raise errors[0]
 
-    async def close(self) -> None:
+    def close(self) -> CloseHandle:
         """Close the sessions this manager handed out, then release the connections it owns.
-        Idempotent."""
-        await super().close()
+        Idempotent; works awaited or called plainly (see :class:`agentmem.session.CloseHandle`)."""
+        return super().close()
 
     def _check_open(self) -> None:
         if self._closed:

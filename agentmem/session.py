@@ -6,9 +6,15 @@ the reverse.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sys
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
+
+import orjson
 
 from agentmem.errors import SessionClosedError
 from agentmem.items import (
@@ -24,6 +30,7 @@ from agentmem.items import (
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
+    "CloseHandle",
     "Closing",
     "EncodedItem",
     "Session",
@@ -31,11 +38,14 @@ __all__ = [
     "SessionClosedError",
     "SessionItem",
     "decode_item",
+    "decode_stored",
     "encode_item",
     "encode_items",
     "validate_limit",
     "validate_session_id",
 ]
+
+logger = logging.getLogger("agentmem")
 
 
 @runtime_checkable
@@ -65,12 +75,48 @@ class Session(Protocol):
         ...
 
 
+class CloseHandle:
+    """What ``close()`` returns: awaiting it waits until the resources are released.
+
+    ``close()`` marks the object closed at once, whether or not its result is awaited. Called
+    inside a running event loop, the release runs as a task of that loop (awaiting the handle
+    waits for it and raises its error; unawaited, an error is logged on the ``agentmem``
+    logger); called with no loop running (synchronous code), it runs to the end before
+    ``close()`` returns, and any error is raised there.
+    """
+
+    __slots__ = ("_awaited", "_task")
+
+    def __init__(self, task: asyncio.Task[None] | None) -> None:
+        self._task = task
+        self._awaited = False
+        if task is not None:
+            task.add_done_callback(self._report)
+
+    def done(self) -> bool:
+        """Whether the release is over."""
+        return self._task is None or self._task.done()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        self._awaited = True
+        if self._task is not None:
+            yield from self._task.__await__()
+
+    def _report(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here, so asyncio does not report it again
+        if error is not None and not self._awaited:
+            logger.error("close() failed: %s: %s", type(error).__name__, error, exc_info=error)
+
+
 class Closing(ABC):
     """Explicit lifecycle: ``close()`` (idempotent: ``_close`` runs once), ``closed`` and
     ``async with`` (which closes on the way out). Subclasses raise in ``_check_open`` once
     closed."""
 
     _closed: bool = False
+    _closing: CloseHandle | None = None
 
     @abstractmethod
     async def _close(self) -> None:
@@ -80,12 +126,24 @@ class Closing(ABC):
     def _check_open(self) -> None:
         """Raise :class:`SessionClosedError` once ``close()`` has been called."""
 
-    async def close(self) -> None:
-        """Release what this object owns. Idempotent."""
-        if self._closed:
-            return
+    def close(self) -> CloseHandle:
+        """Release what this object owns. Idempotent; works awaited or called plainly.
+
+        ``await x.close()`` returns once everything is released. A plain ``x.close()`` (the
+        OpenAI Agents SDK's synchronous style) closes the object at once and releases its
+        resources before returning when no event loop runs, else in a task of the running loop.
+        """
+        if self._closing is not None:
+            return self._closing
         self._closed = True
-        await self._close()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._closing = CloseHandle(None)
+            asyncio.run(self._close())
+        else:
+            self._closing = CloseHandle(loop.create_task(self._close()))
+        return self._closing
 
     @property
     def closed(self) -> bool:
@@ -113,8 +171,13 @@ class SessionABC(Closing):
 
     Attributes:
         session_id: The conversation's id.
-        session_settings: The OpenAI Agents SDK ``SessionSettings`` (or ``None``); its ``limit``
-            is the default for ``get_items()`` when no limit is passed, as in the SDK's sessions.
+        session_settings: The OpenAI Agents SDK ``SessionSettings``; its ``limit`` is the
+            default for ``get_items()`` when no limit is passed, as in the SDK's sessions. When
+            none is given it is ``SessionSettings()`` if the SDK is imported, else ``None``.
+
+    A stored item that is not valid JSON (written by another program) is skipped by reads, with
+    a warning on the ``agentmem`` logger naming it; ``pop_item`` removes it and returns the next
+    valid item, as the SDK's sessions do.
     """
 
     session_id: str
@@ -156,17 +219,116 @@ class SessionABC(Closing):
     async def clear_session(self) -> None:
         """Remove every item of this session (other sessions are untouched)."""
 
+    async def replace_items(
+        self,
+        items: list[SessionItem],
+        *,
+        newest: int | None = None,
+        if_newest: list[SessionItem] | None = None,
+    ) -> bool:
+        """Replace the history, or its newest items, with ``items``, atomically (one
+        transaction, or one Lua script on Redis): readers see the old history or the new one,
+        never a mix, and a failure changes nothing.
+
+        This is what the OpenAI Agents SDK's ``OpenAIResponsesCompactionSession`` uses to swap
+        a compacted summary in for the items it summarizes.
+
+        Args:
+            items: The new items (checked and encoded before anything is written).
+            newest: Replace only the newest ``newest`` items (all of them if fewer are stored);
+                ``None`` replaces the whole history. Defaults to ``len(if_newest)`` when
+                ``if_newest`` is given.
+            if_newest: Replace only if the newest items stored are equal to these, oldest
+                first (a compare-and-swap); otherwise nothing changes.
+
+        Returns:
+            Whether the history was replaced (false only when ``if_newest`` did not match).
+
+        Raises:
+            TypeError, ValueError: a bad item or argument; nothing is written.
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        encoded = encode_items(items)
+        if if_newest is not None:
+            if not isinstance(if_newest, list):
+                raise TypeError(f"if_newest must be a list, got {type(if_newest).__name__}")
+            if newest is None:
+                newest = len(if_newest)
+            elif newest != len(if_newest):
+                raise ValueError(f"newest={newest} but if_newest holds {len(if_newest)} items")
+        if newest is not None:
+            newest = validate_limit(newest)
+        return await self._replace(encoded, newest, if_newest)
+
+    @abstractmethod
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """:meth:`replace_items` with checked arguments."""
+
+    async def _atomic_replace_items(self, items: list[SessionItem]) -> bool:
+        # The OpenAI Agents SDK's compaction looks this hook up for whole-history replacement.
+        return await self.replace_items(items)
+
+    async def _get_compaction_snapshot(
+        self, limit: int, *, prune_prefix: Callable[[SessionItem], bool] | None = None
+    ) -> Any:
+        """The OpenAI Agents SDK's compaction hook: the newest ``limit`` items and a
+        compare-and-swap replacement of a suffix of them (:meth:`replace_items`)."""
+        if prune_prefix is not None:  # not offered: the SDK then replaces the whole history
+            return None
+        from agents.memory.session import _CompactionSnapshot
+
+        fetched = await self.get_items(limit + 1)
+        items = fetched[len(fetched) - limit :] if limit else []
+
+        async def replace_suffix(start: int, output: list[SessionItem]) -> bool:
+            expected = items[start:]
+            if not expected:
+                return False
+            return await self.replace_items(output, if_newest=expected)
+
+        return _CompactionSnapshot(items, len(fetched) <= limit, replace_suffix)
+
+    async def _read_valid(
+        self, fetch: Callable[[int | None], Awaitable[list[Any]]], limit: int | None
+    ) -> list[SessionItem]:
+        """Decode ``fetch(limit)``'s stored rows; while invalid rows made fewer than ``limit``
+        items, read a wider window (``limit`` counts valid items, as in the SDK)."""
+        window = limit
+        while True:
+            rows = await fetch(window)
+            items, skipped = decode_stored(rows, self.session_id)
+            if not skipped or limit is None or window is None or len(rows) < window:
+                return items
+            if len(items) >= limit:
+                return items[len(items) - limit :]
+            window *= 2
+
+    async def _pop_valid(self, pop: Callable[[], Awaitable[Any]]) -> SessionItem | None:
+        """``pop()`` until it returns a valid item (invalid ones are removed) or nothing."""
+        while True:
+            row = await pop()
+            if row is None:
+                return None
+            items, _ = decode_stored([row], self.session_id)
+            if items:
+                return items[0]
+
     @abstractmethod
     async def _close(self) -> None:
         """Release what this session owns (never what it was handed)."""
 
-    async def close(self) -> None:
+    def close(self) -> CloseHandle:
         """Release the connections this session owns. Idempotent.
 
-        A session built on a connection, engine, client or manager that it was given leaves that
-        resource open: its owner closes it.
+        Works awaited (``await session.close()``) or called plainly (``session.close()``, as the
+        OpenAI Agents SDK's sessions are): see :class:`CloseHandle`. A session built on a
+        connection, engine, client or manager that it was given leaves that resource open: its
+        owner closes it.
         """
-        await super().close()
+        return super().close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -187,9 +349,44 @@ class SessionABC(Closing):
         return f"{type(self).__name__}(session_id={self.session_id!r})"
 
 
+def decode_stored(rows: list[Any], session_id: str) -> tuple[list[SessionItem], int]:
+    """Decode stored items, oldest first, skipping those that are not valid JSON.
+
+    Returns:
+        The items, and how many rows were skipped (each named in a warning on the ``agentmem``
+        logger).
+    """
+    items: list[SessionItem] = []
+    skipped = 0
+    for position, row in enumerate(rows):
+        try:
+            items.append(orjson.loads(row))
+        except orjson.JSONDecodeError as exc:
+            skipped += 1
+            logger.warning(
+                "session %r: skipped stored item %d of %d read (oldest first): not valid JSON "
+                "(%s): %.80r",
+                session_id,
+                position,
+                len(rows),
+                exc,
+                row,
+            )
+    return items, skipped
+
+
 def _coerce_session_settings(value: Any) -> Any:
-    """Turn a ``dict`` into the SDK's ``SessionSettings`` when the SDK is installed."""
-    if value is None or not isinstance(value, dict):
+    """Turn a ``dict`` into the SDK's ``SessionSettings`` when the SDK is installed; ``None``
+    into ``SessionSettings()`` when the SDK is imported (as the SDK's sessions default)."""
+    if value is None:
+        if "agents" not in sys.modules:
+            return None
+        try:
+            from agents.memory.session_settings import SessionSettings
+        except ImportError:
+            return None
+        return SessionSettings()
+    if not isinstance(value, dict):
         return value
     try:
         from agents.memory.session_settings import coerce_session_settings

@@ -175,6 +175,24 @@ async def postgres_session(postgres_engine: Any) -> AsyncIterator[SessionFactory
 
 
 @pytest.fixture
+async def psycopg_session(postgres_url: str) -> AsyncIterator[SessionFactory]:
+    """SQLAlchemySession in the OpenAI Agents SDK's form on a ``postgresql+psycopg`` engine
+    (the SQLAlchemy Core path)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySession
+
+    engine = create_async_engine(postgres_url.replace("+asyncpg://", "+psycopg://", 1))
+
+    def build(session_id: str, **kwargs: Any) -> Session:
+        return SQLAlchemySession(session_id, engine=engine, **kwargs)
+
+    async for make in _closing_factory(build):
+        yield make
+    await engine.dispose()
+
+
+@pytest.fixture
 async def sqlalchemy_sqlite_session(tmp_path: Path) -> AsyncIterator[SessionFactory]:
     """SQLAlchemySession on a caller's aiosqlite engine (tables created on first use)."""
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -325,6 +343,7 @@ BACKENDS = [
         "sqlalchemy_static_pool_session", marks=pytest.mark.sqlite, id="sqlalchemy-static-pool"
     ),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("psycopg_session", marks=pytest.mark.postgres, id="postgres-psycopg"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),
 ]

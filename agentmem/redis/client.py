@@ -175,6 +175,7 @@ class _Connection:
         socket_timeout: float | None,
         socket_connect_timeout: float | None,
         pool_timeout: float | None,
+        extra_options: dict[str, Any] | None = None,
     ) -> None:
         _require_redis()
         if not isinstance(redis_url, str):
@@ -186,6 +187,7 @@ class _Connection:
             raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
         self.url = redis_url
         self.options: dict[str, Any] = {
+            **(extra_options or {}),  # redis-py connection options (password, ssl_*, ...)
             "db": db or 0,
             "max_connections": max_connections,
             "timeout": pool_timeout,
@@ -216,6 +218,7 @@ def _connection_unless_given(
     socket_timeout: float | None,
     socket_connect_timeout: float | None,
     pool_timeout: float | None,
+    extra_options: dict[str, Any] | None = None,
 ) -> _Connection | None:
     """How to connect when no ``client`` was given (``None`` when one was); checks both.
 
@@ -234,6 +237,7 @@ def _connection_unless_given(
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_connect_timeout,
         pool_timeout=pool_timeout,
+        extra_options=extra_options,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
+from agentmem.session import EncodedItem, SessionABC, SessionItem, encode_items
 
 __all__ = ["Operations", "SQLSessionBase"]
 
@@ -34,8 +34,7 @@ class SQLSessionBase(SessionABC):
         resolved = self._resolve_limit(limit)
         if resolved == 0:
             return []
-        rows = await self._ops.get(resolved)
-        return [decode_item(row) for row in rows]
+        return await self._read_valid(self._ops.get, resolved)
 
     async def get_stored_items(self, limit: int | None = None) -> list[str]:
         """The newest ``limit`` items (all with ``None``; ``session_settings`` do not apply) as
@@ -57,8 +56,7 @@ class SQLSessionBase(SessionABC):
 
     async def pop_item(self) -> SessionItem | None:
         self._check_open()
-        row = await self.pop_stored_item()
-        return None if row is None else decode_item(row)
+        return await self._pop_valid(self.pop_stored_item)
 
     async def pop_stored_item(self) -> str | None:
         """Remove the newest item and return its JSON text as stored; ``None`` when empty."""
@@ -68,6 +66,23 @@ class SQLSessionBase(SessionABC):
     async def clear_session(self) -> None:
         self._check_open()
         await self._ops.clear()
+
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        return await self.replace_encoded_items(items, newest=newest, if_newest=expected)
+
+    async def replace_encoded_items(
+        self,
+        items: list[EncodedItem],
+        *,
+        newest: int | None = None,
+        if_newest: list[SessionItem] | None = None,
+    ) -> bool:
+        """:meth:`replace_items` with items already checked and encoded by
+        :func:`agentmem.session.encode_items` (and ``newest`` already checked)."""
+        self._check_open()
+        return await self._ops.replace(items, newest, if_newest)
 
 
 class Operations(ABC):
@@ -84,3 +99,8 @@ class Operations(ABC):
 
     @abstractmethod
     async def clear(self) -> None: ...
+
+    @abstractmethod
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool: ...

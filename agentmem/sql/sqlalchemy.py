@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -37,11 +37,13 @@ from agentmem.manager import (
 from agentmem.session import (
     EncodedItem,
     SessionABC,
+    SessionItem,
     encode_items,
     validate_session_id,
 )
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._core import CoreOperations
 from agentmem.sql.base import Operations, SQLSessionBase
 from agentmem.sql.schema import validate_table_prefix
 
@@ -57,7 +59,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_SUPPORTED = "postgresql+asyncpg and sqlite+aiosqlite"
+_SUPPORTED = (
+    "postgresql+asyncpg, sqlite+aiosqlite and PostgreSQL's other async drivers (postgresql+psycopg)"
+)
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
@@ -166,6 +170,11 @@ class _SharedEngines:
             engine.sync_engine.dispose(close=False)
         return key, entry[0]
 
+    def unshare(self, key: Any) -> None:
+        """Drop a reference counted twice by one holder (never the last one)."""
+        with self._lock:
+            self._engines[key][1] -= 1
+
     async def release(self, key: Any) -> None:
         with self._lock:
             entry = self._engines.get(key)
@@ -232,36 +241,104 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _engine_and_id(
+    args: tuple[Any, ...], engine: AsyncEngine | None, session_id: str | None
+) -> tuple[AsyncEngine, str]:
+    """The engine and the session id from agentmem's ``(engine, session_id)`` form or the
+    SDK's ``(session_id, *, engine=...)`` form."""
+    if len(args) > 2:
+        raise TypeError(
+            f"SQLAlchemySession takes at most 2 positional arguments ({len(args)} given)"
+        )
+    positional = list(args)
+    if positional and isinstance(positional[0], AsyncEngine):
+        if engine is not None:
+            raise TypeError("SQLAlchemySession got the engine twice (positional and engine=)")
+        engine = positional.pop(0)
+    if positional:
+        if session_id is not None:
+            raise TypeError("SQLAlchemySession got the session id twice")
+        session_id = positional.pop(0)
+    if positional:
+        raise TypeError(
+            "SQLAlchemySession takes (engine, session_id) or (session_id, *, engine=...)"
+        )
+    if engine is None:
+        raise TypeError("SQLAlchemySession needs an engine: (engine, session_id) or engine=")
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError(
+            f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
+        )
+    if session_id is None:
+        raise TypeError("SQLAlchemySession needs a session_id")
+    return engine, session_id
+
+
+def _prefix_of(table_prefix: str, sessions_table: str | None, messages_table: str | None) -> str:
+    """The table prefix that ``sessions_table``/``messages_table`` (the SDK's names) stand for."""
+    validate_table_prefix(table_prefix)
+    if sessions_table is None and messages_table is None:
+        return table_prefix
+    prefixes = set()
+    for name, suffix in ((sessions_table, "sessions"), (messages_table, "messages")):
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name.endswith(suffix):
+            raise ValueError(
+                f"table name {name!r} must end with {suffix!r}: agentmem's tables are a prefix "
+                "followed by 'sessions' and 'messages' (as 'agent_sessions', 'agent_messages')"
+            )
+        prefixes.add(name[: -len(suffix)])
+    if table_prefix:
+        prefixes.add(table_prefix)
+    if len(prefixes) != 1:
+        raise ValueError(
+            f"sessions_table={sessions_table!r}, messages_table={messages_table!r} and "
+            f"table_prefix={table_prefix!r} name different table prefixes"
+        )
+    return validate_table_prefix(prefixes.pop())
+
+
 class SQLAlchemySession(SQLSessionBase):
     """Conversation history in the ``sessions``/``messages`` tables of a SQLAlchemy database.
 
     Example:
         >>> engine = create_async_engine("postgresql+asyncpg://app@db/app")
         >>> session = SQLAlchemySession(engine, "user_123")
+        >>> session = SQLAlchemySession("user_123", engine=engine)  # the OpenAI Agents SDK's form
         >>> await Runner.run(agent, "Hello", session=session)
 
     The session borrows the engine: ``close()`` leaves it open. Sessions made with
     :meth:`from_url` share one engine per URL and event loop and dispose it with the last of them.
 
     Args:
-        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
+        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite`` (each
+            operation one statement or one thread call), or on another async PostgreSQL driver
+            such as ``postgresql+psycopg`` (through SQLAlchemy Core: a few statements per
+            operation). Positional before ``session_id``, or by keyword after it.
         session_id: The conversation's id (1-255 characters).
         create_tables: Bring the database to agentmem's current schema on first use (runs the
             Alembic migrations). When false (the default) a database without the schema, or
             behind it, raises :class:`agentmem.SchemaError` naming the command that fixes it.
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions`` and
             ``am_messages``), for databases that already have a ``sessions`` table.
+        sessions_table: The name of the sessions table, as in the SDK: it must be the table
+            prefix followed by ``sessions`` (``"agent_sessions"`` is the prefix ``"agent_"``).
+        messages_table: The name of the messages table: the same prefix followed by
+            ``messages``.
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
-        call_timeout: On PostgreSQL, the seconds one call (connection checkout, schema check
-            and statement) may take before it raises :class:`CallTimeoutError`; ``None`` waits
-            forever. On SQLite it does not apply: a call waits at most SQLite's 30 s busy
-            timeout for another writer's lock.
+        call_timeout: On PostgreSQL through asyncpg, the seconds one call (connection checkout,
+            schema check and statement) may take before it raises :class:`CallTimeoutError`;
+            ``None`` waits forever. It does not apply to SQLite (a call waits at most SQLite's
+            30 s busy timeout for another writer's lock) nor to the other drivers.
 
     Raises:
+        TypeError: the engine or session id is missing, given twice, or of the wrong type.
         ValueError: the engine's driver is not supported, or an argument is invalid.
     """
 
+    @overload
     def __init__(
         self,
         engine: AsyncEngine,
@@ -269,15 +346,41 @@ class SQLAlchemySession(SQLSessionBase):
         *,
         create_tables: bool = False,
         table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
+        session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        engine: AsyncEngine,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
+        session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        *args: Any,
+        engine: AsyncEngine | None = None,
+        session_id: str | None = None,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
+        engine, session_id = _engine_and_id(args, engine, session_id)
         super().__init__(session_id, session_settings)
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy.ext.asyncio.AsyncEngine, got {type(engine).__name__}"
-            )
-        self._table_prefix = validate_table_prefix(table_prefix)
+        self._table_prefix = _prefix_of(table_prefix, sessions_table, messages_table)
         self._create_tables = create_tables
         self._engine: AsyncEngine | None = engine
         self._url: str | None = None
@@ -294,6 +397,8 @@ class SQLAlchemySession(SQLSessionBase):
         url: str,
         create_tables: bool = False,
         table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
@@ -313,7 +418,7 @@ class SQLAlchemySession(SQLSessionBase):
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
         SessionABC.__init__(self, session_id, session_settings)
-        self._table_prefix = validate_table_prefix(table_prefix)
+        self._table_prefix = _prefix_of(table_prefix, sessions_table, messages_table)
         self._create_tables = create_tables
         self._engine = None
         self._url = migrate.async_url(url)
@@ -333,6 +438,8 @@ class SQLAlchemySession(SQLSessionBase):
         elif kind == "sqlite+aiosqlite":
             self._lite = _sql.sqlite_statements(self._table_prefix)
             self._ops = _AiosqliteOperations(self)
+        elif dialect == "postgresql":
+            self._ops = CoreOperations(self)
         else:
             raise ValueError(f"SQLAlchemySession supports {_SUPPORTED}, not {kind}")
 
@@ -366,8 +473,18 @@ class SQLAlchemySession(SQLSessionBase):
     def _server(self) -> str:
         return _server_name(self._engine, self._url)
 
-    async def engine(self) -> AsyncEngine:
-        """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
+    @property
+    def engine(self) -> AsyncEngine:
+        """The ``AsyncEngine`` of this session: the one it was given, or (a ``from_url``
+        session, read from async code) the running event loop's engine of its URL.
+
+        Raises:
+            RuntimeError: a ``from_url`` session's engine read with no event loop running.
+        """
+        return _loop_engine(self._engine, self._url, self._engine_options, self._engine_keys)
+
+    async def _ready_engine(self) -> AsyncEngine:
+        """This event loop's engine, with agentmem's schema checked (or created)."""
         self._check_open()
         engine = await _engine_of(self._engine, self._url, self._engine_options, self._engine_keys)
         await _schemas.ensure(engine, self._table_prefix, self._create_tables)
@@ -389,7 +506,7 @@ class _EngineUser(Protocol):
     @property
     def table_prefix(self) -> str: ...
 
-    async def engine(self) -> AsyncEngine: ...
+    async def _ready_engine(self) -> AsyncEngine: ...
 
     def _driver_timeout(self) -> float | None: ...
 
@@ -429,7 +546,7 @@ async def _with_driver(
 
 async def _attempts(session: _EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
     for attempt in (1, 2):
-        engine = await session.engine()
+        engine = await session._ready_engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
         pooled = await engine.raw_connection()
         driver = pooled.driver_connection
@@ -537,6 +654,38 @@ class _AsyncpgOperations(_EngineOperations):
         # other clients added (and were told were stored) in between.
         await _with_driver(self.session, lambda c: c.execute(sql, self.session_id), retry=False)
 
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        sql = self.session._pg
+        session_id = self.session_id
+
+        async def run(c: Any) -> bool:
+            transaction = c.transaction()
+            await transaction.start()
+            try:
+                await c.execute(sql.touch, session_id)
+                if newest is None:
+                    await c.execute(sql.delete_all, session_id)
+                elif newest > 0:
+                    rows = list(reversed(await c.fetch(sql.newest_rows, session_id, newest)))
+                    if expected is not None and not _sql.same_items(
+                        [row[1] for row in rows], expected
+                    ):
+                        await transaction.rollback()
+                        return False
+                    await c.execute(sql.delete_ids, session_id, [row[0] for row in rows])
+                if items:
+                    data, roles, types = zip(*items, strict=True)
+                    await c.execute(sql.add, session_id, data, roles, types)
+            except Exception:  # a cancel: _attempts drops the connection, which rolls back
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+            return True
+
+        return await _with_driver(self.session, run, retry=False)
+
 
 async def _engine_of(
     engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
@@ -546,12 +695,34 @@ async def _engine_of(
     if engine is not None:
         return engine
     assert url is not None
+    return _engine_now(url, options, keys)
+
+
+def _engine_now(url: str, options: dict[str, Any], keys: list[Any]) -> AsyncEngine:
+    """This event loop's shared engine of ``url``, counted once in ``keys``."""
     key, shared = _shared_engines.acquire(url, options)
     if key in keys:
-        await _shared_engines.release(key)  # already counted for this holder
+        _shared_engines.unshare(key)  # already counted for this holder
     else:
         keys.append(key)
     return shared
+
+
+def _loop_engine(
+    engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
+) -> AsyncEngine:
+    """The ``engine`` attribute: the engine given, or the running loop's engine of ``url``."""
+    if engine is not None:
+        return engine
+    assert url is not None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "the engine of a from_url session or manager belongs to an event loop: read "
+            "`engine` from async code"
+        ) from None
+    return _engine_now(url, options, keys)
 
 
 async def _release_engines(keys: list[Any]) -> None:
@@ -605,6 +776,19 @@ class _AiosqliteOperations(_EngineOperations):
 
     async def clear(self) -> None:
         await self._in_thread(_sql.sqlite_clear, self.session._lite, self.session_id, retry=False)
+
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        return await self._in_thread(
+            _sql.sqlite_replace,
+            self.session._lite,
+            self.session_id,
+            items,
+            newest,
+            expected,
+            retry=False,
+        )
 
 
 # --- the manager -------------------------------------------------------------------------------
@@ -710,9 +894,18 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     def _server(self) -> str:
         return _server_name(self._engine, self._url)
 
-    async def engine(self) -> AsyncEngine:
-        """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
-        with agentmem's schema checked (or created, with ``create_tables``)."""
+    @property
+    def engine(self) -> AsyncEngine:
+        """The ``AsyncEngine`` of the manager: the one it was given, or (a ``from_url``
+        manager, read from async code) the running event loop's engine of its URL.
+
+        Raises:
+            RuntimeError: a ``from_url`` manager's engine read with no event loop running.
+        """
+        return _loop_engine(self._engine, self._url, self._engine_options, self._engine_keys)
+
+    async def _ready_engine(self) -> AsyncEngine:
+        """This event loop's engine, with agentmem's schema checked (or created)."""
         engine = await self._current_engine()
         await _schemas.ensure(engine, self._table_prefix, self._create_tables)
         return engine

@@ -242,6 +242,11 @@ class _ThreadOperations(Operations):
     async def clear(self) -> None:
         await self._run(_sql.sqlite_clear)
 
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[Any] | None
+    ) -> bool:
+        return await self._run(_sql.sqlite_replace, items, newest, expected)
+
 
 def _resolve(db_path: object) -> str:
     """``":memory:"``, or the absolute path of a database file whose directory exists."""
