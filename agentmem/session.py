@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -75,21 +75,24 @@ class Session(Protocol):
         ...
 
 
-class CloseHandle:
+class CloseHandle(Coroutine[Any, Any, None]):
     """What ``close()`` returns: awaiting it waits until the resources are released.
 
     ``close()`` marks the object closed at once, whether or not its result is awaited. Called
     inside a running event loop, the release runs as a task of that loop (awaiting the handle
     waits for it and raises its error; unawaited, an error is logged on the ``agentmem``
     logger); called with no loop running (synchronous code), it runs to the end before
-    ``close()`` returns, and any error is raised there.
+    ``close()`` returns, and any error is raised there. The handle is a coroutine, so
+    ``asyncio.run(session.close())`` and ``asyncio.gather(...)`` take it too; left unawaited
+    it never warns.
     """
 
-    __slots__ = ("_awaited", "_task")
+    __slots__ = ("_awaited", "_steps", "_task")
 
     def __init__(self, task: asyncio.Task[None] | None) -> None:
         self._task = task
         self._awaited = False
+        self._steps: Generator[Any, None, None] | None = None
         if task is not None:
             task.add_done_callback(self._report)
 
@@ -101,6 +104,21 @@ class CloseHandle:
         self._awaited = True
         if self._task is not None:
             yield from self._task.__await__()
+
+    def _started(self) -> Generator[Any, None, None]:
+        if self._steps is None:
+            self._steps = self.__await__()
+        return self._steps
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._started().throw(*args)
+
+    def close(self) -> None:
+        if self._steps is not None:
+            self._steps.close()
 
     def _report(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -281,7 +299,7 @@ class SessionABC(Closing):
         from agents.memory.session import _CompactionSnapshot
 
         fetched = await self.get_items(limit + 1)
-        items = fetched[len(fetched) - limit :] if limit else []
+        items = fetched[max(0, len(fetched) - limit) :] if limit else []
 
         async def replace_suffix(start: int, output: list[SessionItem]) -> bool:
             expected = items[start:]

@@ -211,11 +211,11 @@ async def test_a_killed_connection_is_replaced_and_reads_retry(postgres_url: str
 
 async def test_engine_must_be_an_async_engine() -> None:
     with pytest.raises(TypeError, match="AsyncEngine"):
-        SQLAlchemySession("not an engine", unique_id())  # type: ignore[arg-type]
+        SQLAlchemySession("not an engine", unique_id())  # type: ignore[call-overload]
 
 
 def test_from_url_refuses_other_databases() -> None:
-    with pytest.raises(ValueError, match="supports postgresql\\+asyncpg and sqlite\\+aiosqlite"):
+    with pytest.raises(ValueError, match="supports postgresql\\+asyncpg, sqlite\\+aiosqlite"):
         SQLAlchemySession.from_url(unique_id(), url="mysql+aiomysql://u@h/db")
 
 

@@ -32,7 +32,6 @@ from agentmem.manager import (
 from agentmem.redis.client import (
     DEFAULT_URL,
     TTL,
-    RedisError,
     _Connection,
     _connection_unless_given,
     _decode_tag,
@@ -293,6 +292,8 @@ class RedisSession(SessionABC):
         Raises:
             SessionClosedError: the session (or its manager) was closed.
         """
+        from redis.exceptions import RedisError
+
         client = self._client()
         try:
             return bool(await _settled(client.ping()))

@@ -251,6 +251,11 @@ def _engine_and_id(
             f"SQLAlchemySession takes at most 2 positional arguments ({len(args)} given)"
         )
     positional = list(args)
+    if len(positional) == 2 and not isinstance(positional[0], AsyncEngine):
+        raise TypeError(
+            "engine must be a sqlalchemy.ext.asyncio.AsyncEngine, "
+            f"got {type(positional[0]).__name__}"
+        )
     if positional and isinstance(positional[0], AsyncEngine):
         if engine is not None:
             raise TypeError("SQLAlchemySession got the engine twice (positional and engine=)")
