@@ -397,3 +397,32 @@ async def test_redis_ping_answers_false_when_unreachable() -> None:
     session = RedisSession.from_url(unique_id(), url="redis://127.0.0.1:1")
     assert await session.ping() is False
     await session.close()
+
+
+@pytest.mark.sqlite
+async def test_sqlite_session_takes_the_sdks_table_names(tmp_path: Path) -> None:
+    session = SQLiteSession("s", tmp_path / "names.db", "agent_sessions", "agent_messages")
+    assert session.table_prefix == "agent_"
+    await session.add_items([msg("user", "hi")])
+    assert await session.get_items() == [msg("user", "hi")]
+    session.close()
+
+
+async def test_sdk_encrypted_session_over_agentmem(make_session: SessionFactory) -> None:
+    from agents.extensions.memory import EncryptedSession
+
+    store = await make_session()
+    session = EncryptedSession(store.session_id, store, encryption_key="k" * 32)  # type: ignore[arg-type]
+    model = ScriptedModel([[assistant_message("San Francisco")], [assistant_message("CA")]])
+    agent = Agent(name="A", model=model)
+    await Runner.run(agent, "Where is the bridge?", session=session)
+    await Runner.run(agent, "Which state?", session=session)
+    assert [item.get("content") for item in model.calls[1].input][:1] == ["Where is the bridge?"]
+    stored = await store.get_items()
+    assert len(stored) == 4 and all("Where" not in json_text(item) for item in stored)
+
+
+def json_text(item: Any) -> str:
+    import json
+
+    return json.dumps(item)

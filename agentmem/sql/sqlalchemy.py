@@ -45,7 +45,7 @@ from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._core import CoreOperations
 from agentmem.sql.base import Operations, SQLSessionBase
-from agentmem.sql.schema import validate_table_prefix
+from agentmem.sql.schema import table_prefix_for, validate_table_prefix
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
@@ -279,31 +279,6 @@ def _engine_and_id(
     return engine, session_id
 
 
-def _prefix_of(table_prefix: str, sessions_table: str | None, messages_table: str | None) -> str:
-    """The table prefix that ``sessions_table``/``messages_table`` (the SDK's names) stand for."""
-    validate_table_prefix(table_prefix)
-    if sessions_table is None and messages_table is None:
-        return table_prefix
-    prefixes = set()
-    for name, suffix in ((sessions_table, "sessions"), (messages_table, "messages")):
-        if name is None:
-            continue
-        if not isinstance(name, str) or not name.endswith(suffix):
-            raise ValueError(
-                f"table name {name!r} must end with {suffix!r}: agentmem's tables are a prefix "
-                "followed by 'sessions' and 'messages' (as 'agent_sessions', 'agent_messages')"
-            )
-        prefixes.add(name[: -len(suffix)])
-    if table_prefix:
-        prefixes.add(table_prefix)
-    if len(prefixes) != 1:
-        raise ValueError(
-            f"sessions_table={sessions_table!r}, messages_table={messages_table!r} and "
-            f"table_prefix={table_prefix!r} name different table prefixes"
-        )
-    return validate_table_prefix(prefixes.pop())
-
-
 class SQLAlchemySession(SQLSessionBase):
     """Conversation history in the ``sessions``/``messages`` tables of a SQLAlchemy database.
 
@@ -385,7 +360,7 @@ class SQLAlchemySession(SQLSessionBase):
     ) -> None:
         engine, session_id = _engine_and_id(args, engine, session_id)
         super().__init__(session_id, session_settings)
-        self._table_prefix = _prefix_of(table_prefix, sessions_table, messages_table)
+        self._table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         self._create_tables = create_tables
         self._engine: AsyncEngine | None = engine
         self._url: str | None = None
@@ -423,7 +398,7 @@ class SQLAlchemySession(SQLSessionBase):
             raise ValueError("url must be a database URL such as postgresql://user@host/db")
         self = cls.__new__(cls)
         SessionABC.__init__(self, session_id, session_settings)
-        self._table_prefix = _prefix_of(table_prefix, sessions_table, messages_table)
+        self._table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         self._create_tables = create_tables
         self._engine = None
         self._url = migrate.async_url(url)

@@ -43,7 +43,7 @@ from agentmem.session import EncodedItem, encode_items, validate_session_id
 from agentmem.sql import _manage, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql.base import Operations, SQLSessionBase
-from agentmem.sql.schema import validate_table_prefix
+from agentmem.sql.schema import table_prefix_for, validate_table_prefix
 
 __all__ = ["SQLiteSession", "SQLiteSessionManager"]
 
@@ -281,6 +281,9 @@ class SQLiteSession(SQLSessionBase):
     Args:
         session_id: The conversation's id (1-255 characters).
         db_path: ``":memory:"`` (default) or the path of the database file.
+        sessions_table: The OpenAI Agents SDK's table-name argument: a table prefix followed
+            by ``sessions`` (``"agent_sessions"`` is the prefix ``"agent_"``).
+        messages_table: The same prefix followed by ``messages``.
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions``...).
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
@@ -297,12 +300,14 @@ class SQLiteSession(SQLSessionBase):
         self,
         session_id: str,
         db_path: str | PathLike[str] = MEMORY,
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         *,
         table_prefix: str = "",
         session_settings: Any = None,
     ) -> None:
         super().__init__(session_id, session_settings)
-        validate_table_prefix(table_prefix)
+        table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         target = _resolve(db_path)
         self.db_path = target
         self._database = _files.acquire(target, table_prefix)
