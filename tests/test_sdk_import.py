@@ -134,7 +134,11 @@ async def test_the_sdks_sqlalchemy_tables_into_agentmem_redis(
         )
         assert await session.get_items() == items
 
-    missing = cli("sessions", "import", "--sdk", source, "--url", REDIS_URL, cwd=tmp_path)
+    missing = cli(
+        *("sessions", "import", "--sdk", source, "--url", REDIS_URL),
+        *("--sdk-sessions-table", f"{name}_absent_sessions"),
+        cwd=tmp_path,
+    )
     assert missing.returncode == 1
     assert "cannot read the OpenAI Agents SDK's sessions" in missing.stderr
     assert "--sdk-sessions-table" in missing.stderr
