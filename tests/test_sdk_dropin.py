@@ -194,6 +194,24 @@ async def test_replace_items(make_session: SessionFactory) -> None:
     assert await session.get_items() == [msg("user", "after")]
 
 
+async def test_replace_if_newest_never_loses_a_concurrent_append(
+    make_session: SessionFactory,
+) -> None:
+    session = await make_session()
+    history = [msg("user", f"q{i}") for i in range(4)]
+    await session.add_items(history)
+    summary, late = msg("user", "summary"), msg("user", "late")
+    replaced, _ = await asyncio.gather(
+        session.replace_items([summary], if_newest=history[2:]),  # type: ignore[attr-defined]
+        session.add_items([late]),
+    )
+    after = await session.get_items()
+    if replaced:
+        assert after == [*history[:2], summary, late]
+    else:
+        assert after == [*history, late]
+
+
 # --- the SDK's compaction session, with the real Runner -----------------------------------------
 
 
