@@ -63,6 +63,8 @@ _SUPPORTED = (
     "postgresql+asyncpg, sqlite+aiosqlite and PostgreSQL's other async drivers (postgresql+psycopg)"
 )
 
+_MANAGED = "postgresql+asyncpg and sqlite+aiosqlite"
+
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
 
@@ -856,7 +858,10 @@ class SQLAlchemySessionManager(SessionManagerABC[SQLAlchemySession]):
     ) -> None:
         self._kind = f"{dialect}+{driver}"
         if self._kind not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-            raise ValueError(f"SQLAlchemySessionManager supports {_SUPPORTED}, not {self._kind}")
+            raise ValueError(
+                f"SQLAlchemySessionManager supports {_MANAGED}, not {self._kind}"
+                + ("; SQLAlchemySession takes it" if dialect == "postgresql" else "")
+            )
         self._table_prefix = validate_table_prefix(table_prefix)
         self._create_tables = create_tables
         self._call_timeout = _validate_call_timeout(call_timeout)
