@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
@@ -81,16 +82,22 @@ class CloseHandle(Coroutine[Any, Any, None]):
     ``close()`` marks the object closed at once, whether or not its result is awaited. Called
     inside a running event loop, the release runs as a task of that loop (awaiting the handle
     waits for it and raises its error; unawaited, an error is logged on the ``agentmem``
-    logger); called with no loop running (synchronous code), it runs to the end before
-    ``close()`` returns, and any error is raised there. The handle is a coroutine, so
-    ``asyncio.run(session.close())`` and ``asyncio.gather(...)`` take it too; left unawaited
-    it never warns.
+    logger). Called with no loop running, the release runs in the loop that runs the handle
+    (``asyncio.run(session.close())``, ``runner.run(session.close())``), or, when the handle is
+    dropped unawaited (the OpenAI Agents SDK's plain ``session.close()``), right then, in a loop
+    of its own (an error is logged). The handle is a coroutine that never warns when left
+    unawaited.
     """
 
-    __slots__ = ("_awaited", "_steps", "_task")
+    __slots__ = ("__weakref__", "_awaited", "_release", "_steps", "_task")
 
-    def __init__(self, task: asyncio.Task[None] | None) -> None:
+    def __init__(
+        self,
+        task: asyncio.Task[None] | None = None,
+        release: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         self._task = task
+        self._release = release
         self._awaited = False
         self._steps: Generator[Any, None, None] | None = None
         if task is not None:
@@ -98,10 +105,13 @@ class CloseHandle(Coroutine[Any, Any, None]):
 
     def done(self) -> bool:
         """Whether the release is over."""
-        return self._task is None or self._task.done()
+        return self._release is None and (self._task is None or self._task.done())
 
     def __await__(self) -> Generator[Any, None, None]:
         self._awaited = True
+        if self._release is not None:  # started by the loop that runs this handle
+            release, self._release = self._release, None
+            self._task = asyncio.ensure_future(release())
         if self._task is not None:
             yield from self._task.__await__()
 
@@ -120,12 +130,30 @@ class CloseHandle(Coroutine[Any, Any, None]):
         if self._steps is not None:
             self._steps.close()
 
+    def __del__(self) -> None:
+        release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            try:
+                asyncio.run(release())
+            except Exception as error:
+                _log_close_error(error)
+        else:
+            loop.create_task(release()).add_done_callback(self._report)
+
     def _report(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         error = task.exception()  # retrieved here, so asyncio does not report it again
         if error is not None and not self._awaited:
-            logger.error("close() failed: %s: %s", type(error).__name__, error, exc_info=error)
+            _log_close_error(error)
+
+
+def _log_close_error(error: BaseException) -> None:
+    logger.error("close() failed: %s: %s", type(error).__name__, error, exc_info=error)
 
 
 class Closing(ABC):
@@ -134,7 +162,7 @@ class Closing(ABC):
     closed."""
 
     _closed: bool = False
-    _closing: CloseHandle | None = None
+    _closing: Callable[[], CloseHandle | None] | None = None
 
     @abstractmethod
     async def _close(self) -> None:
@@ -145,23 +173,21 @@ class Closing(ABC):
         """Raise :class:`SessionClosedError` once ``close()`` has been called."""
 
     def close(self) -> CloseHandle:
-        """Release what this object owns. Idempotent; works awaited or called plainly.
-
-        ``await x.close()`` returns once everything is released. A plain ``x.close()`` (the
-        OpenAI Agents SDK's synchronous style) closes the object at once and releases its
-        resources before returning when no event loop runs, else in a task of the running loop.
-        """
-        if self._closing is not None:
-            return self._closing
+        """Release what this object owns. Idempotent; works awaited or called plainly (the
+        OpenAI Agents SDK's synchronous style): see :class:`CloseHandle`."""
+        if self._closed:
+            handle = self._closing() if self._closing is not None else None
+            return handle if handle is not None else CloseHandle()
         self._closed = True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._closing = CloseHandle(None)
-            asyncio.run(self._close())
+            handle = CloseHandle(release=self._close)
+            self._closing = weakref.ref(handle)  # a dropped handle releases at once
         else:
-            self._closing = CloseHandle(loop.create_task(self._close()))
-        return self._closing
+            handle = CloseHandle(loop.create_task(self._close()))
+            self._closing = lambda: handle
+        return handle
 
     @property
     def closed(self) -> bool:

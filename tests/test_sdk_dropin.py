@@ -140,15 +140,27 @@ async def test_close_awaited_releases_before_returning(make_session: SessionFact
 
 def test_close_without_an_event_loop_releases_at_once(tmp_path: Path) -> None:
     path = tmp_path / "plain.db"
+    wal = tmp_path / "plain.db-wal"  # present while a connection to the file is open
     session = SQLiteSession("plain", path)
     asyncio.run(session.add_items([msg("user", "hi")]))
+    assert wal.exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        session.close()  # the SDK's style, in synchronous code
+        assert session.closed
+        assert not wal.exists()  # its connection was closed
+        assert session.close().done()
+
+
+def test_close_run_by_a_runner_releases_in_its_loop(tmp_path: Path) -> None:
+    wal = tmp_path / "runner.db-wal"
+    with asyncio.Runner() as runner:
+        session = SQLiteSession("runner", tmp_path / "runner.db")
+        runner.run(session.add_items([msg("user", "hi")]))
         handle = session.close()
-        assert handle.done() and session.closed
-    # The file was closed: it can be removed and reopened from scratch.
-    path.unlink()
-    assert asyncio.run(SQLiteSession("plain", path).get_items()) == []
+        assert session.closed and not handle.done() and wal.exists()
+        runner.run(handle)
+        assert handle.done() and not wal.exists()
 
 
 async def test_managers_close_plainly_too(tmp_path: Path) -> None:
