@@ -16,7 +16,7 @@ from agentmem.errors import (
     SchemaError,
     SessionClosedError,
 )
-from agentmem.session import Session, SessionABC
+from agentmem.session import CloseHandle, Session, SessionABC
 
 if TYPE_CHECKING:
     from agentmem.cache.session import CachedSession, CachedSessionManager
@@ -28,6 +28,7 @@ __all__ = [
     "CachedSession",
     "CachedSessionManager",
     "CallTimeoutError",
+    "CloseHandle",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",
