@@ -400,6 +400,10 @@ def decode_stored(rows: list[Any], session_id: str) -> tuple[list[SessionItem], 
         The items, and how many rows were skipped (each named in a warning on the ``agentmem``
         logger).
     """
+    try:
+        return [orjson.loads(row) for row in rows], 0  # the common case: one pass
+    except orjson.JSONDecodeError:
+        pass
     items: list[SessionItem] = []
     skipped = 0
     for position, row in enumerate(rows):
