@@ -31,7 +31,7 @@ from agentmem.errors import (
     SessionLockTimeout,
 )
 from agentmem.forks import ForkOrigin, ItemCursor
-from agentmem.session import Session, SessionABC
+from agentmem.session import CloseHandle, Session, SessionABC
 
 if TYPE_CHECKING:
     from agentmem.advanced import AdvancedSession
@@ -55,6 +55,7 @@ __all__ = [
     "DecryptionError",
     "EncryptedSession",
     "EncryptionError",
+    "CloseHandle",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",

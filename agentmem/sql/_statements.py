@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
+import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -54,6 +55,10 @@ class PostgresStatements:
     select_newest: str
     pop: str
     clear: str
+    touch: str
+    newest_rows: str
+    delete_all: str
+    delete_ids: str
 
 
 @cache
@@ -91,6 +96,16 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
             f"AND EXISTS (SELECT 1 FROM d)) SELECT message_data FROM d"
         ),
         clear=f"DELETE FROM {s} WHERE session_id = $1",  # messages go by ON DELETE CASCADE
+        # The replacement's first statement: takes the session row's lock.
+        touch=(
+            f"INSERT INTO {s} (session_id, created_at, updated_at) VALUES ($1, now(), now()) "
+            f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at"
+        ),
+        newest_rows=(
+            f"SELECT id, message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
+        ),
+        delete_all=f"DELETE FROM {m} WHERE session_id = $1",
+        delete_ids=f"DELETE FROM {m} WHERE session_id = $1 AND id = ANY($2::bigint[])",
     )
 
 
@@ -106,6 +121,8 @@ class SQLiteStatements:
     pop: str
     clear_messages: str
     clear_session: str
+    newest_rows: str
+    delete_id: str
 
 
 @cache
@@ -132,6 +149,10 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
         # Explicit, so that it does not depend on PRAGMA foreign_keys being on.
         clear_messages=f"DELETE FROM {m} WHERE session_id = ?",
         clear_session=f"DELETE FROM {s} WHERE session_id = ?",
+        newest_rows=(
+            f"SELECT id, message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+        ),
+        delete_id=f"DELETE FROM {m} WHERE id = ?",
     )
 
 
@@ -292,6 +313,41 @@ def sqlite_pop(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str)
             now = sqlite_now()
             conn.execute(sql.touch, (session_id, now, now))
     return None if row is None else str(row[0])
+
+
+def same_items(rows: Sequence[str], expected: Sequence[Any]) -> bool:
+    """Whether stored JSON texts ``rows`` hold exactly the items ``expected`` (oldest first)."""
+    if len(rows) != len(expected):
+        return False
+    try:
+        return all(orjson.loads(row) == item for row, item in zip(rows, expected, strict=True))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def sqlite_replace(
+    conn: sqlite3.Connection,
+    sql: SQLiteStatements,
+    session_id: str,
+    items: Sequence[EncodedItem],
+    newest: int | None,
+    expected: Sequence[Any] | None,
+) -> bool:
+    """Replace the history (``newest=None``) or its newest rows, in one transaction; false
+    (nothing changed) when those rows do not hold ``expected``."""
+    now = sqlite_now()
+    with _WriteTransaction(conn):
+        if newest is None:
+            conn.execute(sql.clear_messages, (session_id,))
+        elif newest > 0:
+            rows = conn.execute(sql.newest_rows, (session_id, newest)).fetchall()
+            rows.reverse()
+            if expected is not None and not same_items([row[1] for row in rows], expected):
+                return False
+            conn.executemany(sql.delete_id, [(row[0],) for row in rows])
+        conn.execute(sql.touch, (session_id, now, now))
+        conn.executemany(sql.insert, [(session_id, *item, now, None) for item in items])
+    return True
 
 
 def sqlite_clear(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> None:

@@ -45,7 +45,7 @@ from agentmem.sql import _manage, _sqlite_schema, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._locks import FileSessionLock, lock_file
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
-from agentmem.sql.schema import validate_table_prefix
+from agentmem.sql.schema import table_prefix_for, validate_table_prefix
 from agentmem.windows import WindowMode
 
 __all__ = ["SQLiteSession", "SQLiteSessionManager"]
@@ -250,6 +250,11 @@ class _ThreadOperations(Operations):
     async def origin(self) -> ForkOrigin | None:
         return await self._run_window(_windows.sqlite_fork_origin)
 
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[Any] | None
+    ) -> bool:
+        return await self._run(_sql.sqlite_replace, items, newest, expected)
+
 
 def _resolve(db_path: object) -> str:
     """``":memory:"``, or the absolute path of a database file whose directory exists."""
@@ -284,6 +289,9 @@ class SQLiteSession(SQLSessionBase):
     Args:
         session_id: The conversation's id (1-255 characters).
         db_path: ``":memory:"`` (default) or the path of the database file.
+        sessions_table: The OpenAI Agents SDK's table-name argument: a table prefix followed
+            by ``sessions`` (``"agent_sessions"`` is the prefix ``"agent_"``).
+        messages_table: The same prefix followed by ``messages``.
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions``...).
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
@@ -303,6 +311,8 @@ class SQLiteSession(SQLSessionBase):
         self,
         session_id: str,
         db_path: str | PathLike[str] = MEMORY,
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         *,
         table_prefix: str = "",
         session_settings: Any = None,
@@ -312,7 +322,7 @@ class SQLiteSession(SQLSessionBase):
         super().__init__(
             session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
-        validate_table_prefix(table_prefix)
+        table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         target = _resolve(db_path)
         self.db_path = target
         self._database = _files.acquire(target, table_prefix)
