@@ -50,13 +50,8 @@ async def write_raw(session: Any, texts: list[str]) -> None:
         await session.add_encoded_items([EncodedItem(text, None, None) for text in texts])
         return
     assert isinstance(session, RedisSession)
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(REDIS_URL)
-    try:
-        await client.rpush(session.messages_key, *texts)
-    finally:
-        await client.aclose()
+    # The session's own client: a Redis server or a Redis Cluster.
+    await session._client().rpush(session.messages_key, *texts)
 
 
 # --- defaults and edges -------------------------------------------------------------------------

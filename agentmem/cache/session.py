@@ -823,6 +823,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             "max_cached_items": max_cached_items,
             **asdict(options),
         }
+        del self._options["extra_options"]  # RedisSession's alone: CachedSession has none
         self._closed = False
 
     def get_session(

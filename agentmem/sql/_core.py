@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agentmem._batch import new_batch_id
 from agentmem.forks import ForkOrigin
 from agentmem.session import EncodedItem, SessionItem
 from agentmem.sql import _windows
@@ -78,7 +79,10 @@ class CoreOperations(Operations):
             )
         )
 
-    async def _insert(self, conn: AsyncConnection, items: list[EncodedItem]) -> None:
+    async def _insert(
+        self, conn: AsyncConnection, items: list[EncodedItem], batch_id: str | None = None
+    ) -> None:
+        """Insert ``items``, the first one marked with ``batch_id``."""
         if items:
             await conn.execute(
                 insert(self.tables.messages),
@@ -88,8 +92,9 @@ class CoreOperations(Operations):
                         "message_data": item.json,
                         "role": item.role,
                         "item_type": item.item_type,
+                        "batch_id": batch_id if index == 0 else None,
                     }
-                    for item in items
+                    for index, item in enumerate(items)
                 ],
             )
 
@@ -108,9 +113,17 @@ class CoreOperations(Operations):
 
     async def add(self, items: list[EncodedItem]) -> None:
         engine = await self.holder._ready_engine()
+        messages = self.tables.messages
+        batch_id = new_batch_id()
         async with engine.begin() as conn:
-            await self._touch(conn)
-            await self._insert(conn, items)
+            await self._touch(conn)  # the session row's lock: attempts of one batch take turns
+            stored = await conn.execute(
+                select(messages.c.id)
+                .where(messages.c.session_id == self.session_id, messages.c.batch_id == batch_id)
+                .limit(1)
+            )
+            if stored.first() is None:  # else a retried call whose first attempt was stored
+                await self._insert(conn, items, batch_id)
 
     async def pop(self) -> str | None:
         messages, sessions = self.tables.messages, self.tables.sessions
