@@ -31,7 +31,7 @@ from agentmem.errors import (
     SessionLockTimeout,
 )
 from agentmem.forks import ForkOrigin, ItemCursor
-from agentmem.session import Session, SessionABC
+from agentmem.session import CloseHandle, Session, SessionABC
 
 if TYPE_CHECKING:
     from agentmem.advanced import AdvancedSession
@@ -57,6 +57,7 @@ __all__ = [
     "EncryptedSession",
     "EncryptionError",
     "ItemPage",
+    "CloseHandle",
     "MissingDependencyError",
     "RedisSession",
     "RedisSessionManager",

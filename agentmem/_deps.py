@@ -33,9 +33,8 @@ def _missing(package: str, command: str) -> MissingDependencyError:
 _DRIVERS: Final = {
     "postgresql": ("asyncpg", pip_install("postgres")),
     "postgresql+asyncpg": ("asyncpg", pip_install("postgres")),
-    # No agentmem extra installs psycopg.
-    "postgresql+psycopg": ("psycopg", 'pip install "psycopg[binary]"'),
-    "postgresql+psycopg_async": ("psycopg", 'pip install "psycopg[binary]"'),
+    "postgresql+psycopg": ("psycopg", pip_install("psycopg")),
+    "postgresql+psycopg_async": ("psycopg", pip_install("psycopg")),
     "redis": ("redis", pip_install("redis")),
     "rediss": ("redis", pip_install("redis")),
     "unix": ("redis", pip_install("redis")),

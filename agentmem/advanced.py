@@ -28,7 +28,7 @@ from os import PathLike
 from typing import Any, Protocol, Self, runtime_checkable
 
 from agentmem.forks import ForkOrigin, ItemCursor
-from agentmem.items import MAX_SESSION_ID_LENGTH, SessionItem
+from agentmem.items import MAX_SESSION_ID_LENGTH, EncodedItem, SessionItem, decode_item
 from agentmem.session import SessionABC
 
 __all__ = [
@@ -95,6 +95,14 @@ class BranchableSession(Protocol):
     async def pop_item(self) -> SessionItem | None: ...
 
     async def clear_session(self) -> None: ...
+
+    async def replace_items(
+        self,
+        items: list[SessionItem],
+        *,
+        newest: int | None = None,
+        if_newest: list[SessionItem] | None = None,
+    ) -> bool: ...
 
     async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Any: ...
 
@@ -382,6 +390,15 @@ class AdvancedSession(SessionABC):
             await self._record("clear", at=_now())
             self._clears_seen = ledger.clears + 1
             self._current = MAIN_BRANCH
+
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """Replaced in the current branch's session (see :meth:`SessionABC.replace_items`)."""
+        branch = self._branch(await self._current_branch())
+        return await branch.replace_items(
+            [decode_item(item.json) for item in items], newest=newest, if_newest=expected
+        )
 
     async def fork(self, session_id: str, upto: ItemCursor | str | None = None) -> Self:
         """Fork the current branch into session ``session_id`` and wrap it (see

@@ -11,6 +11,7 @@ Core: it imports only agentmem's other core modules (session, records, items, er
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import weakref
@@ -35,6 +36,7 @@ from agentmem.records import (
     validate_ttl,
 )
 from agentmem.session import (
+    CloseHandle,
     Closing,
     EncodedItem,
     SessionABC,
@@ -369,14 +371,27 @@ class SessionManagerABC(Closing, Generic[S]):
         if errors:
             raise errors[0]
 
-    async def close(self) -> None:
+    def close(self) -> CloseHandle:
         """Close the sessions this manager handed out, then release the connections it owns.
-        Idempotent."""
-        await super().close()
+        Idempotent; works awaited or called plainly (see :class:`agentmem.session.CloseHandle`):
+        the manager and its sessions are closed at once either way."""
+        if not self._closed and _loop_running():
+            # Each session's release starts now as a task; _close awaits it (and its error).
+            for session in list(self._sessions or ()):
+                session.close()
+        return super().close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError(f"{type(self).__name__} is closed")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def page_of(infos: list[SessionInfo], size: int) -> SessionPage:

@@ -6,12 +6,18 @@ it, never the reverse.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sys
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
+
+import orjson
 
 from agentmem._lock import DEFAULT_LOCK_TIMEOUT, SessionLock, validate_lock_timeout
 from agentmem.errors import SessionClosedError, SessionLockLost
@@ -41,6 +47,7 @@ from agentmem.windows import WindowMode, resolve_window_mode
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
+    "CloseHandle",
     "Closing",
     "EncodedItem",
     "Session",
@@ -48,11 +55,14 @@ __all__ = [
     "SessionClosedError",
     "SessionItem",
     "decode_item",
+    "decode_stored",
     "encode_item",
     "encode_items",
     "validate_limit",
     "validate_session_id",
 ]
+
+logger = logging.getLogger("agentmem")
 
 
 @runtime_checkable
@@ -82,12 +92,93 @@ class Session(Protocol):
         ...
 
 
+class CloseHandle(Coroutine[Any, Any, None]):
+    """What ``close()`` returns: awaiting it waits until the resources are released.
+
+    ``close()`` marks the object closed at once, whether or not its result is awaited. Called
+    inside a running event loop, the release runs as a task of that loop (awaiting the handle
+    waits for it and raises its error; unawaited, an error is logged on the ``agentmem``
+    logger). Called with no loop running, the release runs in the loop that runs the handle
+    (``asyncio.run(session.close())``, ``runner.run(session.close())``), or, when the handle is
+    dropped unawaited (the OpenAI Agents SDK's plain ``session.close()``), right then, in a loop
+    of its own (an error is logged). The handle is a coroutine that never warns when left
+    unawaited.
+    """
+
+    __slots__ = ("__weakref__", "_awaited", "_release", "_steps", "_task")
+
+    def __init__(
+        self,
+        task: asyncio.Task[None] | None = None,
+        release: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        self._task = task
+        self._release = release
+        self._awaited = False
+        self._steps: Generator[Any, None, None] | None = None
+        if task is not None:
+            task.add_done_callback(self._report)
+
+    def done(self) -> bool:
+        """Whether the release is over."""
+        return self._release is None and (self._task is None or self._task.done())
+
+    def __await__(self) -> Generator[Any, None, None]:
+        self._awaited = True
+        if self._release is not None:  # started by the loop that runs this handle
+            release, self._release = self._release, None
+            self._task = asyncio.ensure_future(release())
+        if self._task is not None:
+            yield from self._task.__await__()
+
+    def _started(self) -> Generator[Any, None, None]:
+        if self._steps is None:
+            self._steps = self.__await__()
+        return self._steps
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._started().throw(*args)
+
+    def close(self) -> None:
+        if self._steps is not None:
+            self._steps.close()
+
+    def __del__(self) -> None:
+        release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            try:
+                asyncio.run(release())
+            except Exception as error:
+                _log_close_error(error)
+        else:
+            loop.create_task(release()).add_done_callback(self._report)
+
+    def _report(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here, so asyncio does not report it again
+        if error is not None and not self._awaited:
+            _log_close_error(error)
+
+
+def _log_close_error(error: BaseException) -> None:
+    logger.error("close() failed: %s: %s", type(error).__name__, error, exc_info=error)
+
+
 class Closing(ABC):
     """Explicit lifecycle: ``close()`` (idempotent: ``_close`` runs once), ``closed`` and
     ``async with`` (which closes on the way out). Subclasses raise in ``_check_open`` once
     closed."""
 
     _closed: bool = False
+    _closing: Callable[[], CloseHandle | None] | None = None
 
     @abstractmethod
     async def _close(self) -> None:
@@ -97,12 +188,22 @@ class Closing(ABC):
     def _check_open(self) -> None:
         """Raise :class:`SessionClosedError` once ``close()`` has been called."""
 
-    async def close(self) -> None:
-        """Release what this object owns. Idempotent."""
+    def close(self) -> CloseHandle:
+        """Release what this object owns. Idempotent; works awaited or called plainly (the
+        OpenAI Agents SDK's synchronous style): see :class:`CloseHandle`."""
         if self._closed:
-            return
+            handle = self._closing() if self._closing is not None else None
+            return handle if handle is not None else CloseHandle()
         self._closed = True
-        await self._close()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            handle = CloseHandle(release=self._close)
+            self._closing = weakref.ref(handle)  # a dropped handle releases at once
+        else:
+            handle = CloseHandle(loop.create_task(self._close()))
+            self._closing = lambda: handle
+        return handle
 
     @property
     def closed(self) -> bool:
@@ -130,11 +231,16 @@ class SessionABC(Closing):
 
     Attributes:
         session_id: The conversation's id.
-        session_settings: The OpenAI Agents SDK ``SessionSettings`` (or ``None``); its ``limit``
-            is the default for ``get_items()`` when no limit is passed, as in the SDK's sessions.
+        session_settings: The OpenAI Agents SDK ``SessionSettings``; its ``limit`` is the
+            default for ``get_items()`` when no limit is passed, as in the SDK's sessions. When
+            none is given it is ``SessionSettings()`` if the SDK is imported, else ``None``.
         window_mode: The window of ``get_items`` calls with a limit that pass neither
             ``whole_pairs`` nor ``whole_turns``: ``"items"`` (exactly the newest N, the
             default), ``"pairs"`` or ``"turns"`` (see :mod:`agentmem.windows`).
+
+    A stored item that is not valid JSON (written by another program) is skipped by reads, with
+    a warning on the ``agentmem`` logger naming it; ``pop_item`` removes it and returns the next
+    valid item, as the SDK's sessions do.
     """
 
     session_id: str
@@ -199,6 +305,103 @@ class SessionABC(Closing):
     async def clear_session(self) -> None:
         """Remove every item of this session (other sessions are untouched)."""
 
+    async def replace_items(
+        self,
+        items: list[SessionItem],
+        *,
+        newest: int | None = None,
+        if_newest: list[SessionItem] | None = None,
+    ) -> bool:
+        """Replace the history, or its newest items, with ``items``, atomically (one
+        transaction, or one Lua script on Redis): readers see the old history or the new one,
+        never a mix, and a failure changes nothing.
+
+        This is what the OpenAI Agents SDK's ``OpenAIResponsesCompactionSession`` uses to swap
+        a compacted summary in for the items it summarizes.
+
+        Args:
+            items: The new items (checked and encoded before anything is written).
+            newest: Replace only the newest ``newest`` items (all of them if fewer are stored);
+                ``None`` replaces the whole history. Defaults to ``len(if_newest)`` when
+                ``if_newest`` is given.
+            if_newest: Replace only if the newest items stored are equal to these, oldest
+                first (a compare-and-swap); otherwise nothing changes.
+
+        Returns:
+            Whether the history was replaced (false only when ``if_newest`` did not match).
+
+        Raises:
+            TypeError, ValueError: a bad item or argument; nothing is written.
+            SessionClosedError: the session was closed.
+        """
+        self._check_open()
+        encoded = encode_items(items)
+        if if_newest is not None:
+            if not isinstance(if_newest, list):
+                raise TypeError(f"if_newest must be a list, got {type(if_newest).__name__}")
+            if newest is None:
+                newest = len(if_newest)
+            elif newest != len(if_newest):
+                raise ValueError(f"newest={newest} but if_newest holds {len(if_newest)} items")
+        if newest is not None:
+            newest = validate_limit(newest)
+        return await self._replace(encoded, newest, if_newest)
+
+    @abstractmethod
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """:meth:`replace_items` with checked arguments."""
+
+    async def _atomic_replace_items(self, items: list[SessionItem]) -> bool:
+        # The OpenAI Agents SDK's compaction looks this hook up for whole-history replacement.
+        return await self.replace_items(items)
+
+    async def _get_compaction_snapshot(
+        self, limit: int, *, prune_prefix: Callable[[SessionItem], bool] | None = None
+    ) -> Any:
+        """The OpenAI Agents SDK's compaction hook: the newest ``limit`` items and a
+        compare-and-swap replacement of a suffix of them (:meth:`replace_items`)."""
+        if prune_prefix is not None:  # not offered: the SDK then replaces the whole history
+            return None
+        from agents.memory.session import _CompactionSnapshot
+
+        fetched = await self.get_items(limit + 1, whole_turns=False)  # exactly the newest
+        items = fetched[max(0, len(fetched) - limit) :] if limit else []
+
+        async def replace_suffix(start: int, output: list[SessionItem]) -> bool:
+            expected = items[start:]
+            if not expected:
+                return False
+            return await self.replace_items(output, if_newest=expected)
+
+        return _CompactionSnapshot(items, len(fetched) <= limit, replace_suffix)
+
+    async def _read_valid(
+        self, fetch: Callable[[int | None], Awaitable[list[Any]]], limit: int | None
+    ) -> list[SessionItem]:
+        """Decode ``fetch(limit)``'s stored rows; while invalid rows made fewer than ``limit``
+        items, read a wider window (``limit`` counts valid items, as in the SDK)."""
+        window = limit
+        while True:
+            rows = await fetch(window)
+            items, skipped = decode_stored(rows, self.session_id)
+            if not skipped or limit is None or window is None or len(rows) < window:
+                return items
+            if len(items) >= limit:
+                return items[len(items) - limit :]
+            window *= 2
+
+    async def _pop_valid(self, pop: Callable[[], Awaitable[Any]]) -> SessionItem | None:
+        """``pop()`` until it returns a valid item (invalid ones are removed) or nothing."""
+        while True:
+            row = await pop()
+            if row is None:
+                return None
+            items, _ = decode_stored([row], self.session_id)
+            if items:
+                return items[0]
+
     @abstractmethod
     async def _close(self) -> None:
         """Release what this session owns (never what it was handed)."""
@@ -225,13 +428,15 @@ class SessionABC(Closing):
         """Where this session was forked from; ``None`` if it was not made by :meth:`fork`."""
         raise NotImplementedError(f"{type(self).__name__} does not record forks")
 
-    async def close(self) -> None:
+    def close(self) -> CloseHandle:
         """Release the connections this session owns. Idempotent.
 
-        A session built on a connection, engine, client or manager that it was given leaves that
-        resource open: its owner closes it.
+        Works awaited (``await session.close()``) or called plainly (``session.close()``, as the
+        OpenAI Agents SDK's sessions are): see :class:`CloseHandle`. A session built on a
+        connection, engine, client or manager that it was given leaves that resource open: its
+        owner closes it.
         """
-        await super().close()
+        return super().close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -374,9 +579,48 @@ class SessionABC(Closing):
         return f"{type(self).__name__}(session_id={self.session_id!r})"
 
 
+def decode_stored(rows: list[Any], session_id: str) -> tuple[list[SessionItem], int]:
+    """Decode stored items, oldest first, skipping those that are not valid JSON.
+
+    Returns:
+        The items, and how many rows were skipped (each named in a warning on the ``agentmem``
+        logger).
+    """
+    try:
+        return [orjson.loads(row) for row in rows], 0  # the common case: one pass
+    except orjson.JSONDecodeError:
+        pass
+    items: list[SessionItem] = []
+    skipped = 0
+    for position, row in enumerate(rows):
+        try:
+            items.append(orjson.loads(row))
+        except orjson.JSONDecodeError as exc:
+            skipped += 1
+            logger.warning(
+                "session %r: skipped stored item %d of %d read (oldest first): not valid JSON "
+                "(%s): %.80r",
+                session_id,
+                position,
+                len(rows),
+                exc,
+                row,
+            )
+    return items, skipped
+
+
 def _coerce_session_settings(value: Any) -> Any:
-    """Turn a ``dict`` into the SDK's ``SessionSettings`` when the SDK is installed."""
-    if value is None or not isinstance(value, dict):
+    """Turn a ``dict`` into the SDK's ``SessionSettings`` when the SDK is installed; ``None``
+    into ``SessionSettings()`` when the SDK is imported (as the SDK's sessions default)."""
+    if value is None:
+        if "agents" not in sys.modules:
+            return None
+        try:
+            from agents.memory.session_settings import SessionSettings
+        except ImportError:
+            return None
+        return SessionSettings()
+    if not isinstance(value, dict):
         return value
     try:
         from agents.memory.session_settings import coerce_session_settings

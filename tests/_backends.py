@@ -17,6 +17,9 @@ Kinds:
   by ``from_url("sqlite+aiosqlite:///:memory:")`` (its sessions share one engine). The SQLite
   kinds of SQLAlchemy create their tables on first use.
 - ``postgres``: SQLAlchemy on the (migrated) PostgreSQL database ``target``.
+- ``postgres-psycopg``: the same database through a ``postgresql+psycopg`` engine (the SQLAlchemy
+  Core path), its sessions made in the OpenAI Agents SDK's form
+  (``SQLAlchemySession(session_id, engine=...)``); it has no manager.
 - ``redis``: :class:`agentmem.RedisSession` on ``redis_url`` under the key ``prefix``.
 - ``cached``: :class:`agentmem.CachedSession`: ``postgres`` behind the Redis cache of
   ``redis_url`` under ``prefix``.
@@ -59,6 +62,7 @@ KINDS = (
     *SQLITE_KINDS,
     *SQLALCHEMY_SQLITE_KINDS,
     "postgres",
+    "postgres-psycopg",
     "pgbouncer",
     "redis",
     "redis-cluster",
@@ -67,7 +71,12 @@ KINDS = (
 )
 # Kinds opened as another is, on other servers: PostgreSQL through PgBouncer (transaction
 # mode), Redis Cluster (``redis_url`` is a ``redis+cluster://`` URL).
-_FAMILY = {"pgbouncer": "postgres", "redis-cluster": "redis", "cached-cluster": "cached"}
+_FAMILY = {
+    "pgbouncer": "postgres",
+    "postgres-psycopg": "postgres",
+    "redis-cluster": "redis",
+    "cached-cluster": "cached",
+}
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,11 @@ class Backend:
         if self.family in ("postgres", "cached"):
             from agentmem.migrate import async_url
 
+            if self.kind == "postgres-psycopg":
+                from sqlalchemy.engine import make_url
+
+                psycopg = make_url(async_url(self.target)).set(drivername="postgresql+psycopg")
+                return psycopg.render_as_string(hide_password=False)
             return async_url(self.target)
         return urls[self.kind]
 
@@ -173,6 +187,8 @@ class Backend:
         from agentmem import SQLAlchemySession
 
         options = {**self._sql_options, **options}
+        if engine is not None and self.kind == "postgres-psycopg":
+            return SQLAlchemySession(session_id, engine=engine, **options)
         if engine is not None:
             return SQLAlchemySession(engine, session_id, **options)
         kwargs = self.engine_kwargs

@@ -129,6 +129,14 @@ async def postgres_session(
 
 
 @pytest.fixture
+async def psycopg_session(postgres_url: str) -> AsyncIterator[SessionFactory]:
+    """SQLAlchemySession in the OpenAI Agents SDK's form on a ``postgresql+psycopg`` engine
+    (the SQLAlchemy Core path)."""
+    async for make in _factory(Backend("postgres-psycopg", postgres_url)):
+        yield make
+
+
+@pytest.fixture
 async def sqlalchemy_sqlite_session(tmp_path: Path) -> AsyncIterator[SessionFactory]:
     """SQLAlchemySession on a caller's aiosqlite engine (tables created on first use)."""
     async for make in _factory(Backend("sqlalchemy-sqlite", str(tmp_path / "engine.db"))):
@@ -324,6 +332,7 @@ BACKENDS = [
     ),
     pytest.param("postgres_session", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("pgbouncer_session", marks=pytest.mark.pgbouncer, id="pgbouncer"),
+    pytest.param("psycopg_session", marks=pytest.mark.postgres, id="postgres-psycopg"),
     pytest.param("redis_session", marks=pytest.mark.redis, id="redis"),
     pytest.param("cached_session", marks=pytest.mark.cached, id="cached"),
     pytest.param("redis_cluster_session", marks=pytest.mark.cluster, id="redis-cluster"),

@@ -20,8 +20,9 @@ BATCH = "0123456789abcdef0123456789abcdef"
 def one_batch_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every add_items call gets the same batch id: each call after the first is a retry."""
     from agentmem.redis import session as redis_module
+    from agentmem.sql import _core as core_module
 
-    for module in (sqlite_module, sqlalchemy_module, redis_module):
+    for module in (sqlite_module, sqlalchemy_module, core_module, redis_module):
         monkeypatch.setattr(module, "new_batch_id", lambda: BATCH)
 
 

@@ -177,7 +177,7 @@ def test_a_plain_install_raises_missing_dependency_when_redis_is_used(tmp_path: 
         ),
         (
             "postgresql+psycopg://app@127.0.0.1/app",
-            'psycopg is not installed: pip install "psycopg[binary]"',
+            'psycopg is not installed: pip install "agentmem-sessions[psycopg]"',
         ),
     ],
 )

@@ -6,6 +6,7 @@ sessions with its own prefix, looks only at those, and deletes them afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -462,3 +463,19 @@ async def test_get_session_takes_the_window_default(case: ManagerCase) -> None:
     assert await turns.get_items(limit=1) == items
     assert await pairs.get_items(limit=2) == items[1:]
     assert await case.manager.get_session(session_id).get_items(limit=2) == items[2:]
+
+
+async def test_close_called_plainly_closes_the_manager_and_its_sessions(case: ManagerCase) -> None:
+    import warnings
+
+    session = case.manager.get_session(case.new_id())
+    await session.add_items([{"role": "user", "content": "hi"}])
+    await session.clear_session()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        handle = case.manager.close()  # the SDK's synchronous style
+        assert case.manager.closed and session.closed
+        me = asyncio.current_task()
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not me))
+        assert handle.done()
+        await case.manager.close()  # awaited after: the same, finished handle

@@ -162,10 +162,10 @@ def test_from_url_works_from_one_event_loop_after_another(postgres_url: str) -> 
 async def test_from_url_sessions_share_one_engine_per_url(postgres_url: str) -> None:
     plain = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
     sessions = [SQLAlchemySession.from_url(unique_id(), url=plain) for _ in range(50)]
-    engines = {id(await s.engine()) for s in sessions}
+    engines = {id(s.engine) for s in sessions}
     assert len(engines) == 1
     await asyncio.gather(*(s.add_items([{"n": 1}]) for s in sessions))
-    engine = await sessions[0].engine()
+    engine = sessions[0].engine
     assert engine.pool.checkedout() == 0
     for s in sessions[:-1]:
         await s.clear_session()
@@ -209,11 +209,11 @@ async def test_a_killed_connection_is_replaced_and_reads_retry(postgres_url: str
 
 async def test_engine_must_be_an_async_engine() -> None:
     with pytest.raises(TypeError, match="AsyncEngine"):
-        SQLAlchemySession("not an engine", unique_id())  # type: ignore[arg-type]
+        SQLAlchemySession("not an engine", unique_id())  # type: ignore[call-overload]
 
 
 def test_from_url_refuses_other_databases() -> None:
-    with pytest.raises(ValueError, match="supports postgresql\\+asyncpg and sqlite\\+aiosqlite"):
+    with pytest.raises(ValueError, match="supports postgresql\\+asyncpg, sqlite\\+aiosqlite"):
         SQLAlchemySession.from_url(unique_id(), url="mysql+aiomysql://u@h/db")
 
 

@@ -81,9 +81,11 @@ from agentmem.redis.client import (
     validate_prefix,
 )
 from agentmem.session import (
+    EncodedItem,
     SessionABC,
     SessionItem,
     decode_item,
+    decode_stored,
     encode_items,
     validate_session_id,
 )
@@ -697,16 +699,20 @@ class CachedSession(SessionABC):
                 if whole is not None and whole[:1] in (b"c", "c"):
                     return _array(whole, skip=1)
                 if error is not None:
-                    return [decode_item(data) for data in await self._load(None)]
+                    return await self._read_valid(self._load, None)
             args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
             _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
         if reply is not None and reply[0] == 1:
             return _array(reply[1])
         if reply is None or reply[0] == 0:
-            return [decode_item(data) for data in await self._load(limit)]
+            return await self._read_valid(self._load, limit)
         # A miss: load enough to fill the cache's window too, and learn whether it is complete.
         window = self.max_cached_items
         rows = await self._load(None if limit is None else max(limit, window + 1))
+        if decode_stored(rows, self.session_id)[1]:
+            # Rows that are not JSON (written by another program) are never cached: the
+            # cache's pops would no longer mirror the store's.
+            return await self._read_valid(self._load, limit)
         header = "c" if len(rows) <= window else "p"
         joined, ends = _joined(rows[-window:], start=1)
         fill_ttl = await self._fill_ttl_ms(rows)
@@ -743,8 +749,7 @@ class CachedSession(SessionABC):
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item (from SQL); ``None`` when the history is empty."""
         self._check_open()
-        data = await self._write(self.store.pop_stored_item, "pop", [])
-        return None if data is None else decode_item(data)
+        return await self._pop_valid(lambda: self._write(self.store.pop_stored_item, "pop", []))
 
     async def clear_session(self) -> None:
         """Remove every item of this session from SQL, then cache it as empty."""
@@ -797,6 +802,16 @@ class CachedSession(SessionABC):
         """One page of the history, from SQL (see :meth:`SessionABC.get_page`)."""
         self._check_open()
         return await self.store.get_page(limit, before)
+
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """Replaced in SQL; the cached copy is dropped (the next read refills it)."""
+        return await self._write(
+            lambda: self.store.replace_encoded_items(items, newest=newest, if_newest=expected),
+            "",
+            [],
+        )
 
     async def _close(self) -> None:
         try:
@@ -875,6 +890,7 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
             "max_cached_items": max_cached_items,
             **asdict(options),
         }
+        del self._options["extra_options"]  # RedisSession's alone: CachedSession has none
         self._closed = False
 
     @property

@@ -24,12 +24,13 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 
 from agentmem import __version__
 from agentmem._deps import missing
@@ -564,6 +565,12 @@ def spool_export(name: str, spool: IO[bytes]) -> list[str]:
 
 
 async def cmd_import(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    if args.sdk is not None:
+        if args.file is not None:
+            raise CLIError("give an export FILE or --sdk URL, not both")
+        return await import_from_sdk(args, stack)
+    if args.file is None:
+        raise CLIError("give an export FILE (- for stdin) or --sdk URL")
     # The input is read once (it may be a pipe) into a temporary file, and written from there:
     # the sessions checked against the store are the sessions written.
     with tempfile.TemporaryFile() as spool:
@@ -581,6 +588,91 @@ async def cmd_import(args: argparse.Namespace, stack: AsyncExitStack) -> int:
         {"sessions": sessions, "items": items, "url": store.display_url},
     )
     return 0
+
+
+async def import_from_sdk(args: argparse.Namespace, stack: AsyncExitStack) -> int:
+    """``sessions import --sdk URL``: the OpenAI Agents SDK's sessions, one whole conversation
+    at a time. Sessions already in the target are skipped (unless ``--replace``), so a run that
+    was interrupted continues where it stopped when run again."""
+    from agentmem.cli._sdk import open_sdk_source
+
+    source = open_sdk_source(
+        args.sdk,
+        sessions_table=args.sdk_sessions_table,
+        messages_table=args.sdk_messages_table,
+        key_prefix=args.sdk_key_prefix,
+    )
+    stack.push_async_callback(source.close)
+    target = await opened(stack, args.url, args, writing=True)
+    async with reading_sdk(source.display_url):
+        ids = await source.session_ids()
+    present = sorted(await target.existing([i for i in ids if valid_id(i)]))
+    wanted = [i for i in ids if args.replace or i not in set(present)]
+    skipped: list[str] = []
+    sessions = items = 0
+    progress = Progress("Importing", len(wanted))
+    for session_id in wanted:
+        async with reading_sdk(source.display_url):
+            read = await source.read(session_id)
+        skipped.extend(read.skipped)
+        if read.conversation is not None:
+            await target.write(read.conversation)
+            sessions += 1
+            items += len(read.conversation.items)
+        progress.advance()
+    progress.finish()
+    if args.replace:
+        present = []
+    text = (
+        f"Imported {count(sessions, 'session')} ({count(items, 'item')}) from the OpenAI "
+        f"Agents SDK's store at {source.display_url} into {target.display_url}."
+    )
+    if present:
+        text += (
+            f"\nSkipped {count(len(present), 'session')} already in {target.display_url} "
+            "(imported before; --replace overwrites them)."
+        )
+    if skipped:
+        text += f"\nLeft out {len(skipped)}:" + "".join(f"\n  {line}" for line in skipped)
+    report(
+        args,
+        text,
+        {
+            "sessions": sessions,
+            "items": items,
+            "from": source.display_url,
+            "url": target.display_url,
+            "already_present": present,
+            "skipped": skipped,
+        },
+    )
+    return 0
+
+
+def valid_id(session_id: str) -> bool:
+    try:
+        validate_session_id(session_id)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@asynccontextmanager
+async def reading_sdk(display_url: str) -> AsyncIterator[None]:
+    """Turn a failure to read the SDK's storage into a :class:`CLIError` naming it."""
+    try:
+        yield
+    except Exception as exc:
+        # redis-py's errors by module: redis is an optional dependency.
+        if not isinstance(exc, DBAPIError | OSError) and not type(exc).__module__.startswith(
+            "redis."
+        ):
+            raise
+        reason = mask_credentials(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+        raise CLIError(
+            f"cannot read the OpenAI Agents SDK's sessions at {display_url}: {reason} "
+            "(--sdk-sessions-table, --sdk-messages-table and --sdk-key-prefix name them)"
+        ) from None
 
 
 async def cmd_copy(args: argparse.Namespace, stack: AsyncExitStack) -> int:
@@ -809,9 +901,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", help="write to this file instead of stdout (-)")
     export.set_defaults(run=cmd_export)
 
-    load = actions.add_parser("import", parents=[store], help="sessions from a JSON Lines file")
-    load.add_argument("file", metavar="FILE", help="an export file, or - for stdin")
+    load = actions.add_parser(
+        "import",
+        parents=[store],
+        help="sessions from a JSON Lines file, or from the OpenAI Agents SDK's own storage",
+    )
+    load.add_argument("file", nargs="?", metavar="FILE", help="an export file, or - for stdin")
     load.add_argument("--replace", action="store_true", help="overwrite existing sessions")
+    load.add_argument(
+        "--sdk",
+        metavar="URL",
+        help="read the SDK's sessions instead: sqlite:///FILE.db, postgresql://… or redis://… "
+        "(sessions already imported are skipped: run it again to resume)",
+    )
+    load.add_argument(
+        "--sdk-sessions-table", default="agent_sessions", metavar="NAME", help="(agent_sessions)"
+    )
+    load.add_argument(
+        "--sdk-messages-table", default="agent_messages", metavar="NAME", help="(agent_messages)"
+    )
+    load.add_argument(
+        "--sdk-key-prefix", default="agents:session", metavar="PREFIX", help="(agents:session)"
+    )
     load.set_defaults(run=cmd_import)
 
     fork = actions.add_parser(

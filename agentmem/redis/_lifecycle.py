@@ -33,7 +33,7 @@ RPUSH_CHUNK: Final = 1000
 RECENT_BATCHES: Final = 32
 
 
-def _fence(token: int) -> str:
+def fence(token: int) -> str:
     """Refuses a write made under a lock that is no longer the caller's (KEYS[3]: the lock
     key, present only while the caller holds the session's lock; ARGV[token]: its token)."""
     return f"""
@@ -75,7 +75,7 @@ end
 
 ADD_SOURCE: Final = (
     _INDEX
-    + _fence(10)
+    + fence(10)
     + f"""
 -- KEYS[1] item list, KEYS[2] session hash[, KEYS[3] the lock key while the writer holds it]
 -- ARGV[1] now (Unix seconds), ARGV[2] ttl ms (0: none), ARGV[3] max items (0: none),
@@ -123,7 +123,7 @@ return 1
 
 POP_SOURCE: Final = (
     _INDEX
-    + _fence(5)
+    + fence(5)
     + """
 -- KEYS[1] item list, KEYS[2] session hash[, KEYS[3] the lock key while the writer holds it]
 -- ARGV[1] now, ARGV[2] ttl ms (0: none), ARGV[3] session prefix, ARGV[4] session id,
@@ -143,7 +143,7 @@ return item
 
 DROP_SOURCE: Final = (
     _INDEX
-    + _fence(3)
+    + fence(3)
     + """
 -- KEYS[1] item list, KEYS[2] session hash[, KEYS[3] the lock key while the writer holds it];
 -- ARGV[1] session prefix, ARGV[2] session id[, ARGV[3] lock token].

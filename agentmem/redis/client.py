@@ -228,7 +228,8 @@ def ttl_to_ms(ttl: object, name: str = "ttl") -> int:
 @dataclass(frozen=True)
 class ConnectionOptions:
     """The six connection keywords of every agentmem Redis user, in one place (each public
-    signature keeps its own defaults): see :class:`agentmem.RedisSession` for their meaning."""
+    signature keeps its own defaults): see :class:`agentmem.RedisSession` for their meaning;
+    ``extra_options`` are further redis-py connection options (password, ssl_*, ...)."""
 
     redis_url: str
     db: int | None
@@ -236,6 +237,7 @@ class ConnectionOptions:
     socket_timeout: float | None
     socket_connect_timeout: float | None
     pool_timeout: float | None
+    extra_options: dict[str, Any] | None = None
 
 
 class Connection:
@@ -259,6 +261,7 @@ class Connection:
         self.url = redis_url
         self._client_url = url
         self.options: dict[str, Any] = {
+            **(options.extra_options or {}),
             "db": db or 0,
             "max_connections": max_connections,
             "timeout": options.pool_timeout,

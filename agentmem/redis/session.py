@@ -55,6 +55,7 @@ from agentmem.redis.client import (
     Connection,
     ConnectionOptions,
     LoopClients,
+    Script,
     connection_unless_given,
     decode_tag,
     encode_tag,
@@ -66,10 +67,12 @@ from agentmem.redis.client import (
     validate_prefixes,
 )
 from agentmem.session import (
+    EncodedItem,
     SessionABC,
     SessionClosedError,
     SessionItem,
     decode_item,
+    decode_stored,
     encode_items,
     validate_session_id,
 )
@@ -90,6 +93,54 @@ _PIPELINE_CHUNK = 500
 
 logger = logging.getLogger("agentmem")
 _RPUSH_CHUNK = _lua.RPUSH_CHUNK
+
+# KEYS: list, hash[, lock]. ARGV: now, ttl ms, lock token, newest (-1: the whole list), k (-1:
+# no check), the k expected texts, then the new items. Returns 1, or 0 (nothing changed) when the
+# newest items are not the expected ones.
+_REPLACE_SOURCE = (
+    _lua.fence(3)
+    + f"""
+local list_type = redis.call('TYPE', KEYS[1]).ok
+if list_type ~= 'none' and list_type ~= 'list' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. list_type .. ', not a list')
+end
+local newest = tonumber(ARGV[4])
+local k = tonumber(ARGV[5])
+if newest < 0 then
+  redis.call('DEL', KEYS[1])
+elseif newest > 0 then
+  local tail = redis.call('LRANGE', KEYS[1], -newest, -1)
+  if k >= 0 then
+    if #tail ~= k then return 0 end
+    for i = 1, k do
+      if tail[i] ~= ARGV[5 + i] then return 0 end
+    end
+  end
+  if #tail >= redis.call('LLEN', KEYS[1]) then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('LTRIM', KEYS[1], 0, -(#tail + 1))
+  end
+end
+local first = 6 + math.max(k, 0)
+for i = first, #ARGV, {_RPUSH_CHUNK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
+end
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
+redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
+local ttl = tonumber(ARGV[2])
+for i = 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+  end
+end
+return 1
+"""
+)
+
+_REPLACE = Script(_REPLACE_SOURCE)
+
+_POOL_OPTIONS = ("db", "max_connections", "socket_timeout", "socket_connect_timeout")
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -129,8 +180,10 @@ class RedisSession(SessionABC):
         db: int | None = None,
         *,
         client: RedisClient | None = None,
-        session_prefix: str = DEFAULT_SESSION_PREFIX,
-        messages_prefix: str = DEFAULT_MESSAGES_PREFIX,
+        redis_client: RedisClient | None = None,
+        session_prefix: str | None = None,
+        messages_prefix: str | None = None,
+        key_prefix: str | None = None,
         ttl: TTL | None = None,
         session_settings: Any = None,
         whole_pairs: bool = False,
@@ -144,6 +197,7 @@ class RedisSession(SessionABC):
         socket_timeout: float | None = 10.0,
         socket_connect_timeout: float | None = 5.0,
         pool_timeout: float | None = 10.0,
+        redis_options: dict[str, Any] | None = None,
     ) -> None:
         """Create a session; nothing is read or written until the first operation.
 
@@ -156,8 +210,12 @@ class RedisSession(SessionABC):
             db: The database number, if the URL does not name one (default 0).
             client: A ``redis.asyncio.Redis`` or ``RedisCluster`` to use instead of connecting
                 from ``redis_url``; the session never closes it.
-            session_prefix: Prefix of the metadata hash key.
-            messages_prefix: Prefix of the item list key.
+            redis_client: The OpenAI Agents SDK's name of ``client``.
+            session_prefix: Prefix of the metadata hash key (default ``agentmem:session``).
+            messages_prefix: Prefix of the item list key (default ``agentmem:messages``).
+            key_prefix: The SDK's single prefix: ``P`` stands for the session prefix
+                ``P:session`` and the messages prefix ``P:messages`` (the defaults are
+                ``key_prefix="agentmem"``).
             ttl: Expiry (seconds or ``timedelta``) that every write sets on all of the session's
                 keys; ``None`` never expires.
             session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
@@ -175,15 +233,29 @@ class RedisSession(SessionABC):
             socket_connect_timeout: Seconds to wait for a connection to open.
             pool_timeout: Seconds to wait for a free pooled connection before raising
                 ``redis.ConnectionError``.
+            redis_options: Other redis-py connection options (``password``, ``ssl_*``...)
+                for the pool built from ``redis_url``.
 
         Raises:
-            TypeError, ValueError: a bad id, prefix, ttl, URL or client.
+            TypeError, ValueError: a bad id, prefix, ttl, URL or client; a client or a prefix
+                given twice.
             MissingDependencyError: redis-py is not installed (the ``redis`` extra).
         """
+        if redis_client is not None:
+            if client is not None:
+                raise TypeError("give the Redis client once: client= or redis_client=")
+            client = redis_client
+        session_prefix, messages_prefix = _prefixes(key_prefix, session_prefix, messages_prefix)
         connection = connection_unless_given(
             client,
             ConnectionOptions(
-                redis_url, db, max_connections, socket_timeout, socket_connect_timeout, pool_timeout
+                redis_url,
+                db,
+                max_connections,
+                socket_timeout,
+                socket_connect_timeout,
+                pool_timeout,
+                extra_options=redis_options,
             ),
         )
         self._setup(session_id, session_settings, ttl, session_prefix, messages_prefix)
@@ -200,6 +272,56 @@ class RedisSession(SessionABC):
         self._manager: RedisSessionManager | None = None
         self._connection = connection
         self._clients = None if connection is None else shared_clients.acquire(connection)
+
+    @classmethod
+    def from_url(
+        cls,
+        session_id: str,
+        *,
+        url: str,
+        redis_kwargs: dict[str, Any] | None = None,
+        session_settings: Any = None,
+        **kwargs: Any,
+    ) -> RedisSession:
+        """The OpenAI Agents SDK's constructor: a session connecting to ``url``.
+
+        The session owns its connection pool (shared with the other sessions of the same URL
+        and options) and releases it on ``close()``.
+
+        Args:
+            session_id: The conversation's id.
+            url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+            redis_kwargs: redis-py connection options; ``db``, ``max_connections``,
+                ``socket_timeout`` and ``socket_connect_timeout`` set the pool's, the others
+                (``password``, ``ssl_*``...) go to each connection.
+            session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them).
+            **kwargs: The constructor's other keyword arguments (``key_prefix``, ``ttl``...).
+        """
+        options = dict(redis_kwargs or {})
+        pool = {name: options.pop(name) for name in _POOL_OPTIONS if name in options}
+        return cls(
+            session_id,
+            url,
+            session_settings=session_settings,
+            redis_options=options,
+            **pool,
+            **kwargs,
+        )
+
+    async def ping(self) -> bool:
+        """Whether Redis answers a PING (``False`` when it cannot be reached), as the SDK's
+        ``RedisSession.ping``.
+
+        Raises:
+            SessionClosedError: the session (or its manager) was closed.
+        """
+        from redis.exceptions import RedisError
+
+        client = self._client()
+        try:
+            return bool(await settled(client.ping()))
+        except (RedisError, OSError):
+            return False
 
     def _setup(
         self,
@@ -297,15 +419,25 @@ class RedisSession(SessionABC):
             items: list[bytes | str] = await settled(
                 _windows.WINDOW(client, [self.messages_key], [limit, turns])
             )
-            return [decode_item(data) for data in items]
-        start = 0 if limit is None else -limit
-        raw: list[bytes | str]
-        if self.lifecycle.touch_on_read and self._ttl_ms:
-            args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
-            raw = await settled(_lua.TOUCH_READ(client, self._keys, [*args, start]))
-        else:
-            raw = await settled(client.lrange(self.messages_key, start, -1))
-        return [decode_item(data) for data in raw]
+            return decode_stored(items, self.session_id)[0]
+
+        async def fetch(window: int | None) -> list[bytes | str]:
+            start = 0 if window is None else -window
+            raw: list[bytes | str]
+            if self.lifecycle.touch_on_read and self._ttl_ms:
+                args: list[str | int] = [
+                    _now(),
+                    self._ttl_ms,
+                    self._session_prefix,
+                    self.session_id,
+                    start,
+                ]
+                raw = await settled(_lua.TOUCH_READ(client, self._keys, args))
+            else:
+                raw = await settled(client.lrange(self.messages_key, start, -1))
+            return raw
+
+        return await self._read_valid(fetch, limit)
 
     async def add_items(self, items: list[SessionItem]) -> None:
         """Append ``items`` in order, atomically, in one round trip (a Lua script).
@@ -357,9 +489,19 @@ class RedisSession(SessionABC):
         """
         client = self._client()
         keys, token = self._fenced_keys()
-        args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
-        data: bytes | str | None = await self._fenced(_lua.POP(client, keys, [*args, token]))
-        return None if data is None else decode_item(data)
+        args: list[str | int] = [
+            _now(),
+            self._ttl_ms,
+            self._session_prefix,
+            self.session_id,
+            token,
+        ]
+
+        async def pop() -> bytes | str | None:
+            data: bytes | str | None = await self._fenced(_lua.POP(client, keys, args))
+            return data
+
+        return await self._pop_valid(pop)
 
     async def clear_session(self) -> None:
         """Delete every key of this session (other sessions are untouched); never retried."""
@@ -480,6 +622,29 @@ class RedisSession(SessionABC):
         at_start = not items or int(start) <= int(first)
         return ItemPage(items, None if at_start else encode_position(int(start)))
 
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """One Lua script; with ``expected``, the newest texts are read first and compared
+        here, and the script replaces them only if they are still the newest."""
+        client = self._client()
+        texts: list[bytes | str] = []
+        if expected is not None and newest:
+            texts = await settled(client.lrange(self.messages_key, -newest, -1))
+            if not _sql_same(texts, expected):
+                return False
+        keys, token = self._fenced_keys()
+        args: list[Any] = [
+            _now(),
+            self._ttl_ms,
+            token,
+            -1 if newest is None else newest,
+            -1 if expected is None else len(texts),
+            *texts,
+            *(item.json for item in items),
+        ]
+        return bool(await self._fenced(_REPLACE(client, keys, args)))
+
     async def _close(self) -> None:
         if self._connection is not None:
             self._clients = None
@@ -488,6 +653,32 @@ class RedisSession(SessionABC):
 
 def _now() -> str:
     return f"{time.time():.6f}"
+
+
+def _sql_same(texts: list[bytes | str], expected: list[SessionItem]) -> bool:
+    """Whether stored texts hold exactly the items ``expected``, oldest first."""
+    if len(texts) != len(expected):
+        return False
+    try:
+        return all(decode_item(t) == item for t, item in zip(texts, expected, strict=True))
+    except ValueError:  # not valid JSON
+        return False
+
+
+def _prefixes(
+    key_prefix: str | None, session_prefix: str | None, messages_prefix: str | None
+) -> tuple[str, str]:
+    """The session and messages prefixes, from agentmem's two or the SDK's ``key_prefix``."""
+    if key_prefix is None:
+        return (
+            DEFAULT_SESSION_PREFIX if session_prefix is None else session_prefix,
+            DEFAULT_MESSAGES_PREFIX if messages_prefix is None else messages_prefix,
+        )
+    if session_prefix is not None or messages_prefix is not None:
+        raise ValueError("give key_prefix or session_prefix/messages_prefix, not both")
+    if not isinstance(key_prefix, str) or not key_prefix:
+        raise ValueError(f"key_prefix must be a non-empty str, got {key_prefix!r}")
+    return f"{key_prefix}:session", f"{key_prefix}:messages"
 
 
 # --- the manager -------------------------------------------------------------------------------

@@ -113,6 +113,11 @@ class SharedEngines:
             engine.sync_engine.dispose(close=False)
         return key, entry[0]
 
+    def unshare(self, key: Any) -> None:
+        """Drop a reference counted twice by one holder (never the last one)."""
+        with self._lock:
+            self._engines[key][1] -= 1
+
     async def release(self, key: Any) -> None:
         with self._lock:
             entry = self._engines.get(key)
@@ -175,12 +180,34 @@ async def engine_of(
     if engine is not None:
         return engine
     assert url is not None
+    return _engine_now(url, options, keys)
+
+
+def _engine_now(url: str, options: dict[str, Any], keys: list[Any]) -> AsyncEngine:
+    """This event loop's shared engine of ``url``, counted once in ``keys``."""
     key, shared = shared_engines.acquire(url, options)
     if key in keys:
-        await shared_engines.release(key)  # already counted for this holder
+        shared_engines.unshare(key)  # already counted for this holder
     else:
         keys.append(key)
     return shared
+
+
+def loop_engine(
+    engine: AsyncEngine | None, url: str | None, options: dict[str, Any], keys: list[Any]
+) -> AsyncEngine:
+    """The ``engine`` attribute: the engine given, or the running loop's engine of ``url``."""
+    if engine is not None:
+        return engine
+    assert url is not None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "the engine of a from_url session or manager belongs to an event loop: read "
+            "`engine` from async code"
+        ) from None
+    return _engine_now(url, options, keys)
 
 
 async def release_engines(keys: list[Any]) -> None:

@@ -124,7 +124,7 @@ class PostgresSessionLock(SessionLock):
             await greenlet_spawn(pooled.invalidate)
             raise
         except BaseException:  # cancelled mid-wait: dropping the connection drops the lock
-            driver.terminate()
+            _terminate(driver)
             await asyncio.shield(greenlet_spawn(pooled.invalidate))
             raise
         self._pooled = pooled
@@ -134,12 +134,12 @@ class PostgresSessionLock(SessionLock):
         if pooled is None:
             return True
         try:
-            held = await pooled.driver_connection.fetchval(
-                f"SELECT pg_advisory_unlock({self._advisory})"
+            held = await _fetch_value(
+                pooled.driver_connection, f"SELECT pg_advisory_unlock({self._advisory})"
             )
         except BaseException as exc:
             # The connection is gone, and the lock with it (or it goes now).
-            pooled.driver_connection.terminate()
+            _terminate(pooled.driver_connection)
             with contextlib.suppress(Exception):
                 await asyncio.shield(greenlet_spawn(pooled.invalidate))
             if not isinstance(exc, Exception):
@@ -147,3 +147,21 @@ class PostgresSessionLock(SessionLock):
             return False
         await greenlet_spawn(pooled.close)
         return bool(held)
+
+
+async def _fetch_value(driver: Any, sql: str) -> Any:
+    """The first value of ``sql`` on an asyncpg or psycopg connection."""
+    fetchval = getattr(driver, "fetchval", None)
+    if fetchval is not None:
+        return await fetchval(sql)
+    cursor = await driver.execute(sql)
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def _terminate(driver: Any) -> None:
+    """Drop the connection at once, where the driver can (asyncpg); else the pool's
+    invalidation closes it."""
+    terminate = getattr(driver, "terminate", None)
+    if terminate is not None:
+        terminate()

@@ -24,7 +24,7 @@ class EngineUser(Protocol):
     @property
     def table_prefix(self) -> str: ...
 
-    async def engine(self) -> AsyncEngine: ...
+    async def _ready_engine(self) -> AsyncEngine: ...
 
     def _driver_timeout(self) -> float | None: ...
 
@@ -62,7 +62,7 @@ async def with_driver(session: EngineUser, use: Callable[[Any], Awaitable[T]], *
 
 async def _attempts(session: EngineUser, use: Callable[[Any], Awaitable[T]], *, retry: bool) -> T:
     for attempt in (1, 2):
-        engine = await session.engine()
+        engine = await session._ready_engine()
         # The pool's own checkout, without a Connection object around it: a third of the cost.
         pooled = await engine.raw_connection()
         driver = pooled.driver_connection

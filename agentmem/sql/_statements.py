@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
+import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -74,6 +75,12 @@ class PostgresStatements:
     pop: str
     clear: str
     touch: str
+    newest_rows: str
+    delete_all: str
+    delete_ids: str
+    replace_lock: str
+    insert_rows: str
+    recount: str
 
 
 @cache
@@ -131,6 +138,29 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
             f"UPDATE {s} SET expires_at = now() + make_interval(secs => $2::float8) "
             f"WHERE session_id = $1 AND expires_at > now()"
         ),
+        newest_rows=(
+            f"SELECT id, message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
+        ),
+        delete_all=f"DELETE FROM {m} WHERE session_id = $1",
+        delete_ids=f"DELETE FROM {m} WHERE session_id = $1 AND id = ANY($2::bigint[])",
+        # A replacement's first statement: takes the session row's lock; an expired session
+        # comes back to life with the new history.
+        replace_lock=(
+            f"INSERT INTO {s} AS t (session_id, created_at, updated_at) "
+            f"VALUES ($1, now(), now()) ON CONFLICT (session_id) DO UPDATE SET "
+            f"updated_at = excluded.updated_at, "
+            f"expires_at = CASE WHEN t.expires_at <= now() THEN NULL ELSE t.expires_at END"
+        ),
+        insert_rows=(
+            f"INSERT INTO {m} (session_id, message_data, role, item_type) "
+            f"SELECT $1, i.message_data, i.role, i.item_type FROM "
+            f"unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+            f"AS i(message_data, role, item_type, n) ORDER BY i.n"
+        ),
+        recount=(
+            f"UPDATE {s} SET item_count = (SELECT count(*) FROM {m} WHERE session_id = $1) "
+            f"WHERE session_id = $1"
+        ),
     )
 
 
@@ -150,6 +180,10 @@ class SQLiteStatements:
     trim: str
     uncount: str
     touch: str
+    newest_rows: str
+    delete_id: str
+    replace_lock: str
+    recount: str
 
 
 @cache
@@ -190,6 +224,19 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
         ),
         uncount=f"UPDATE {s} SET item_count = item_count - ?2 WHERE session_id = ?1",
         touch=f"UPDATE {s} SET expires_at = ? WHERE session_id = ? AND expires_at > ?",
+        newest_rows=(
+            f"SELECT id, message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+        ),
+        delete_id=f"DELETE FROM {m} WHERE id = ?",
+        replace_lock=(
+            f"INSERT INTO {s} AS t (session_id, created_at, updated_at) VALUES (?1, ?2, ?2) "
+            f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at, "
+            f"expires_at = CASE WHEN t.expires_at <= ?2 THEN NULL ELSE t.expires_at END"
+        ),
+        recount=(
+            f"UPDATE {s} SET item_count = (SELECT count(*) FROM {m} WHERE session_id = ?1) "
+            f"WHERE session_id = ?1"
+        ),
     )
 
 
@@ -399,6 +446,42 @@ def sqlite_pop(
         if row is not None:
             conn.execute(sql.popped, (now, sqlite_expiry(moment, ttl), session_id))
     return None if row is None else str(row[0])
+
+
+def same_items(rows: Sequence[str], expected: Sequence[Any]) -> bool:
+    """Whether stored JSON texts ``rows`` hold exactly the items ``expected`` (oldest first)."""
+    if len(rows) != len(expected):
+        return False
+    try:
+        return all(orjson.loads(row) == item for row, item in zip(rows, expected, strict=True))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def sqlite_replace(
+    conn: sqlite3.Connection,
+    sql: SQLiteStatements,
+    session_id: str,
+    items: Sequence[EncodedItem],
+    newest: int | None,
+    expected: Sequence[Any] | None,
+) -> bool:
+    """Replace the history (``newest=None``) or its newest rows, in one transaction; false
+    (nothing changed) when those rows do not hold ``expected``."""
+    now = sqlite_text_time(datetime.now(UTC))
+    with _WriteTransaction(conn):
+        if newest is None:
+            conn.execute(sql.clear_messages, (session_id,))
+        elif newest > 0:
+            rows = conn.execute(sql.newest_rows, (session_id, newest)).fetchall()
+            rows.reverse()
+            if expected is not None and not same_items([row[1] for row in rows], expected):
+                return False
+            conn.executemany(sql.delete_id, [(row[0],) for row in rows])
+        conn.execute(sql.replace_lock, (session_id, now))
+        conn.executemany(sql.insert, [(session_id, *item, now, None) for item in items])
+        conn.execute(sql.recount, (session_id,))
+    return True
 
 
 def sqlite_clear(conn: sqlite3.Connection, sql: SQLiteStatements, session_id: str) -> None:

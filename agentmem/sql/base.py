@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
 from agentmem.manager import SessionManagerABC
 from agentmem.records import TTL, UNSET, ItemPage, SessionInfo, Unset
-from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_item, encode_items
+from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_stored, encode_items
 from agentmem.windows import WindowMode
 
 __all__ = ["MEMORY", "Operations", "SQLSessionBase", "SQLSessionManagerABC"]
@@ -66,8 +66,11 @@ class SQLSessionBase(SessionABC):
         window = self._resolve_window(whole_pairs, whole_turns)
         if resolved == 0:
             return []
+        if resolved is None or window == "items":
+            return await self._read_valid(self._ops.get, resolved)
+        # A widened window is not widened again for skipped rows: it holds whole pairs/turns.
         rows = await self.get_stored_items(resolved, window=window)
-        return [decode_item(row) for row in rows]
+        return decode_stored(rows, self.session_id)[0]
 
     async def get_stored_items(
         self, limit: int | None = None, *, window: WindowMode = "items"
@@ -144,8 +147,7 @@ class SQLSessionBase(SessionABC):
 
     async def pop_item(self) -> SessionItem | None:
         self._check_open()
-        row = await self.pop_stored_item()
-        return None if row is None else decode_item(row)
+        return await self._pop_valid(self.pop_stored_item)
 
     async def pop_stored_item(self) -> str | None:
         """Remove the newest item and return its JSON text as stored; ``None`` when empty."""
@@ -155,6 +157,23 @@ class SQLSessionBase(SessionABC):
     async def clear_session(self) -> None:
         self._check_open()
         await self._ops.clear()
+
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        return await self.replace_encoded_items(items, newest=newest, if_newest=expected)
+
+    async def replace_encoded_items(
+        self,
+        items: list[EncodedItem],
+        *,
+        newest: int | None = None,
+        if_newest: list[SessionItem] | None = None,
+    ) -> bool:
+        """:meth:`replace_items` with items already checked and encoded by
+        :func:`agentmem.session.encode_items` (and ``newest`` already checked)."""
+        self._check_open()
+        return await self._ops.replace(items, newest, if_newest)
 
 
 SQLSessionT = TypeVar("SQLSessionT", bound=SQLSessionBase)
@@ -218,3 +237,8 @@ class Operations(ABC):
 
     @abstractmethod
     async def page(self, limit: int, before: int | None) -> ItemPage: ...
+
+    @abstractmethod
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool: ...

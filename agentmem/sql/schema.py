@@ -37,6 +37,7 @@ __all__ = [
     "SessionRecord",
     "Tables",
     "metadata",
+    "table_prefix_for",
     "tables_for_prefix",
     "validate_table_prefix",
 ]
@@ -62,6 +63,39 @@ def validate_table_prefix(prefix: str) -> str:
             "not starting with a digit"
         )
     return prefix
+
+
+def table_prefix_for(
+    table_prefix: str, sessions_table: str | None, messages_table: str | None
+) -> str:
+    """The table prefix that ``sessions_table``/``messages_table`` (the OpenAI Agents SDK's
+    table-name arguments) stand for: ``"agent_sessions"``/``"agent_messages"`` is ``"agent_"``.
+
+    Raises:
+        ValueError: a name that is not a prefix followed by ``sessions``/``messages``, or names
+            (and ``table_prefix``) that disagree.
+    """
+    validate_table_prefix(table_prefix)
+    if sessions_table is None and messages_table is None:
+        return table_prefix
+    prefixes = set()
+    for name, suffix in ((sessions_table, "sessions"), (messages_table, "messages")):
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name.endswith(suffix):
+            raise ValueError(
+                f"table name {name!r} must end with {suffix!r}: agentmem's tables are a prefix "
+                "followed by 'sessions' and 'messages' (as 'agent_sessions', 'agent_messages')"
+            )
+        prefixes.add(name[: -len(suffix)])
+    if table_prefix:
+        prefixes.add(table_prefix)
+    if len(prefixes) != 1:
+        raise ValueError(
+            f"sessions_table={sessions_table!r}, messages_table={messages_table!r} and "
+            f"table_prefix={table_prefix!r} name different table prefixes"
+        )
+    return validate_table_prefix(prefixes.pop())
 
 
 @dataclass(frozen=True)

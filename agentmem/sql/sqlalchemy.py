@@ -1,9 +1,10 @@
 """``SQLAlchemySession``: agentmem's history on any SQLAlchemy ``AsyncEngine`` for PostgreSQL
-(asyncpg) or SQLite (aiosqlite).
+(asyncpg, or another async driver through SQLAlchemy Core) or SQLite (aiosqlite).
 
 Connections come from the engine's pool, one checkout per operation. Each operation is one
-statement on PostgreSQL and one call into the aiosqlite worker thread on SQLite (see
-:mod:`agentmem.sql._statements`). Engines built from URLs and the schema check live in
+statement on PostgreSQL through asyncpg and one call into the aiosqlite worker thread on SQLite
+(see :mod:`agentmem.sql._statements`); other PostgreSQL drivers go through
+:mod:`agentmem.sql._core`. Engines built from URLs and the schema check live in
 :mod:`agentmem.sql._engines`; the timeout and retry of a call in :mod:`agentmem.sql._retry`.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,12 +43,15 @@ from agentmem.records import (
 from agentmem.session import (
     EncodedItem,
     SessionABC,
+    SessionItem,
     validate_session_id,
 )
 from agentmem.sql import _lifecycle, _manage, _urls, _windows, migrate
 from agentmem.sql import _statements as _sql
+from agentmem.sql._core import CoreOperations
 from agentmem.sql._engines import (
     engine_of,
+    loop_engine,
     release_engines,
     schemas,
     server_name,
@@ -56,7 +60,7 @@ from agentmem.sql._engines import (
 from agentmem.sql._locks import FileSessionLock, PostgresSessionLock, lock_file
 from agentmem.sql._retry import in_aiosqlite_thread, with_driver
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
-from agentmem.sql.schema import validate_table_prefix
+from agentmem.sql.schema import table_prefix_for, validate_table_prefix
 from agentmem.windows import WindowMode
 
 __all__ = [
@@ -73,7 +77,8 @@ T = TypeVar("T")
 
 POSTGRES = "postgresql+asyncpg"
 SQLITE = "sqlite+aiosqlite"
-_SUPPORTED = f"{POSTGRES} and {SQLITE}"
+_SUPPORTED = f"{POSTGRES}, {SQLITE} and PostgreSQL's other async drivers (postgresql+psycopg)"
+_MANAGED = f"{POSTGRES} and {SQLITE}"
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a PostgreSQL call may take before :class:`CallTimeoutError` (``call_timeout``)."""
@@ -90,11 +95,54 @@ def _validate_call_timeout(value: object) -> float | None:
 
 
 def _checked_kind(dialect: str, driver: str, user: str) -> str:
-    """``dialect+driver``, if ``user`` (a class name, for the message) supports it."""
+    """``dialect+driver``, if ``user`` (a class name, for the message) supports it: the
+    session takes any async PostgreSQL driver (through SQLAlchemy Core), the manager asyncpg
+    and aiosqlite."""
     kind = f"{dialect}+{driver}"
-    if kind not in (POSTGRES, SQLITE):
+    if kind in (POSTGRES, SQLITE):
+        return kind
+    if user == "SQLAlchemySession":
+        if dialect == "postgresql":
+            return kind
         raise ValueError(f"{user} supports {_SUPPORTED}, not {kind}")
-    return kind
+    raise ValueError(
+        f"{user} supports {_MANAGED}, not {kind}"
+        + ("; SQLAlchemySession takes it" if dialect == "postgresql" else "")
+    )
+
+
+def _engine_and_id(
+    args: tuple[Any, ...], engine: AsyncEngine | None, session_id: str | None
+) -> tuple[AsyncEngine, str]:
+    """The engine and the session id from agentmem's ``(engine, session_id)`` form or the
+    SDK's ``(session_id, *, engine=...)`` form."""
+    if len(args) > 2:
+        raise TypeError(
+            f"SQLAlchemySession takes at most 2 positional arguments ({len(args)} given)"
+        )
+    positional = list(args)
+    if len(positional) == 2 and not isinstance(positional[0], AsyncEngine):
+        raise TypeError(
+            "engine must be a sqlalchemy.ext.asyncio.AsyncEngine, "
+            f"got {type(positional[0]).__name__}"
+        )
+    if positional and isinstance(positional[0], AsyncEngine):
+        if engine is not None:
+            raise TypeError("SQLAlchemySession got the engine twice (positional and engine=)")
+        engine = positional.pop(0)
+    if positional:
+        if session_id is not None:
+            raise TypeError("SQLAlchemySession got the session id twice")
+        session_id = positional.pop(0)
+    if positional:
+        raise TypeError(
+            "SQLAlchemySession takes (engine, session_id) or (session_id, *, engine=...)"
+        )
+    if engine is None:
+        raise TypeError("SQLAlchemySession needs an engine: (engine, session_id) or engine=")
+    if session_id is None:
+        raise TypeError("SQLAlchemySession needs a session_id")
+    return engine, session_id
 
 
 def _engine_kind(engine: object, user: str) -> str:
@@ -160,8 +208,18 @@ class _OnEngine:
         """The prefix of agentmem's table names in the store."""
         return self._table_prefix
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The ``AsyncEngine``: the one given, or (built ``from_url``, read from async code)
+        the running event loop's engine of the URL.
+
+        Raises:
+            RuntimeError: a ``from_url`` object's engine read with no event loop running.
+        """
+        return loop_engine(self._engine, self._url, self._engine_options, self._engine_keys)
+
     def _driver_timeout(self) -> float | None:
-        """``call_timeout`` where it applies: on PostgreSQL."""
+        """``call_timeout`` where it applies: on PostgreSQL through asyncpg."""
         return self._call_timeout if self._kind == POSTGRES else None
 
     def _server(self) -> str:
@@ -185,33 +243,43 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
     Example:
         >>> engine = create_async_engine("postgresql+asyncpg://app@db/app")
         >>> session = SQLAlchemySession(engine, "user_123")
+        >>> session = SQLAlchemySession("user_123", engine=engine)  # the OpenAI Agents SDK's form
         >>> await Runner.run(agent, "Hello", session=session)
 
     The session borrows the engine: ``close()`` leaves it open. Sessions made with
     :meth:`from_url` share one engine per URL and event loop and dispose it with the last of them.
 
     Args:
-        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
+        engine: An ``AsyncEngine`` on ``postgresql+asyncpg`` or ``sqlite+aiosqlite`` (each
+            operation one statement or one thread call), or on another async PostgreSQL driver
+            such as ``postgresql+psycopg`` (through SQLAlchemy Core: a few statements per
+            operation). Positional before ``session_id``, or by keyword after it.
         session_id: The conversation's id (1-255 characters).
         create_tables: Bring the database to agentmem's current schema on first use (runs the
             Alembic migrations). When false (the default) a database without the schema, or
             behind it, raises :class:`agentmem.SchemaError` naming the command that fixes it.
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions`` and
             ``am_messages``), for databases that already have a ``sessions`` table.
+        sessions_table: The name of the sessions table, as in the SDK: it must be the table
+            prefix followed by ``sessions`` (``"agent_sessions"`` is the prefix ``"agent_"``).
+        messages_table: The name of the messages table: the same prefix followed by
+            ``messages``.
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
-        call_timeout: On PostgreSQL, the seconds one call (connection checkout, schema check
-            and statement) may take before it raises :class:`CallTimeoutError`; ``None`` waits
-            forever. On SQLite it does not apply: a call waits at most SQLite's 30 s busy
-            timeout for another writer's lock.
+        call_timeout: On PostgreSQL through asyncpg, the seconds one call (connection checkout,
+            schema check and statement) may take before it raises :class:`CallTimeoutError`;
+            ``None`` waits forever. It does not apply to SQLite (a call waits at most SQLite's
+            30 s busy timeout for another writer's lock) nor to the other drivers.
         whole_pairs: Make whole-pair windows the default of ``get_items`` calls with a limit
             (the Runner's ``session_settings.limit`` too); see :mod:`agentmem.windows`.
         whole_turns: Make whole-turn windows that default.
 
     Raises:
+        TypeError: the engine or session id is missing, given twice, or of the wrong type.
         ValueError: the engine's driver is not supported, or an argument is invalid.
     """
 
+    @overload
     def __init__(
         self,
         engine: AsyncEngine,
@@ -219,6 +287,39 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         *,
         create_tables: bool = False,
         table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
+        session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        engine: AsyncEngine,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
+        session_settings: Any = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        whole_pairs: bool = False,
+        whole_turns: bool = False,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        *args: Any,
+        engine: AsyncEngine | None = None,
+        session_id: str | None = None,
+        create_tables: bool = False,
+        table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
         whole_pairs: bool = False,
@@ -230,6 +331,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        engine, session_id = _engine_and_id(args, engine, session_id)
         super().__init__(
             session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
@@ -242,6 +344,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
             metadata=metadata,
         )
         kind = _engine_kind(engine, "SQLAlchemySession")
+        table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         self._hold(kind, engine, None, None, create_tables, table_prefix, call_timeout)
         self._bind_operations()
 
@@ -253,6 +356,8 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         url: str,
         create_tables: bool = False,
         table_prefix: str = "",
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
         session_settings: Any = None,
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
@@ -279,6 +384,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         )
         self.lifecycle = lifecycle or Lifecycle()
         async_url, kind = _url_kind(url, "SQLAlchemySession")
+        table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         self._hold(kind, None, async_url, engine_kwargs, create_tables, table_prefix, call_timeout)
         self._bind_operations()
         return self
@@ -288,6 +394,13 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
             self._pg = _sql.postgres_statements(self._table_prefix)
             self._pg_windows = _windows.postgres_window_statements(self._table_prefix)
             self._ops = _AsyncpgOperations(self)
+        elif self._kind != SQLITE:  # another async PostgreSQL driver
+            if self.lifecycle != Lifecycle():
+                raise ValueError(
+                    "ttl, max_items, touch_on_read and session info on PostgreSQL need the "
+                    f"asyncpg driver (postgresql+asyncpg://...), not {self._kind}"
+                )
+            self._ops = CoreOperations(self)
         else:
             self._lite = _sql.sqlite_statements(self._table_prefix)
             self._lite_windows = _windows.sqlite_window_statements(self._table_prefix)
@@ -322,12 +435,13 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
                 session_id, url=self._url, engine_kwargs=self._engine_options, **options
             )
         session.window_mode = self.window_mode
+        session.lifecycle = self.lifecycle
         return session
 
-    async def engine(self) -> AsyncEngine:
-        """The engine this session uses now (for a ``from_url`` session: this event loop's)."""
+    async def _ready_engine(self) -> AsyncEngine:
+        """This event loop's engine, with agentmem's schema checked (or created)."""
         self._check_open()
-        return await self._ready_engine()
+        return await super()._ready_engine()
 
     def _session_lock(self) -> SessionLock:
         """PostgreSQL: an advisory lock; a SQLite file: ``flock`` on the session's lock file in
@@ -335,7 +449,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         backend, database, prefix = self.store_identity
         if backend == "postgresql":
             key = ("postgresql", self._server(), prefix, self.session_id)
-            return PostgresSessionLock(key, self.engine, prefix, self.session_id)
+            return PostgresSessionLock(key, self._ready_engine, prefix, self.session_id)
         if database == ":memory:" or database.startswith("file:"):
             engine = id(self._engine) if self._engine is not None else self._url
             return SessionLock(("sqlite-memory", engine, database, prefix, self.session_id))
@@ -483,6 +597,39 @@ class _AsyncpgOperations(_EngineOperations):
         )
         return None if row is None else _windows.fork_origin_of(row[0], row[1])
 
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        sql = self.session._pg
+        session_id = self.session_id
+
+        async def run(c: Any) -> bool:
+            transaction = c.transaction()
+            await transaction.start()
+            try:
+                await c.execute(sql.replace_lock, session_id)
+                if newest is None:
+                    await c.execute(sql.delete_all, session_id)
+                elif newest > 0:
+                    rows = list(reversed(await c.fetch(sql.newest_rows, session_id, newest)))
+                    if expected is not None and not _sql.same_items(
+                        [row[1] for row in rows], expected
+                    ):
+                        await transaction.rollback()
+                        return False
+                    await c.execute(sql.delete_ids, session_id, [row[0] for row in rows])
+                if items:
+                    data, roles, types = zip(*items, strict=True)
+                    await c.execute(sql.insert_rows, session_id, data, roles, types)
+                await c.execute(sql.recount, session_id)
+            except Exception:  # a cancel: with_driver drops the connection, which rolls back
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+            return True
+
+        return await with_driver(self.session, run, retry=False)
+
 
 class _AiosqliteOperations(_EngineOperations):
     """Runs each whole operation in the aiosqlite connection's worker thread: one thread hop."""
@@ -543,6 +690,19 @@ class _AiosqliteOperations(_EngineOperations):
     async def origin(self) -> ForkOrigin | None:
         return await self._in_thread(
             _windows.sqlite_fork_origin, self.session._lite_windows, self.session_id, retry=True
+        )
+
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        return await self._in_thread(
+            _sql.sqlite_replace,
+            self.session._lite,
+            self.session_id,
+            items,
+            newest,
+            expected,
+            retry=False,
         )
 
 
@@ -617,12 +777,6 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
     def process_private(self) -> bool:
         """Whether the engine's database is an in-memory SQLite one (private to this process)."""
         return _store_identity(self._engine, self._url, self._table_prefix)[1] == MEMORY
-
-    async def engine(self) -> AsyncEngine:
-        """The engine the manager uses now (for a ``from_url`` manager: this event loop's),
-        with agentmem's schema checked (or created, with ``create_tables``)."""
-        self._check_open()
-        return await self._ready_engine()
 
     async def schema_revision(self) -> str | None:
         """The agentmem schema revision of the database (``None``: its tables are absent),

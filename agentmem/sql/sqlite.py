@@ -54,7 +54,7 @@ from agentmem.sql import _lifecycle, _manage, _sqlite_schema, _windows, migrate
 from agentmem.sql import _statements as _sql
 from agentmem.sql._locks import FileSessionLock, lock_file
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
-from agentmem.sql.schema import validate_table_prefix
+from agentmem.sql.schema import table_prefix_for, validate_table_prefix
 from agentmem.windows import WindowMode
 
 __all__ = ["SQLiteSession", "SQLiteSessionManager"]
@@ -274,6 +274,11 @@ class _ThreadOperations(Operations):
     async def page(self, limit: int, before: int | None) -> ItemPage:
         return await self._run_lifecycle(_lifecycle.sqlite_page, limit, before)
 
+    async def replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[Any] | None
+    ) -> bool:
+        return await self._run(_sql.sqlite_replace, items, newest, expected)
+
 
 def _resolve(db_path: object) -> str:
     """``":memory:"``, or the absolute path of a database file whose directory exists."""
@@ -308,6 +313,9 @@ class SQLiteSession(SQLSessionBase):
     Args:
         session_id: The conversation's id (1-255 characters).
         db_path: ``":memory:"`` (default) or the path of the database file.
+        sessions_table: The OpenAI Agents SDK's table-name argument: a table prefix followed
+            by ``sessions`` (``"agent_sessions"`` is the prefix ``"agent_"``).
+        messages_table: The same prefix followed by ``messages``.
         table_prefix: Prefix for agentmem's table names (``"am_"`` gives ``am_sessions``...).
         session_settings: The OpenAI Agents SDK ``SessionSettings`` (or a dict): its ``limit`` is
             the default of ``get_items()``.
@@ -333,6 +341,8 @@ class SQLiteSession(SQLSessionBase):
         self,
         session_id: str,
         db_path: str | PathLike[str] = MEMORY,
+        sessions_table: str | None = None,
+        messages_table: str | None = None,
         *,
         table_prefix: str = "",
         session_settings: Any = None,
@@ -348,7 +358,7 @@ class SQLiteSession(SQLSessionBase):
         super().__init__(
             session_id, session_settings, whole_pairs=whole_pairs, whole_turns=whole_turns
         )
-        validate_table_prefix(table_prefix)
+        table_prefix = table_prefix_for(table_prefix, sessions_table, messages_table)
         self.lifecycle = Lifecycle.checked(
             ttl=ttl,
             max_items=max_items,

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from agentmem.errors import CompactionError
 from agentmem.manager import Conversation, utc
-from agentmem.session import Session, SessionABC, SessionItem, encode_item
+from agentmem.session import (
+    EncodedItem,
+    Session,
+    SessionABC,
+    SessionItem,
+    decode_item,
+    encode_item,
+)
 from agentmem.windows import resolve_window_mode
 
 if TYPE_CHECKING:
@@ -182,6 +189,20 @@ class CompactingSession(SessionABC):
         self._check_open()
         async with self._lock:
             await self.inner.clear_session()
+
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """Replaced in the wrapped session, which must offer ``replace_items`` (every agentmem
+        session does)."""
+        replace = getattr(self.inner, "replace_items", None)
+        if replace is None:
+            raise NotImplementedError(f"{type(self.inner).__name__} has no replace_items")
+        async with self._lock:
+            replaced = await replace(
+                [decode_item(item.json) for item in items], newest=newest, if_newest=expected
+            )
+        return bool(replaced)
 
     async def compact(self) -> bool:
         """Compact now if the history is past the threshold; whether it was compacted.

@@ -27,9 +27,11 @@ from agentmem._deps import missing
 from agentmem.errors import DecryptionError
 from agentmem.manager import Conversation, utc
 from agentmem.session import (
+    EncodedItem,
     Session,
     SessionABC,
     SessionItem,
+    decode_item,
     encode_items,
     validate_limit,
 )
@@ -402,6 +404,26 @@ class EncryptedSession(SessionABC):
     async def clear_session(self) -> None:
         self._check_open()
         await self.inner.clear_session()
+
+    async def _replace(
+        self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
+    ) -> bool:
+        """Encrypted under ``current`` and replaced in the wrapped session (which must offer
+        ``replace_items``). With ``expected``, the newest envelopes are read and decrypted
+        first, and the wrapped session swaps only while they are still the newest."""
+        replace = getattr(self.inner, "replace_items", None)
+        if replace is None:
+            raise NotImplementedError(f"{type(self.inner).__name__} has no replace_items")
+        sealed = [self._seal_json(item.json.encode(), decode_item(item.json)) for item in items]
+        if expected is None:
+            return bool(await replace(sealed, newest=newest))
+        stored = await plain_items(self.inner, newest) if newest else []
+        try:
+            if len(stored) != len(expected) or self.open_items(stored) != expected:
+                return False
+        except DecryptionError:
+            return False
+        return bool(await replace(sealed, if_newest=stored))
 
     async def _close(self) -> None:
         await _close_session(self.inner)
