@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from agentmem.errors import CompactionError
-from agentmem.manager import Conversation, utc
 from agentmem.session import (
     EncodedItem,
     Session,
@@ -98,17 +96,16 @@ class CompactingSession(SessionABC):
     Around an :class:`agentmem.EncryptedSession` (put the compaction outside the encryption)
     ``summarize`` gets the decrypted items and the summary is stored encrypted.
 
-    The swap is a compare-and-swap on what the public interfaces offer: the history is read, the
-    summary made, the history read again and the swap written only if the summarized items are
-    still its oldest (items appended meanwhile are kept after the summary); the write goes
-    through ``manager.write_conversation`` right after a check that the session is unchanged
-    (item count and ``updated_at``). A write by another process landing between that check and
-    the write (one round trip) is lost; writes through this object are serialized with the swap.
+    The swap is a compare-and-swap: ``inner.replace_items(..., if_newest=history)`` replaces the
+    whole history in one transaction (one script on Redis) only while it still holds exactly
+    the history that was read; if another writer changed it meanwhile, the history is read again
+    and the swap retried while the summarized items are still its oldest (items appended
+    meanwhile are kept after the summary). No concurrent write is ever lost.
 
     Args:
         inner: The session that stores the history.
         summarize: ``async (items) -> item``.
-        manager: The manager of ``inner``'s store (which makes the atomic swap).
+        manager: The manager of ``inner``'s store (it reads the whole history).
         max_items: Compact when the history holds more items than this.
         max_tokens: Compact when ``count_tokens(history)`` is more than this.
         count_tokens: ``(items) -> int``, needed with ``max_tokens``.
@@ -141,6 +138,11 @@ class CompactingSession(SessionABC):
             raise ValueError("give max_items or max_tokens: when to compact")
         if self.max_tokens is not None and count_tokens is None:
             raise ValueError("max_tokens needs count_tokens, the function that counts them")
+        if not isinstance(inner, SessionABC):
+            raise TypeError(
+                "inner must be an agentmem session: the summary is swapped in with its "
+                f"replace_items(), got {type(inner).__name__}"
+            )
         super().__init__(inner.session_id, inner.session_settings)
         self.window_mode = getattr(inner, "window_mode", "items")
         self.inner = inner
@@ -247,39 +249,33 @@ class CompactingSession(SessionABC):
         cut = self._cut(history)
         if cut < 2:  # nothing to gain: one item would be replaced by one
             return False
-        replaced = conversation.items[:cut]  # as stored: what the swap compares
         try:
             summary = await self.summarize(history[:cut])
             encode_item(summary)
-            [stored_summary] = self._seal([summary])
         except Exception as exc:
             raise CompactionError(
                 f"summarize failed for session {self.session_id!r}; the history is unchanged: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        if self.archive is not None:
+            await self.archive.add_items(history[:cut])
+        inner = self.inner
+        assert isinstance(inner, SessionABC)  # checked at construction
         for _ in range(_REPLACE_ATTEMPTS):
-            current = await self.manager.read_conversation(self.session_id)
-            if current is None or current.items[:cut] != replaced:
-                return False  # cleared, popped into, or compacted by another writer meanwhile
-            info = await self.manager.session_info(self.session_id)
-            if (
-                info is None
-                or info.item_count != len(current.items)
-                or current.updated_at is None
-                or utc(info.updated_at) != utc(current.updated_at)
+            # A compare-and-swap of the whole history (one transaction or script): it is
+            # replaced only while it holds exactly the history read, so a concurrent writer
+            # never loses an item; items added meanwhile are kept after the summary next time.
+            if await inner.replace_items(
+                [summary, *history[cut:]], newest=len(history), if_newest=history
             ):
-                continue
-            if self.archive is not None:
-                await self.archive.add_items(history[:cut])
-            await self.manager.write_conversation(
-                Conversation(
-                    self.session_id,
-                    [stored_summary, *current.items[cut:]],
-                    current.created_at,
-                    datetime.now(UTC),
-                )
-            )
-            return True
+                return True
+            conversation = await self.manager.read_conversation(self.session_id)
+            if conversation is None:
+                return False
+            current = self._open(conversation.items)
+            if current[:cut] != history[:cut]:
+                return False  # cleared, popped into, or compacted by another writer meanwhile
+            history = current
         raise CompactionError(
             f"session {self.session_id!r} changed during each of {_REPLACE_ATTEMPTS} attempts "
             "to swap in its summary; the history is unchanged"
@@ -287,9 +283,6 @@ class CompactingSession(SessionABC):
 
     def _open(self, stored: list[Any]) -> list[SessionItem]:
         return self.inner.open_items(stored) if isinstance(self.inner, StoredForm) else stored
-
-    def _seal(self, items: list[SessionItem]) -> list[Any]:
-        return self.inner.seal_items(items) if isinstance(self.inner, StoredForm) else items
 
     async def _close(self) -> None:
         close = getattr(self.inner, "close", None)

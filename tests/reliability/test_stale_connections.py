@@ -16,8 +16,8 @@ import redis.utils
 from redis.asyncio import Redis
 
 from agentmem import CachedSession, RedisSession, SQLiteSession
+from tests._servers import RedisServer
 from tests.conftest import unique_id
-from tests.reliability.conftest import PrivateRedis
 
 pytestmark = pytest.mark.redis
 
@@ -29,7 +29,7 @@ def test_the_redis_extra_installs_hiredis() -> None:
     assert redis.utils.HIREDIS_AVAILABLE
 
 
-def _sessions(server: PrivateRedis, tmp_path: Path) -> list[Any]:
+def _sessions(server: RedisServer, tmp_path: Path) -> list[Any]:
     session_id = unique_id("stale")
     return [
         RedisSession(session_id, server.url, max_connections=POOL),
@@ -54,7 +54,7 @@ async def _every_call_works(session: Any, n: int) -> None:
 
 
 async def _each_round(
-    server: PrivateRedis, tmp_path: Path, close_all: Callable[[], Awaitable[None]]
+    server: RedisServer, tmp_path: Path, close_all: Callable[[], Awaitable[None]]
 ) -> None:
     sessions = _sessions(server, tmp_path)
     try:
@@ -72,7 +72,7 @@ async def _each_round(
 
 
 async def test_the_next_call_after_client_kill_works(
-    private_redis: PrivateRedis, tmp_path: Path
+    private_redis: RedisServer, tmp_path: Path
 ) -> None:
     async with Redis.from_url(private_redis.url) as admin:
 
@@ -83,7 +83,7 @@ async def test_the_next_call_after_client_kill_works(
 
 
 async def test_the_next_call_after_a_server_restart_works(
-    private_redis: PrivateRedis, tmp_path: Path
+    private_redis: RedisServer, tmp_path: Path
 ) -> None:
     async def restart() -> None:
         private_redis.kill()
