@@ -28,8 +28,8 @@ Kinds:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,41 +311,58 @@ class Backend:
         return ["--url", self.url, *self.extra]
 
 
-@asynccontextmanager
-async def engine_of(backend: Backend, engine: Any = None) -> AsyncIterator[Any]:
+class engine_of:
     """The engine ``backend``'s sessions share: ``engine`` if given (left open), else a new
-    one, disposed on the way out; ``None`` for the kinds without one."""
-    if engine is not None or not backend.uses_engine:
-        yield engine
-        return
-    own = backend.create_engine()
-    try:
-        yield own
-    finally:
-        await own.dispose()
+    one, disposed on the way out; ``None`` for the kinds without one.
+
+    A class, not a generator: the SDK's ``Runner.run_sync`` calls ``loop.shutdown_asyncgens()``,
+    which would end a suspended generator (and dispose the engine) in the middle of a test.
+    """
+
+    def __init__(self, backend: Backend, engine: Any = None) -> None:
+        self._given = engine
+        self._own = None if engine is not None or not backend.uses_engine else backend
+        self._engine: Any = None
+
+    async def __aenter__(self) -> Any:
+        self._engine = self._given if self._own is None else self._own.create_engine()
+        return self._engine
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own is not None:
+            await self._engine.dispose()
 
 
-@asynccontextmanager
-async def session_factory(backend: Backend, engine: Any = None) -> AsyncIterator[SessionFactory]:
+class session_factory:
     """``make(session_id=NEW_ID, **options) -> Session``: a new session object on ``backend``
     (a fresh unique id unless one is given). On the way out every session made is emptied (if
-    still open) and closed, then the engine is disposed unless it was given."""
-    async with engine_of(backend, engine) as shared_engine:
-        made: list[Session] = []
+    still open) and closed, then the engine is disposed unless it was given. A class, not a
+    generator, for the reason :class:`engine_of` gives."""
+
+    def __init__(self, backend: Backend, engine: Any = None) -> None:
+        self._backend = backend
+        self._engines = engine_of(backend, engine)
+        self._made: list[Session] = []
+
+    async def __aenter__(self) -> SessionFactory:
+        shared_engine = await self._engines.__aenter__()
 
         async def make(session_id: Any = NEW_ID, **options: Any) -> Session:
             session_id = unique_id() if session_id is NEW_ID else session_id
-            session = backend.open(session_id, engine=shared_engine, **options)
-            made.append(session)
+            session = self._backend.open(session_id, engine=shared_engine, **options)
+            self._made.append(session)
             return session
 
+        return make
+
+    async def __aexit__(self, *exc: object) -> None:
         try:
-            yield make
-        finally:
-            for session in made:
+            for session in self._made:
                 if not getattr(session, "closed", False):
                     await session.clear_session()
                 await session.close()  # type: ignore[attr-defined]
+        finally:
+            await self._engines.__aexit__(None, None, None)
 
 
 @contextmanager

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from agentmem.manager import SessionManagerABC
 from tests._backends import (
     RUN_ID,
     Backend,
@@ -104,8 +107,13 @@ async def postgres_engine(postgres_url: str) -> AsyncIterator[Any]:
 
 
 async def _factory(backend: Backend, engine: Any = None) -> AsyncIterator[SessionFactory]:
-    async with session_factory(backend, engine) as make:
-        yield make
+    # No ``async with``/``finally`` around the yield: the SDK's ``Runner.run_sync`` calls
+    # ``loop.shutdown_asyncgens()``, which would close this generator, and so the test's
+    # sessions, in the middle of the test. The fixture's teardown resumes it normally.
+    factory = session_factory(backend, engine)
+    make = await factory.__aenter__()
+    yield make
+    await factory.__aexit__(None, None, None)
 
 
 @pytest.fixture
@@ -349,3 +357,127 @@ def make_session(request: pytest.FixtureRequest) -> SessionFactory:
     """A factory of sessions on each backend in turn (see ``BACKENDS``)."""
     factory: SessionFactory = request.getfixturevalue(request.param)
     return factory
+
+
+# --- the session managers of every backend (the manager contract, test_managers.py) --------
+
+
+@dataclass
+class ManagerCase:
+    """A manager under test and the session ids this test may use."""
+
+    manager: SessionManagerABC[Any]
+    prefix: str = field(default_factory=lambda: unique_id("m"))
+
+    def new_id(self, name: str = "") -> str:
+        return f"{self.prefix}-{name or uuid.uuid4().hex[:8]}"
+
+    async def mine(self) -> list[str]:
+        return [i for i in await self.manager.list_sessions() if i.startswith(self.prefix)]
+
+
+async def _case(manager: SessionManagerABC[Any]) -> AsyncIterator[ManagerCase]:
+    case = ManagerCase(manager)
+    yield case
+    if not manager.closed:
+        for session_id in await case.mine():
+            await manager.delete_session(session_id)
+        await manager.close()
+
+
+async def _backend_case(backend: Backend, engine: Any = None) -> AsyncIterator[ManagerCase]:
+    """The manager of ``backend`` (from the registry, tests/_backends.py) on ``engine``."""
+    async with engine_of(backend, engine) as shared_engine:
+        async for case in _case(backend.manager(engine=shared_engine)):
+            yield case
+
+
+@pytest.fixture
+async def sqlite_memory_manager() -> AsyncIterator[ManagerCase]:
+    async for case in _backend_case(Backend("sqlite-memory")):
+        yield case
+
+
+@pytest.fixture
+async def sqlite_file_manager(tmp_path: Path) -> AsyncIterator[ManagerCase]:
+    async for case in _backend_case(Backend("sqlite-file", str(tmp_path / "managed.db"))):
+        yield case
+
+
+@pytest.fixture
+async def sqlalchemy_sqlite_manager(tmp_path: Path) -> AsyncIterator[ManagerCase]:
+    async for case in _backend_case(Backend("sqlalchemy-sqlite", str(tmp_path / "engine.db"))):
+        yield case
+
+
+@pytest.fixture
+async def postgres_manager(postgres_url: str, postgres_engine: Any) -> AsyncIterator[ManagerCase]:
+    async for case in _backend_case(Backend("postgres", postgres_url), postgres_engine):
+        yield case
+
+
+@pytest.fixture
+async def postgres_url_manager(postgres_url: str) -> AsyncIterator[ManagerCase]:
+    """``SQLAlchemySessionManager.from_url``: no engine given, the manager builds its own."""
+    async for case in _case(Backend("postgres", postgres_url).manager()):
+        yield case
+
+
+@pytest.fixture
+async def redis_manager(redis_client: Any) -> AsyncIterator[ManagerCase]:
+    prefix = f"{REDIS_PREFIX}:{uuid.uuid4().hex[:8]}"
+    async for case in _backend_case(Backend("redis", redis_url=REDIS_URL, prefix=prefix)):
+        yield case
+
+
+@pytest.fixture
+async def cached_manager(
+    postgres_url: str, postgres_engine: Any, redis_client: Any
+) -> AsyncIterator[ManagerCase]:
+    backend = Backend("cached", postgres_url, REDIS_URL, REDIS_PREFIX)
+    async for case in _backend_case(backend, postgres_engine):
+        yield case
+
+
+@pytest.fixture
+async def pgbouncer_manager(
+    pgbouncer_servers: Any, postgres_url: str, pgbouncer_engine: Any
+) -> AsyncIterator[ManagerCase]:
+    url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    async for case in _backend_case(Backend("pgbouncer", url), pgbouncer_engine):
+        yield case
+
+
+@pytest.fixture
+async def redis_cluster_manager(redis_cluster: Any) -> AsyncIterator[ManagerCase]:
+    prefix = f"{REDIS_PREFIX}:{uuid.uuid4().hex[:8]}"
+    backend = Backend("redis-cluster", redis_url=cluster_url(redis_cluster), prefix=prefix)
+    async for case in _backend_case(backend):
+        yield case
+
+
+@pytest.fixture
+async def cached_cluster_manager(
+    postgres_url: str, postgres_engine: Any, redis_cluster: Any
+) -> AsyncIterator[ManagerCase]:
+    backend = Backend("cached-cluster", postgres_url, cluster_url(redis_cluster), REDIS_PREFIX)
+    async for case in _backend_case(backend, postgres_engine):
+        yield case
+
+
+MANAGERS = [
+    pytest.param("sqlite_memory_manager", marks=pytest.mark.sqlite, id="sqlite-memory"),
+    pytest.param("sqlite_file_manager", marks=pytest.mark.sqlite, id="sqlite-file"),
+    pytest.param("sqlalchemy_sqlite_manager", marks=pytest.mark.sqlite, id="sqlalchemy-sqlite"),
+    pytest.param("postgres_manager", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("postgres_url_manager", marks=pytest.mark.postgres, id="postgres-url"),
+    pytest.param("pgbouncer_manager", marks=pytest.mark.pgbouncer, id="pgbouncer"),
+    pytest.param("redis_manager", marks=pytest.mark.redis, id="redis"),
+    pytest.param("cached_manager", marks=pytest.mark.cached, id="cached"),
+    pytest.param("redis_cluster_manager", marks=pytest.mark.cluster, id="redis-cluster"),
+    pytest.param(
+        "cached_cluster_manager",
+        marks=[pytest.mark.cluster, pytest.mark.cached],
+        id="cached-cluster",
+    ),
+]

@@ -20,21 +20,8 @@ from agentmem import CompactingSession, CompactionError, EncryptedSession
 from agentmem.wrappers import generate_key
 from agentmem.wrappers.compacting import turn_starts
 from tests._backends import NEW_ID
-from tests.conftest import SessionFactory
+from tests.conftest import MANAGERS, ManagerCase, SessionFactory
 from tests.test_contract import *  # noqa: F403  # the contract suite, on the wrapped backends
-from tests.test_managers import (  # noqa: F401  # the managers' fixtures
-    MANAGERS,
-    ManagerCase,
-    cached_cluster_manager,
-    cached_manager,
-    pgbouncer_manager,
-    postgres_manager,
-    postgres_url_manager,
-    redis_cluster_manager,
-    redis_manager,
-    sqlalchemy_sqlite_manager,
-    sqlite_file_manager,
-)
 
 SHARED_MANAGERS = [param for param in MANAGERS if param.id != "sqlite-memory"]
 

@@ -20,21 +20,7 @@ import pytest
 
 from agentmem import SessionInfo
 from tests import _lifecycle_workers
-from tests.conftest import unique_id
-from tests.test_managers import (  # noqa: F401  (fixtures, found by name)
-    MANAGERS,
-    ManagerCase,
-    cached_cluster_manager,
-    cached_manager,
-    pgbouncer_manager,
-    postgres_manager,
-    postgres_url_manager,
-    redis_cluster_manager,
-    redis_manager,
-    sqlalchemy_sqlite_manager,
-    sqlite_file_manager,
-    sqlite_memory_manager,
-)
+from tests.conftest import MANAGERS, ManagerCase, unique_id
 
 HOUR = 3600
 TINY_TTL = 0.005
