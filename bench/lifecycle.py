@@ -127,7 +127,7 @@ async def postgres_fill(url: str, size: int, expired: bool) -> None:
 async def redis_fill(manager: Any, size: int, expired: bool) -> None:
     import redis.asyncio as redis
 
-    from agentmem.redis.client import _encode_tag, _key
+    from agentmem.redis.client import encode_tag, tagged_key
 
     client = redis.Redis.from_url(REDIS_URL)
     chunk = 5_000
@@ -137,10 +137,10 @@ async def redis_fill(manager: Any, size: int, expired: bool) -> None:
                 session_id = f"s{n:08d}"
                 stamp = f"{BASE.timestamp() + n:.6f}"
                 user = owner(n)
-                tag = _encode_tag(user)
+                tag = encode_tag(user)
                 if not expired:
                     pipe.hset(
-                        _key(manager.session_prefix, session_id),
+                        tagged_key(manager.session_prefix, session_id),
                         mapping={"created_at": stamp, "updated_at": stamp, "user_id": user},
                     )
                 # an expired session's keys are gone (native TTL): only its index entries stay
