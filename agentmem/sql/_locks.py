@@ -1,13 +1,21 @@
 """The shared locks of ``exclusive()`` on the SQL stores.
 
-- A SQLite file: an exclusive ``flock`` on a lock file of the session, in the directory
-  ``<database file>-locks/`` (one small file per session that was ever locked). It is released
-  when the holder closes it or its process ends. The wait polls (1 ms, doubling to 50 ms): across
-  processes the order in which waiters get it is not defined.
-- PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) keyed by a 64-bit hash of the
-  table prefix and the session id, on a pooled connection held for the whole block. Waiters wait
-  in the server's lock queue; ``lock_timeout`` bounds the wait. If that connection dies, the
-  server drops the lock: the block's exit then raises :class:`agentmem.SessionLockLost`.
+- A SQLite file: tickets, in the session's directory in ``<database file>-locks/``. A caller
+  takes the next number under a ``flock`` on the directory's ``next`` file (the counter), and
+  creates and ``flock``s its ticket file before letting the counter go: the file is locked for
+  as long as its caller waits or holds the lock, and its lock ends with its process. A caller
+  holds the session's lock once no lower ticket is live (locked); until then it polls (1 ms,
+  doubling to 50 ms). Waiters get the lock in ticket order, across processes; a ticket left by
+  a process that died is unlocked, skipped and removed. Releasing removes the ticket.
+- PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock``) keyed by a 64-bit
+  hash of the table prefix and the session id, in a transaction left open for the whole block on
+  a pooled connection held for it (the block's own statements run on other connections). Waiters
+  wait in the server's lock queue; ``SET LOCAL lock_timeout`` bounds the wait. No session state
+  outlives the transaction, so it works through PgBouncer in transaction mode too (which keeps
+  the server connection for the open transaction). The transaction is READ COMMITTED and writes
+  nothing: idle, it holds no snapshot (no xmin) and no transaction id. If its connection dies
+  (or ``idle_in_transaction_session_timeout`` ends it), the server drops the lock: the block's
+  exit then raises :class:`agentmem.SessionLockLost`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from sqlalchemy.util import greenlet_spawn
 from agentmem._lock import SessionLock
 from agentmem.errors import SessionLockTimeout
 
-__all__ = ["FileSessionLock", "PostgresSessionLock", "advisory_key", "lock_file"]
+__all__ = ["FileSessionLock", "PostgresSessionLock", "advisory_key", "lock_directory"]
 
 _POLL_FIRST = 0.001
 _POLL_MAX = 0.05
@@ -38,9 +46,9 @@ def _digest(table_prefix: str, session_id: str) -> bytes:
     return hashlib.sha256(f"agentmem\0{table_prefix}\0{session_id}".encode()).digest()
 
 
-def lock_file(database: str, table_prefix: str, session_id: str) -> Path:
-    """The lock file of a session of the SQLite database file ``database``."""
-    return Path(f"{database}-locks") / f"{_digest(table_prefix, session_id)[:16].hex()}.lock"
+def lock_directory(database: str, table_prefix: str, session_id: str) -> Path:
+    """The lock directory of a session of the SQLite database file ``database``."""
+    return Path(f"{database}-locks") / _digest(table_prefix, session_id)[:16].hex()
 
 
 def advisory_key(table_prefix: str, session_id: str) -> int:
@@ -53,44 +61,104 @@ def _timed_out(timeout: float) -> SessionLockTimeout:
 
 
 class FileSessionLock(SessionLock):
-    """``flock`` on the session's lock file next to a SQLite database file."""
+    """Tickets in the session's lock directory next to a SQLite database file, granted in
+    order (see the module docstring)."""
 
     def __init__(self, key: Hashable, path: Path) -> None:
         super().__init__(key)
         self._path = path
+        self._ticket: Path | None = None
         self._fd: int | None = None
 
     async def _acquire_shared(self, seconds: float) -> None:
-        self._path.parent.mkdir(exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = time.monotonic() + seconds
-        pause = _POLL_FIRST
+        number, fd = await _take_ticket(self._path)
+        ticket = self._path / _ticket_name(number)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise _timed_out(seconds) from None
-                    await asyncio.sleep(min(pause, left))
-                    pause = min(pause * 2, _POLL_MAX)
-                else:
-                    self._fd = fd
-                    return
+            pause = _POLL_FIRST
+            while _ahead(self._path, number):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _timed_out(seconds)
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, _POLL_MAX)
         except BaseException:
-            os.close(fd)
+            _drop_ticket(ticket, fd)
             raise
+        self._ticket, self._fd = ticket, fd
 
     async def _release_shared(self) -> bool:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the only descriptor of the lock releases it
+        ticket, fd, self._ticket, self._fd = self._ticket, self._fd, None, None
+        if ticket is not None and fd is not None:
+            _drop_ticket(ticket, fd)
         return True
 
 
+def _ticket_name(number: int) -> str:
+    return f"{number:020d}.ticket"
+
+
+async def _take_ticket(directory: Path) -> tuple[int, int]:
+    """The next ticket of ``directory``: its number and the descriptor of its file, locked
+    (its caller's liveness mark) before the counter moves on."""
+    os.makedirs(directory, exist_ok=True)
+    counter = os.open(directory / "next", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        while True:  # held for a few system calls by each caller
+            try:
+                fcntl.flock(counter, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(_POLL_FIRST)
+        data = os.pread(counter, 32, 0)
+        number = int(data) + 1 if data.strip() else 1
+        fd = os.open(directory / _ticket_name(number), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            text = b"%d\n" % number
+            os.pwrite(counter, text, 0)
+            os.ftruncate(counter, len(text))
+        except BaseException:
+            os.close(fd)
+            raise
+    finally:
+        os.close(counter)  # and with it its lock
+    return number, fd
+
+
+def _ahead(directory: Path, number: int) -> bool:
+    """Whether a live ticket lower than ``number`` is in ``directory``. Every lower ticket was
+    taken, its file locked, before ``number`` was: an unlocked one is of a process that died
+    (or is letting it go), and is removed."""
+    for name in os.listdir(directory):
+        if not name.endswith(".ticket") or int(name[:-7]) >= number:
+            continue
+        try:
+            fd = os.open(directory / name, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # let go meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / name)
+        finally:
+            os.close(fd)
+    return False
+
+
+def _drop_ticket(ticket: Path, fd: int) -> None:
+    try:
+        ticket.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # closing the only descriptor releases its lock
+
+
 class PostgresSessionLock(SessionLock):
-    """``pg_advisory_lock`` on a pooled connection of ``engine`` (awaited), held for the block."""
+    """``pg_advisory_xact_lock`` in a transaction open for the block, on a pooled connection of
+    ``engine`` (awaited) held for it."""
 
     def __init__(
         self,
@@ -108,24 +176,28 @@ class PostgresSessionLock(SessionLock):
         engine = await self._engine()
         pooled = await engine.raw_connection()
         driver: Any = pooled.driver_connection
-        # One round trip: the wait is bounded by lock_timeout, which a failure rolls back with
-        # the rest of the implicit transaction and a success resets.
+        # One round trip; lock_timeout bounds the wait and ends with the transaction.
         wait_ms = max(1, round(seconds * 1000))
         sql = (
-            f"SET lock_timeout = {wait_ms}; SELECT pg_advisory_lock({self._advisory}); "
-            "RESET lock_timeout"
+            "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; "
+            f"SET LOCAL lock_timeout = {wait_ms}; "
+            f"SELECT pg_advisory_xact_lock({self._advisory})"
         )
         try:
             await driver.execute(sql)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) == "55P03":  # lock_not_available
+                try:
+                    await driver.execute("ROLLBACK")
+                except BaseException:
+                    await _drop(pooled)
+                    raise
                 await greenlet_spawn(pooled.close)
                 raise _timed_out(seconds) from None
-            await greenlet_spawn(pooled.invalidate)
+            await _drop(pooled)
             raise
         except BaseException:  # cancelled mid-wait: dropping the connection drops the lock
-            _terminate(driver)
-            await asyncio.shield(greenlet_spawn(pooled.invalidate))
+            await _drop(pooled)
             raise
         self._pooled = pooled
 
@@ -134,34 +206,23 @@ class PostgresSessionLock(SessionLock):
         if pooled is None:
             return True
         try:
-            held = await _fetch_value(
-                pooled.driver_connection, f"SELECT pg_advisory_unlock({self._advisory})"
-            )
+            # The transaction was open all along (else this fails): the lock was held.
+            await pooled.driver_connection.execute("ROLLBACK")
         except BaseException as exc:
             # The connection is gone, and the lock with it (or it goes now).
-            _terminate(pooled.driver_connection)
             with contextlib.suppress(Exception):
-                await asyncio.shield(greenlet_spawn(pooled.invalidate))
+                await _drop(pooled)
             if not isinstance(exc, Exception):
                 raise
             return False
         await greenlet_spawn(pooled.close)
-        return bool(held)
+        return True
 
 
-async def _fetch_value(driver: Any, sql: str) -> Any:
-    """The first value of ``sql`` on an asyncpg or psycopg connection."""
-    fetchval = getattr(driver, "fetchval", None)
-    if fetchval is not None:
-        return await fetchval(sql)
-    cursor = await driver.execute(sql)
-    row = await cursor.fetchone()
-    return None if row is None else row[0]
-
-
-def _terminate(driver: Any) -> None:
-    """Drop the connection at once, where the driver can (asyncpg); else the pool's
-    invalidation closes it."""
-    terminate = getattr(driver, "terminate", None)
+async def _drop(pooled: Any) -> None:
+    """Close ``pooled`` for good, at once where the driver can (asyncpg): the server ends its
+    transaction and with it the lock."""
+    terminate = getattr(pooled.driver_connection, "terminate", None)
     if terminate is not None:
         terminate()
+    await asyncio.shield(greenlet_spawn(pooled.invalidate))

@@ -57,7 +57,7 @@ from agentmem.sql._engines import (
     server_name,
     use_sqlite_settings,
 )
-from agentmem.sql._locks import FileSessionLock, PostgresSessionLock, lock_file
+from agentmem.sql._locks import FileSessionLock, PostgresSessionLock, lock_directory
 from agentmem.sql._retry import in_aiosqlite_thread, with_driver
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import table_prefix_for, validate_table_prefix
@@ -444,7 +444,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
         return await super()._ready_engine()
 
     def _session_lock(self) -> SessionLock:
-        """PostgreSQL: an advisory lock; a SQLite file: ``flock`` on the session's lock file in
+        """PostgreSQL: an advisory lock; a SQLite file: tickets in the session's lock directory in
         ``<database>-locks/``; an in-memory SQLite database: a process-local lock."""
         backend, database, prefix = self.store_identity
         if backend == "postgresql":
@@ -455,7 +455,7 @@ class SQLAlchemySession(SQLSessionBase, _OnEngine):
             return SessionLock(("sqlite-memory", engine, database, prefix, self.session_id))
         return FileSessionLock(
             ("sqlite", database, prefix, self.session_id),
-            lock_file(database, prefix, self.session_id),
+            lock_directory(database, prefix, self.session_id),
         )
 
     async def _close(self) -> None:

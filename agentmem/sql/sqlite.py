@@ -52,7 +52,7 @@ from agentmem.records import (
 from agentmem.session import EncodedItem, validate_session_id
 from agentmem.sql import _lifecycle, _manage, _sqlite_schema, _windows, migrate
 from agentmem.sql import _statements as _sql
-from agentmem.sql._locks import FileSessionLock, lock_file
+from agentmem.sql._locks import FileSessionLock, lock_directory
 from agentmem.sql.base import MEMORY, Operations, SQLSessionBase, SQLSessionManagerABC
 from agentmem.sql.schema import table_prefix_for, validate_table_prefix
 from agentmem.windows import WindowMode
@@ -416,14 +416,14 @@ class SQLiteSession(SQLSessionBase):
         return "sqlite", self.db_path, self._database.table_prefix
 
     def _session_lock(self) -> SessionLock:
-        """A file: ``flock`` on the session's lock file in ``<db_path>-locks/``; in memory (a
+        """A file: tickets in the session's lock directory in ``<db_path>-locks/``; in memory (a
         database private to this object): a process-local lock."""
         prefix = self._database.table_prefix
         if self.db_path == MEMORY:
             return SessionLock(("sqlite-memory", id(self._database), self.session_id))
         return FileSessionLock(
             ("sqlite", self.db_path, prefix, self.session_id),
-            lock_file(self.db_path, prefix, self.session_id),
+            lock_directory(self.db_path, prefix, self.session_id),
         )
 
     @property
