@@ -1,10 +1,13 @@
 """``session.exclusive()``: one holder of a session at a time, on every backend (the contract
-suite's ``make_session``); across processes in tests/reliability/test_exclusive_processes.py."""
+suite's ``make_session``); across processes in tests/reliability/test_exclusive_processes.py.
+Waiters in other processes get the lock in their order on every store processes share (a
+SQLite file, PostgreSQL, Redis, Redis Cluster; through PgBouncer in tests/test_pgbouncer.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,9 @@ import pytest
 
 from agentmem import SessionLockLost, SessionLockTimeout
 from agentmem.errors import SessionClosedError
-from tests.conftest import SessionFactory, unique_id
+from tests._backends import Backend
+from tests._lock_queue import waiters_take_turns_in_order
+from tests.conftest import REDIS_PREFIX, REDIS_URL, SessionFactory, cluster_url, unique_id
 
 # A wait that always ends in SessionLockTimeout: the lock is held by a task that is itself
 # waiting for the test to let it go, so the outcome does not depend on the machine's speed.
@@ -207,6 +212,29 @@ async def test_postgres_reports_a_lock_lost_with_its_connection(
     assert await session.get_items() == [{"after": "lost"}]
 
 
+@pytest.mark.postgres
+async def test_postgres_holds_the_lock_in_a_transaction_without_snapshot_or_xid(
+    postgres_session: SessionFactory, postgres_server: Any
+) -> None:
+    """The lock's transaction stays open, idle, for the block: it holds no snapshot (it does
+    not hold back vacuum) and no transaction id, and it is gone once the block ends."""
+    from agentmem.sql._locks import advisory_key
+
+    session: Any = await postgres_session()
+    key = advisory_key(session.table_prefix, session.session_id)
+    holder = (
+        "SELECT a.state, a.backend_xid, a.backend_xmin FROM pg_locks l JOIN pg_stat_activity a "
+        "USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
+        "AND (l.classid::bigint << 32 | l.objid::bigint) = $1"
+    )
+    async with session.exclusive():
+        await session.add_items([{"n": 1}])
+        rows = await postgres_server.fetch(holder, key)
+    assert [tuple(row) for row in rows] == [("idle in transaction", None, None)]
+    assert await postgres_server.fetch(holder, key) == []
+    assert await session.get_items() == [{"n": 1}]
+
+
 @pytest.mark.sqlite
 async def test_threads_with_their_own_event_loops_take_turns(tmp_path: Path) -> None:
     from agentmem import SQLiteSession
@@ -243,3 +271,61 @@ async def test_threads_with_their_own_event_loops_take_turns(tmp_path: Path) -> 
     finally:
         release.set()
         await asyncio.to_thread(thread.join)
+
+
+@pytest.fixture
+async def redis_server(redis_client: Any) -> Any:
+    """The Redis client the queue is read with (this run's keys are deleted afterwards)."""
+    return redis_client
+
+
+@pytest.fixture
+async def postgres_server(postgres_url: str) -> AsyncIterator[Any]:
+    """An asyncpg connection to the test database on the PostgreSQL server itself."""
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    yield conn
+    await conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+async def test_sqlite_file_waiters_in_other_processes_get_the_lock_in_order(
+    tmp_path: Path,
+) -> None:
+    backend = Backend("sqlite-file", str(tmp_path / "queue.db"))
+    await waiters_take_turns_in_order(backend, None, tmp_path / "order.log")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_postgres_waiters_in_other_processes_get_the_lock_in_order(
+    postgres_url: str, postgres_server: Any, tmp_path: Path
+) -> None:
+    backend = Backend("postgres", postgres_url)
+    await waiters_take_turns_in_order(backend, postgres_server, tmp_path / "order.log")
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_redis_waiters_in_other_processes_get_the_lock_in_order(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    backend = Backend("redis", redis_url=REDIS_URL, prefix=REDIS_PREFIX)
+    await waiters_take_turns_in_order(backend, redis_server, tmp_path / "order.log")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_redis_cluster_waiters_in_other_processes_get_the_lock_in_order(
+    redis_cluster: Any, tmp_path: Path
+) -> None:
+    from redis.asyncio import RedisCluster
+
+    backend = Backend("redis-cluster", redis_url=cluster_url(redis_cluster), prefix=REDIS_PREFIX)
+    client = RedisCluster.from_url(str(redis_cluster.url))
+    try:
+        await waiters_take_turns_in_order(backend, client, tmp_path / "order.log")
+    finally:
+        await client.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,8 @@ from agentmem import (
     migrate,
     pgbouncer_connect_args,
 )
+from tests._backends import Backend
+from tests._lock_queue import waiters_take_turns_in_order
 from tests.conftest import POSTGRES_URL, RUN_ID, through_pgbouncer, unique_id
 
 pytestmark = pytest.mark.pgbouncer
@@ -113,3 +116,19 @@ def test_pgbouncer_connect_args_are_equal_every_call() -> None:
     assert first == second
     assert first is not second
     assert first["statement_cache_size"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool_mode", MODES)
+async def test_exclusive_waiters_in_other_processes_get_the_lock_in_order_through_pgbouncer(
+    pgbouncer_servers: Any, postgres_url: str, pool_mode: str, tmp_path: Path
+) -> None:
+    """One holder at a time and waiters in their order, through PgBouncer in both modes (the
+    queue is read on the server: its waiting backends)."""
+    url = through_pgbouncer(pgbouncer_servers(pool_mode), postgres_url)
+    backend = Backend("pgbouncer" if pool_mode == "transaction" else "postgres", url)
+    server = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await waiters_take_turns_in_order(backend, server, tmp_path / "order.log")
+    finally:
+        await server.close()
