@@ -97,8 +97,8 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
 async def waiters_take_turns_in_order(backend: Backend, server: Any, log: Path) -> None:
     """The test shared by every store: a holder (this process) keeps the lock while waiters 1
     to 6, each in its own process, queue up one after the other; waiter 3 is killed while
-    queued and waiter 4 times out; once the holder lets go, 1, 2, 5 and 6 get the lock in that
-    order, one at a time."""
+    queued and waiter 4 times out (and leaves the queue); once the holder lets go, 1, 2, 5 and
+    6 get the lock in that order, one at a time."""
     session_id = unique_id("queue")
     session: Any = backend.open(session_id)
     children: list[Any] = []
@@ -119,6 +119,8 @@ async def waiters_take_turns_in_order(backend: Backend, server: Any, log: Path) 
                             return log_lines(log) == ["timeout 4"]
 
                         await _until(timed_out, "waiter 4 timed out")
+                        # It left the queue (what is left of it is the others').
+                        assert await queued(backend, session, server) <= seen
                         continue
 
                     async def queued_now(before: set[str] = seen) -> bool:

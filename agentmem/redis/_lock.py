@@ -85,9 +85,11 @@ return granted
 """
 )
 
-# KEYS: lock, queue, next, alive. ARGV: token. Takes the token out of the queue.
+# KEYS: lock, queue, next, alive. ARGV: token. Takes the token out of the queue, and lets the
+# lock go if the wait ended (cancelled) after the script granted it but before its reply came.
 _LEAVE = Script(
     """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) end
@@ -154,7 +156,8 @@ class RedisSessionLock(SessionLock):
                 pause = min(pause * 2, _POLL_MAX)
         except BaseException:
             # Leave the queue (else the waiters behind wait for this mark to expire); the
-            # error raised is the wait's, whether or not Redis could be told.
+            # error raised is the wait's, whether or not Redis could be told (if not, the
+            # mark, or the lock, expires).
             with contextlib.suppress(_redis.RedisError, OSError):
                 await asyncio.shield(_LEAVE(client, keys, [token]))
             raise
