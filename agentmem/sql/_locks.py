@@ -94,15 +94,21 @@ class FileSessionLock(SessionLock):
         return True
 
 
+_COUNTER_WIDTH = 20
+
+
 def _ticket_name(number: int) -> str:
-    return f"{number:020d}.ticket"
+    return f"{number:0{_COUNTER_WIDTH}d}.ticket"
 
 
 async def _take_ticket(directory: Path) -> tuple[int, int]:
     """The next ticket of ``directory``: its number and the descriptor of its file, locked
     (its caller's liveness mark) before the counter moves on."""
-    os.makedirs(directory, exist_ok=True)
-    counter = os.open(directory / "next", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        counter = os.open(directory / "next", os.O_RDWR | os.O_CREAT, 0o666)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        counter = os.open(directory / "next", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         while True:  # held for a few system calls by each caller
             try:
@@ -110,14 +116,12 @@ async def _take_ticket(directory: Path) -> tuple[int, int]:
                 break
             except BlockingIOError:
                 await asyncio.sleep(_POLL_FIRST)
-        data = os.pread(counter, 32, 0)
-        number = int(data) + 1 if data.strip() else 1
+        data = os.pread(counter, _COUNTER_WIDTH, 0)
+        number = int(data) + 1 if data else 1
         fd = os.open(directory / _ticket_name(number), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            text = b"%d\n" % number
-            os.pwrite(counter, text, 0)
-            os.ftruncate(counter, len(text))
+            os.pwrite(counter, b"%0*d" % (_COUNTER_WIDTH, number), 0)
         except BaseException:
             os.close(fd)
             raise
