@@ -141,6 +141,10 @@ async def waiters_take_turns_in_order(backend: Backend, server: Any, log: Path) 
                 *(f"{step} {n}" for n in (1, 2, 5, 6) for step in ("in", "out")),
             ]
             assert await session.get_items() == [{"n": n} for n in (1, 2, 5, 6)]
+            if backend.family == "redis":  # nobody holds or waits: the lock's keys are gone
+                from agentmem.redis._lock import queue_keys
+
+                assert await server.exists(*queue_keys(f"{session.session_key}:lock")) == 0
         finally:
             for child in children:
                 if child.is_alive():
