@@ -235,6 +235,39 @@ async def test_postgres_holds_the_lock_in_a_transaction_without_snapshot_or_xid(
     assert await session.get_items() == [{"n": 1}]
 
 
+@pytest.mark.postgres
+async def test_postgres_reports_a_lock_ended_by_idle_in_transaction_session_timeout(
+    postgres_url: str, postgres_server: Any
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySession
+    from agentmem.sql._locks import advisory_key
+
+    settings = {"idle_in_transaction_session_timeout": "100"}
+    engine = create_async_engine(postgres_url, connect_args={"server_settings": settings})
+    session = SQLAlchemySession(engine, unique_id("idle"))
+    key = advisory_key(session.table_prefix, session.session_id)
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND (classid::bigint << 32 | objid::bigint) = $1"
+    )
+    try:
+        with pytest.raises(SessionLockLost):
+            async with session.exclusive():
+                await session.add_items([{"n": 1}])
+                # The server ends the lock's idle transaction, and the lock with it.
+                deadline = asyncio.get_running_loop().time() + 120
+                while await postgres_server.fetchval(held, key):
+                    assert asyncio.get_running_loop().time() < deadline, "the lock outlived it"
+                    await asyncio.sleep(0.05)
+        assert await session.get_items() == [{"n": 1}]
+        await session.clear_session()
+    finally:
+        await session.close()
+        await engine.dispose()
+
+
 @pytest.mark.sqlite
 async def test_threads_with_their_own_event_loops_take_turns(tmp_path: Path) -> None:
     from agentmem import SQLiteSession
