@@ -10,6 +10,8 @@ from typing import Any
 from agentmem.manager import SessionManagerABC
 
 CONCURRENCY = 20
+LOCKED_CONCURRENCY = 5  # an exclusive() block holds a pooled SQL connection while it waits
+LOCK_TIMEOUT = 300  # seconds: generous, the run shares a loaded machine
 
 
 def open_manager(kind: str, sql_url: str, cluster_url: str) -> SessionManagerABC[Any]:
@@ -34,27 +36,44 @@ def open_manager(kind: str, sql_url: str, cluster_url: str) -> SessionManagerABC
 
 
 def serve_turns(
-    kind: str, sql_url: str, cluster_url: str, session_ids: list[str], server: int, turns: int
+    kind: str,
+    sql_url: str,
+    cluster_url: str,
+    session_ids: list[str],
+    server: int,
+    turns: int,
+    exclusive: bool = False,
 ) -> int:
     """Each turn of each session: read the newest items, then add a user and an assistant item
     (one batch). Sessions in a shuffled order of this server's own, ``CONCURRENCY`` at once.
-    Returns how many turns were stored."""
+    With ``exclusive``, each turn runs inside ``session.exclusive()``, reads the whole history
+    and records in its items how many it saw (``seen``). Returns how many turns were stored."""
 
     async def run() -> int:
         order = random.Random(server)
-        slots = asyncio.Semaphore(CONCURRENCY)
+        slots = asyncio.Semaphore(LOCKED_CONCURRENCY if exclusive else CONCURRENCY)
         async with open_manager(kind, sql_url, cluster_url) as manager:
 
             async def turn(session_id: str, t: int) -> None:
                 async with slots:
                     session = manager.get_session(session_id)
-                    await session.get_items(4)
-                    await session.add_items(
-                        [
-                            {"role": "user", "server": server, "turn": t},
-                            {"role": "assistant", "server": server, "turn": t},
-                        ]
-                    )
+                    if exclusive:
+                        async with session.exclusive(timeout=LOCK_TIMEOUT):
+                            seen = len(await session.get_items())
+                            await session.add_items(
+                                [
+                                    {"role": "user", "server": server, "turn": t, "seen": seen},
+                                    {"role": "assistant", "server": server, "turn": t},
+                                ]
+                            )
+                    else:
+                        await session.get_items(4)
+                        await session.add_items(
+                            [
+                                {"role": "user", "server": server, "turn": t},
+                                {"role": "assistant", "server": server, "turn": t},
+                            ]
+                        )
                     await session.close()
 
             for t in range(turns):

@@ -1,6 +1,7 @@
 """Many app servers: 4 processes, each with its own manager (its own pool or engine), take turns
 on the same 200 sessions at once, on the Redis Cluster, on PostgreSQL through PgBouncer in
-transaction mode, and in the cached mode on both: no item is lost, duplicated or out of order."""
+transaction mode, and in the cached mode on both: no item is lost, duplicated or out of order;
+with each turn inside ``session.exclusive()``, no two turns on one session overlap."""
 
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ from tests.conftest import cluster_url, through_pgbouncer, unique_id
 SERVERS = 4
 SESSIONS = 200
 TURNS = 3
+LOCKED_SESSIONS = 50
+
+KINDS = [
+    pytest.param("redis-cluster", marks=pytest.mark.cluster),
+    pytest.param("pgbouncer", marks=pytest.mark.pgbouncer),
+    pytest.param("cached-cluster", marks=[pytest.mark.cluster, pytest.mark.pgbouncer]),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param("redis-cluster", marks=pytest.mark.cluster),
-        pytest.param("pgbouncer", marks=pytest.mark.pgbouncer),
-        pytest.param("cached-cluster", marks=[pytest.mark.cluster, pytest.mark.pgbouncer]),
-    ],
-)
+@pytest.mark.parametrize("kind", KINDS)
 async def test_app_servers_taking_turns_on_shared_sessions_lose_nothing(
     kind: str, redis_cluster: Any, pgbouncer_servers: Any, postgres_url: str
 ) -> None:
@@ -54,5 +55,44 @@ async def test_app_servers_taking_turns_on_shared_sessions_lose_nothing(
             for server in range(SERVERS):
                 turns = [i["turn"] for i in items if i["server"] == server and i["role"] == "user"]
                 assert turns == list(range(TURNS)), (session_id, server)
+            await manager.delete_session(session_id)
+            await session.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+async def test_app_servers_turns_under_the_lock_never_overlap(
+    kind: str, redis_cluster: Any, pgbouncer_servers: Any, postgres_url: str
+) -> None:
+    """Each turn reads the whole history and appends inside ``exclusive()``: every turn must
+    have seen exactly the items stored before it, which two overlapping turns would not."""
+    sql_url = through_pgbouncer(pgbouncer_servers("transaction"), postgres_url)
+    cluster = cluster_url(redis_cluster)
+    prefix = unique_id("apps-locked")
+    session_ids = [f"{prefix}-{n}" for n in range(LOCKED_SESSIONS)]
+    with ProcessPoolExecutor(SERVERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [
+            pool.submit(
+                _app_servers.serve_turns,
+                kind,
+                sql_url,
+                cluster,
+                session_ids,
+                server,
+                TURNS,
+                True,
+            )
+            for server in range(SERVERS)
+        ]
+        assert [run.result(timeout=900) for run in runs] == [LOCKED_SESSIONS * TURNS] * SERVERS
+    async with _app_servers.open_manager(kind, sql_url, cluster) as manager:
+        for session_id in session_ids:
+            session = manager.get_session(session_id)
+            items = await session.get_items()
+            assert len(items) == SERVERS * TURNS * 2, session_id
+            users = items[0::2]
+            assert [user["seen"] for user in users] == list(range(0, len(items), 2)), session_id
+            for user, assistant in zip(users, items[1::2], strict=True):
+                assert (user["server"], user["turn"]) == (assistant["server"], assistant["turn"])
             await manager.delete_session(session_id)
             await session.close()
