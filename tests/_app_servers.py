@@ -10,7 +10,6 @@ from typing import Any
 from agentmem.manager import SessionManagerABC
 
 CONCURRENCY = 20
-LOCKED_CONCURRENCY = 5  # an exclusive() block holds a pooled SQL connection while it waits
 LOCK_TIMEOUT = 300  # seconds: generous, the run shares a loaded machine
 
 
@@ -27,8 +26,15 @@ def open_manager(kind: str, sql_url: str, cluster_url: str) -> SessionManagerABC
         return RedisSessionManager(
             cluster_url, session_prefix="apps:session", messages_prefix="apps:messages"
         )
+    # exclusive() blocks pin a PgBouncer server connection each, at most half of the engine's
+    # pool per process: 4 servers x 4 stays below the PgBouncer's 20 (tests/_pgbouncer.py).
     store = SQLAlchemySessionManager.from_url(
-        sql_url, engine_kwargs={"connect_args": pgbouncer_connect_args()}
+        sql_url,
+        engine_kwargs={
+            "connect_args": pgbouncer_connect_args(),
+            "pool_size": 4,
+            "max_overflow": 4,
+        },
     )
     if kind == "pgbouncer":
         return store
@@ -51,7 +57,7 @@ def serve_turns(
 
     async def run() -> int:
         order = random.Random(server)
-        slots = asyncio.Semaphore(LOCKED_CONCURRENCY if exclusive else CONCURRENCY)
+        slots = asyncio.Semaphore(CONCURRENCY)
         async with open_manager(kind, sql_url, cluster_url) as manager:
 
             async def turn(session_id: str, t: int) -> None:

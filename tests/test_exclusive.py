@@ -268,6 +268,44 @@ async def test_postgres_reports_a_lock_ended_by_idle_in_transaction_session_time
         await engine.dispose()
 
 
+@pytest.mark.postgres
+async def test_postgres_blocks_beyond_the_pool_never_starve_their_statements(
+    postgres_url: str,
+) -> None:
+    """More concurrent blocks than the pool has connections, each holding its lock's connection
+    and running statements that need another: locks never take the whole pool, so every block
+    ends (without the bound, all connections are held by locks and no statement gets one)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySession
+
+    engine = create_async_engine(postgres_url, pool_size=2, max_overflow=1)
+    prefix = unique_id("pool")
+    sessions = [SQLAlchemySession(engine, f"{prefix}-{n}") for n in range(8)]
+    inside = 0
+    most_inside = 0
+
+    async def turn(session: SQLAlchemySession) -> None:
+        nonlocal inside, most_inside
+        async with session.exclusive(timeout=300):
+            inside += 1
+            most_inside = max(most_inside, inside)
+            await session.add_items([{"n": len(await session.get_items())}])
+            await asyncio.sleep(0)
+            inside -= 1
+
+    try:
+        await asyncio.gather(*(turn(session) for session in sessions for _ in range(3)))
+        for session in sessions:
+            assert await session.get_items() == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert most_inside == 1  # half of a pool of 3 connections: one lock at a time
+    finally:
+        for session in sessions:
+            await session.clear_session()
+            await session.close()
+        await engine.dispose()
+
+
 @pytest.mark.sqlite
 async def test_threads_with_their_own_event_loops_take_turns(tmp_path: Path) -> None:
     from agentmem import SQLiteSession

@@ -16,6 +16,12 @@
   nothing: idle, it holds no snapshot (no xmin) and no transaction id. If its connection dies
   (or ``idle_in_transaction_session_timeout`` ends it), the server drops the lock: the block's
   exit then raises :class:`agentmem.SessionLockLost`.
+
+  A block holds its lock's connection while it waits and while it runs, and its statements need
+  other connections of the same pool: so that lock connections can never take the whole pool
+  (every holder then waiting for a connection only another holder could return), at most half of
+  a bounded pool (``pool_size + max_overflow``, at least one) holds locks at once, per engine and
+  event loop; further blocks wait for a place, within their timeout, without a connection.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import fcntl
 import hashlib
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from agentmem._lock import SessionLock
@@ -160,6 +168,28 @@ def _drop_ticket(ticket: Path, fd: int) -> None:
         os.close(fd)  # closing the only descriptor releases its lock
 
 
+_gates: weakref.WeakKeyDictionary[Pool, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lock_gate(engine: AsyncEngine) -> asyncio.Semaphore | None:
+    """The places for lock connections in ``engine``'s pool on this event loop: half of a
+    bounded pool; None for a pool without a bound (no overflow limit, no queue)."""
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, QueuePool):
+        return None
+    overflow = getattr(pool, "_max_overflow", -1)
+    if overflow < 0:
+        return None
+    loop = asyncio.get_running_loop()
+    entry = _gates.get(pool)
+    if entry is None or entry[0] is not loop:
+        entry = (loop, asyncio.Semaphore(max(1, (pool.size() + overflow) // 2)))
+        _gates[pool] = entry
+    return entry[1]
+
+
 class PostgresSessionLock(SessionLock):
     """``pg_advisory_xact_lock`` in a transaction open for the block, on a pooled connection of
     ``engine`` (awaited) held for it."""
@@ -175,13 +205,31 @@ class PostgresSessionLock(SessionLock):
         self._engine = engine
         self._advisory = advisory_key(table_prefix, session_id)
         self._pooled: Any = None
+        self._gate: asyncio.Semaphore | None = None
 
     async def _acquire_shared(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
         engine = await self._engine()
+        gate = _lock_gate(engine)
+        if gate is not None:
+            try:
+                async with asyncio.timeout(seconds):
+                    await gate.acquire()
+            except TimeoutError:
+                raise _timed_out(seconds) from None
+        try:
+            await self._take(engine, max(0.0, deadline - time.monotonic()), seconds)
+        except BaseException:
+            if gate is not None:
+                gate.release()
+            raise
+        self._gate = gate
+
+    async def _take(self, engine: AsyncEngine, left: float, seconds: float) -> None:
         pooled = await engine.raw_connection()
         driver: Any = pooled.driver_connection
         # One round trip; lock_timeout bounds the wait and ends with the transaction.
-        wait_ms = max(1, round(seconds * 1000))
+        wait_ms = max(1, round(left * 1000))
         sql = (
             "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; "
             f"SET LOCAL lock_timeout = {wait_ms}; "
@@ -207,8 +255,14 @@ class PostgresSessionLock(SessionLock):
 
     async def _release_shared(self) -> bool:
         pooled, self._pooled = self._pooled, None
-        if pooled is None:
-            return True
+        gate, self._gate = self._gate, None
+        try:
+            return True if pooled is None else await self._end(pooled)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _end(self, pooled: Any) -> bool:
         try:
             # The transaction was open all along (else this fails): the lock was held.
             await pooled.driver_connection.execute("ROLLBACK")
