@@ -204,6 +204,12 @@ class Store:
     partitions: int  # 0: one table
     manager: SQLAlchemySessionManager = field(init=False)
     expected: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    shorts: list[int] = field(init=False)
+    targets: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shorts = short_sessions(self.size)
+        self.targets = append_targets(self.size)
 
     @property
     def messages_tables(self) -> list[str]:
@@ -338,57 +344,70 @@ def appended(j: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
+Call = Callable[[], Awaitable[Any]]
+Verify = Callable[[Any], None]
+
+
 @dataclass
 class Operation:
-    """``call(store, i)``: the ``i``-th call of an operation, which checks its own result."""
+    """``prepare(store, i)``: the ``i``-th call of an operation and the check of its result
+    (only the call is timed)."""
 
     name: str
-    call: Callable[[Store, int], Awaitable[None]]
+    prepare: Callable[[Store, int], tuple[Call, Verify]]
 
 
-async def newest_short(store: Store, i: int) -> None:
-    shorts = short_sessions(store.size)
-    n = shorts[i % len(shorts)]
-    got = await store.manager.get_session(sid(n)).get_items(limit=20)
-    check(got, store.items_of(n)[-20:], f"{store.name} newest 20 of {sid(n)}")
+def newest(store: Store, n: int) -> tuple[Call, Verify]:
+    want = store.items_of(n)[-20:]
+    session = store.manager.get_session(sid(n))
+    return (
+        lambda: session.get_items(limit=20),
+        lambda got: check(got, want, f"{store.name} newest 20 of {sid(n)}"),
+    )
 
 
-async def newest_long(store: Store, i: int) -> None:
-    n = store.size.sessions - 1 - i % store.size.longs
-    got = await store.manager.get_session(sid(n)).get_items(limit=20)
-    check(got, store.items_of(n)[-20:], f"{store.name} newest 20 of {sid(n)}")
+def newest_short(store: Store, i: int) -> tuple[Call, Verify]:
+    return newest(store, store.shorts[i % len(store.shorts)])
 
 
-async def full_read(store: Store, i: int) -> None:
+def newest_long(store: Store, i: int) -> tuple[Call, Verify]:
+    return newest(store, store.size.sessions - 1 - i % store.size.longs)
+
+
+def full_read(store: Store, i: int) -> tuple[Call, Verify]:
     n = store.size.special + i % store.size.fulls
-    got = await store.manager.get_session(sid(n)).get_items()
-    check(got, store.items_of(n), f"{store.name} all of {sid(n)}")
+    want = store.items_of(n)
+    session = store.manager.get_session(sid(n))
+    return session.get_items, lambda got: check(got, want, f"{store.name} all of {sid(n)}")
 
 
-def appender(count: int) -> Callable[[Store, int], Awaitable[None]]:
-    async def append(store: Store, i: int) -> None:
-        targets = append_targets(store.size)
-        n = targets[i % len(targets)]
+def appender(count: int) -> Callable[[Store, int], tuple[Call, Verify]]:
+    def append(store: Store, i: int) -> tuple[Call, Verify]:
+        n = store.targets[i % len(store.targets)]
         items = appended(i, count)
-        await store.manager.get_session(sid(n)).add_items(items)
-        store.items_of(n).extend(items)
+        session = store.manager.get_session(sid(n))
+        return lambda: session.add_items(items), lambda _: store.items_of(n).extend(items)
 
     return append
 
 
-async def first_page(store: Store, i: int) -> None:
-    page = await store.manager.find_sessions(user_id=USER, limit=PAGE)
+def first_page(store: Store, i: int) -> tuple[Call, Verify]:
     want = [rank_info(store.size, r).session_id for r in range(PAGE)]
-    check([info.session_id for info in page.items], want, f"{store.name} first page")
+    return (
+        lambda: store.manager.find_sessions(user_id=USER, limit=PAGE),
+        lambda page: check([x.session_id for x in page.items], want, f"{store.name} first page"),
+    )
 
 
-async def deep_page(store: Store, i: int) -> None:
+def deep_page(store: Store, i: int) -> tuple[Call, Verify]:
     rank = int(store.size.sessions // 2 * 0.9)
     cursor = encode_cursor(rank_info(store.size, rank))
-    page = await store.manager.find_sessions(user_id=USER, limit=PAGE, cursor=cursor)
     ranks = range(rank + 1, min(rank + 1 + PAGE, (store.size.sessions + 1) // 2))
     want = [rank_info(store.size, r).session_id for r in ranks]
-    check([info.session_id for info in page.items], want, f"{store.name} deep page")
+    return (
+        lambda: store.manager.find_sessions(user_id=USER, limit=PAGE, cursor=cursor),
+        lambda page: check([x.session_id for x in page.items], want, f"{store.name} deep page"),
+    )
 
 
 OPERATIONS = [
@@ -438,13 +457,15 @@ async def measure(
             for store in order:
                 bucket = samples.setdefault((store.name, op.name), [])
                 for c in range(calls):
+                    call, verify = op.prepare(store, r * calls + c)
                     start = time.perf_counter_ns()
-                    await op.call(store, r * calls + c)
+                    result = await call()
                     bucket.append((time.perf_counter_ns() - start) / 1_000)
+                    verify(result)
         print(f"  round {r + 1}/{rounds} done", flush=True)
     # What the appends left: each target session holds its history and then the appended items.
     for store in stores:
-        for n in append_targets(store.size):
+        for n in store.targets:
             got = await store.manager.get_session(sid(n)).get_items()
             check(got, store.items_of(n), f"{store.name} {sid(n)} after the appends")
     return samples
@@ -537,10 +558,10 @@ async def explain(url: str, store: Store) -> list[str]:
 
     sql = postgres_statements(store.prefix)
     size = store.size
-    short, long_, full = short_sessions(size)[0], size.sessions - 1, size.special
+    short, long_, full = store.shorts[0], size.sessions - 1, size.special
     encoded = encode_items(appended(0, 1))
     add_args = (
-        sid(append_targets(size)[0]),
+        sid(store.targets[0]),
         [e[0] for e in encoded],
         [e[1] for e in encoded],
         [e[2] for e in encoded],
