@@ -490,7 +490,7 @@ async def purge(url: str, stores: list[Store], explain: bool) -> list[str]:
                     low,
                     high,
                 )
-                if explain and r == 0 and store.size is LARGE:
+                if explain and r == 0 and store.size is stores[0].size:
                     plans.append(await explain_purge(conn, store))
             for store in order:
                 share = store.size.sessions // EXPIRED_SHARE
@@ -576,7 +576,9 @@ async def explain(url: str, store: Store) -> list[str]:
         return [
             await plan(conn, f"{store.name}: newest 20, short", sql.select_newest, sid(short), 20),
             await plan(conn, f"{store.name}: newest 20, long", sql.select_newest, sid(long_), 20),
-            await plan(conn, f"{store.name}: full read, 1,000", sql.select_all, sid(full)),
+            await plan(
+                conn, f"{store.name}: full read, {size.full_items:,}", sql.select_all, sid(full)
+            ),
             await plan(conn, f"{store.name}: append 1", sql.add, *add_args),
             await plan(conn, f"{store.name}: pop", sql.pop, sid(long_), None),
         ]
