@@ -7,7 +7,7 @@ and hash-partitioned by session id, side by side.
 All four stores (two sizes, two layouts) live in one database of their own
 (``agentmem_scale_<random>``, dropped at the end), under table prefixes, migrated with
 agentmem's own revisions; the partitioned layout then gets a ``messages`` table hash-partitioned
-by ``session_id`` (see ``PARTITIONED_DDL``). A store is generated in bulk (one ``INSERT ...
+by ``session_id`` (see ``partitioned_ddl``). A store is generated in bulk (one ``INSERT ...
 SELECT`` per table; the partitioned one copied from the plain one in id order). Items are SDK-like
 JSON, 90-260 bytes (a user message, a function call, its output and an assistant message per
 turn). Session ``n`` was last active at BASE + n s and belongs to the measured user when ``n`` is
@@ -302,7 +302,7 @@ async def setup(url: str, stores: list[Store]) -> None:
             for table in ("sessions", "messages"):
                 await conn.execute(f"VACUUM (ANALYZE) {store.prefix}{table}")
             count = await conn.fetchval(f"SELECT count(*) FROM {store.prefix}messages")
-            assert count == store.size.messages, (count, store.size.messages)
+            check(count, store.size.messages, f"{store.name} messages generated")
             disk = await conn.fetchval(
                 "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "
                 "WHERE c.relname LIKE $1 AND c.relkind IN ('r', 'p')",
