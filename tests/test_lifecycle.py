@@ -202,6 +202,15 @@ async def test_an_expired_session_reads_empty_and_is_neither_listed_nor_counted(
     assert await case.manager.count_sessions(user) == 0
 
 
+async def test_an_expired_session_reads_empty_through_windows(case: ManagerCase) -> None:
+    session = case.manager.get_session(case.new_id(), ttl=TINY_TTL)
+    await session.add_items([{"role": "user", "content": "hi"}, {"role": "assistant", "n": 2}])
+    await expired(case, session.session_id)
+    assert await session.get_items(1, whole_pairs=True) == []
+    assert await session.get_items(1, whole_turns=True) == []
+    assert (await session.get_page(limit=1)).items == []
+
+
 async def test_a_write_to_an_expired_session_starts_a_fresh_history(case: ManagerCase) -> None:
     user = unique_id("u")
     session_id = case.new_id()
