@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agentmem import SessionInfo
+from agentmem.manager import Conversation
 from tests import _lifecycle_workers
 from tests.conftest import MANAGERS, ManagerCase, unique_id
 
@@ -181,6 +182,24 @@ async def test_list_sessions_keeps_its_meaning(case: ManagerCase) -> None:
     session = case.manager.get_session(case.new_id(), user_id=unique_id("u"), title="T")
     await session.add_items([{"n": 1}])
     assert await case.mine() == [session.session_id]
+
+
+async def test_a_written_conversation_keeps_its_owner_and_is_listed_under_it(
+    case: ManagerCase,
+) -> None:
+    user, other = unique_id("u"), unique_id("u")
+    session_id = case.new_id()
+    await case.manager.get_session(session_id, user_id=other).add_items([{"n": 0}])
+    conversation = Conversation(session_id, [{"n": 1}], user_id=user, metadata={"k": "v"})
+    await case.manager.write_conversation(conversation)
+    read = await case.manager.read_conversation(session_id)
+    assert read is not None and (read.user_id, read.metadata) == (user, {"k": "v"})
+    page = await case.manager.find_sessions(user_id=user, metadata={"k": "v"})
+    assert [info.session_id for info in page.items] == [session_id]
+    assert await case.manager.count_sessions(user) == 1
+    # The session it replaced was the other owner's: it is no longer listed under them.
+    assert (await case.manager.find_sessions(user_id=other)).items == []
+    assert await case.manager.count_sessions(other) == 0
 
 
 # --- expiry and purge ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,30 @@ async def test_rotate_keys_moves_every_session_and_can_be_run_again(
     )
     assert "Rotated 0 items in 0 sessions" in again.stdout
     assert "4 sessions checked, 0 failed" in again.stdout
+
+
+async def test_rotate_keys_keeps_each_session_lifecycle(
+    store: Store, manager: SessionManagerABC[Any], tmp_path: Path
+) -> None:
+    inner = manager.get_session(
+        "owned", user_id="u1", title="Trip", metadata={"topic": "travel"}, ttl=3600
+    )
+    await EncryptedSession(inner, keys={"k1": K1}, current="k1").add_items([{"n": 1}])
+    before = await manager.session_info("owned")
+    assert before is not None and before.expires_at is not None
+
+    agentmem(
+        "rotate-keys", "--from", "k1", "--to", "k2", *store.args, cwd=tmp_path,
+        env={"AGENTMEM_ENCRYPTION_KEYS": BOTH},
+    )  # fmt: skip
+    after = await manager.session_info("owned")
+    assert after is not None and after.expires_at is not None
+    assert (after.user_id, after.title, after.metadata) == ("u1", "Trip", {"topic": "travel"})
+    assert abs(after.expires_at - before.expires_at) < timedelta(seconds=1)
+    assert await session(manager, "owned", k2=K2).get_items() == [{"n": 1}]
+    assert [page.session_id for page in (await manager.find_sessions(user_id="u1")).items] == [
+        "owned"
+    ]
 
 
 @pytest.mark.sqlite

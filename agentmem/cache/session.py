@@ -1020,8 +1020,8 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         return await self._through_cache(session_id, lambda: self.store.delete_session(session_id))
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole in SQL, replacing any session of the same id, in one
-        transaction; its cached copy is dropped."""
+        """Store ``conversation`` whole with its lifecycle in SQL, replacing any session of
+        the same id, in one transaction; its cached copy is dropped."""
         self._check_open()
         conversation = conversation.validated()
         await self._through_cache(

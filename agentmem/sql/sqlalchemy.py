@@ -932,13 +932,13 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         return await self._run(_manage.postgres_read, _manage.sqlite_read, session_id, retry=True)
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole with its timestamps, replacing any session of the same
-        id, in one transaction."""
-        encoded, created, updated = conversation.prepared()
+        """Store ``conversation`` whole with its timestamps and lifecycle (see
+        :class:`Conversation`), replacing any session of the same id, in one transaction."""
+        checked, encoded, created, updated = conversation.prepared()
         await self._run(
             _manage.postgres_write,
             _manage.sqlite_write,
-            conversation.session_id,
+            checked,
             encoded,
             created,
             updated,

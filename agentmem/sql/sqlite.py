@@ -582,12 +582,12 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         return await self._run(_manage.sqlite_read, validate_session_id(session_id))
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole with its timestamps, replacing any session of the same
-        id, in one transaction."""
-        encoded, created, updated = conversation.prepared()
+        """Store ``conversation`` whole with its timestamps and lifecycle (see
+        :class:`Conversation`), replacing any session of the same id, in one transaction."""
+        checked, encoded, created, updated = conversation.prepared()
         await self._run(
             _manage.sqlite_write,
-            conversation.session_id,
+            checked,
             encoded,
             created,
             updated,
