@@ -55,6 +55,7 @@ __all__ = [
     "Conversation",
     "SessionInfo",
     "SessionManagerABC",
+    "SessionOptions",
     "SessionPage",
     "decode_cursor",
     "encode_cursor",
@@ -180,6 +181,39 @@ def decode_cursor(cursor: object) -> tuple[datetime, str]:
         raise ValueError(f"not a session listing cursor: {cursor!r}") from None
 
 
+@dataclass(frozen=True)
+class SessionOptions:
+    """The checked options of a session a manager hands out (see
+    :meth:`SessionManagerABC.get_session`).
+
+    Attributes:
+        session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them), or ``None``.
+        lifecycle: Its lifecycle, the manager's defaults filled in.
+        whole_pairs: Whole-pair windows by default.
+        whole_turns: Whole-turn windows by default.
+    """
+
+    session_settings: Any
+    lifecycle: Lifecycle
+    whole_pairs: bool
+    whole_turns: bool
+
+    def keywords(self) -> dict[str, Any]:
+        """These options as the keywords of ``get_session`` (for a manager that hands out
+        sessions of another manager)."""
+        life = self.lifecycle
+        return {
+            "session_settings": self.session_settings,
+            "whole_pairs": self.whole_pairs,
+            "whole_turns": self.whole_turns,
+            "user_id": life.user_id,
+            "title": life.title,
+            "metadata": life.metadata,
+            "ttl": life.ttl,
+            "max_items": life.max_items,
+        }
+
+
 class SessionManagerABC(Closing, Generic[S]):
     """Base class of agentmem's session managers: one store, shared connections.
 
@@ -236,7 +270,6 @@ class SessionManagerABC(Closing, Generic[S]):
         self._sessions.add(session)
         return session
 
-    @abstractmethod
     def get_session(
         self,
         session_id: str,
@@ -270,6 +303,17 @@ class SessionManagerABC(Closing, Generic[S]):
             TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
+        self._check_open()
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
+        options = SessionOptions(session_settings, lifecycle, whole_pairs, whole_turns)
+        return self._handed_out(self._make_session(session_id, options))
+
+    def _make_session(self, session_id: str, options: SessionOptions) -> S:
+        """A new session of ``session_id`` with checked options (what ``get_session`` hands
+        out); a subclass implements it, or ``get_session`` itself."""
+        raise NotImplementedError(f"{type(self).__name__} does not make sessions")
 
     async def fork_session(
         self, session_id: str, new_id: str, upto: ItemCursor | str | None = None
