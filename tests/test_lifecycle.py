@@ -410,3 +410,32 @@ async def test_two_processes_purge_at_once_without_double_work(
         counts = await asyncio.gather(*purges)
         assert sum(counts) == len(ids)  # each expired session deleted once, by one of them
         assert await manager.existing_sessions(ids) == set()
+
+
+# --- the SQLAlchemy Core path (postgresql+psycopg) ----------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_psycopg_writes_keep_the_item_count(postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySession, SQLAlchemySessionManager
+    from agentmem.migrate import async_url
+
+    url = make_url(async_url(postgres_url)).set(drivername="postgresql+psycopg")
+    engine = create_async_engine(url)
+    manager = SQLAlchemySessionManager.from_url(postgres_url)
+    session = SQLAlchemySession(engine, unique_id("psycopg"))
+    try:
+        await session.add_items([{"n": 1}, {"n": 2}])
+        await session.add_items([{"n": n} for n in range(3, 1003)])
+        await session.pop_item()
+        assert await session.get_items(2) == [{"n": 1000}, {"n": 1001}]
+        info = await manager.session_info(session.session_id)
+        assert info is not None and info.item_count == 1001
+        await session.clear_session()
+    finally:
+        await session.close()
+        await manager.close()
+        await engine.dispose()
