@@ -126,12 +126,14 @@ class Conversation:
         return checked, encode_items(self.items), *self.stamped()
 
     def _checked(self) -> Conversation:
-        if self.fork_origin is not None and not isinstance(self.fork_origin, ForkOrigin):
-            raise TypeError(
-                f"fork_origin must be a ForkOrigin or None, got {type(self.fork_origin).__name__}"
-            )
-        if self.fork_origin is not None:
-            validate_session_id(self.fork_origin.parent_id)
+        origin = self.fork_origin
+        if origin is not None:
+            if not isinstance(origin, ForkOrigin) or not isinstance(origin.fork_point, ItemCursor):
+                raise TypeError(
+                    "fork_origin must be a ForkOrigin (its fork_point an ItemCursor) or None, "
+                    f"got {origin!r}"
+                )
+            validate_session_id(origin.parent_id)
         return replace(
             self,
             created_at=None if self.created_at is None else utc(self.created_at),

@@ -178,6 +178,7 @@ async def test_a_conversation_past_its_expiry_is_written_expired(case: ManagerCa
         ({"title": 5}, TypeError),
         ({"metadata": ["not", "an", "object"]}, TypeError),
         ({"fork_origin": "parent"}, TypeError),
+        ({"fork_origin": ForkOrigin("parent", 2)}, TypeError),  # type: ignore[arg-type]
     ],
 )
 async def test_a_conversation_with_a_bad_lifecycle_writes_nothing(
