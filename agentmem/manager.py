@@ -17,7 +17,7 @@ import binascii
 import weakref
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +33,10 @@ from agentmem.records import (
     Unset,
     utc,
     validate_max_items,
+    validate_metadata,
+    validate_title,
     validate_ttl,
+    validate_user_id,
 )
 from agentmem.session import (
     CloseHandle,
@@ -52,6 +55,7 @@ __all__ = [
     "Conversation",
     "SessionInfo",
     "SessionManagerABC",
+    "SessionOptions",
     "SessionPage",
     "decode_cursor",
     "encode_cursor",
@@ -68,41 +72,82 @@ DEFAULT_PAGE_SIZE = 50
 
 @dataclass
 class Conversation:
-    """A whole stored conversation with its timestamps: the unit of export, import and copy.
+    """A whole stored conversation with its timestamps and lifecycle: the unit of export,
+    import, copy and key rotation.
+
+    A copy is the same conversation in another place: it carries the owner, title, metadata,
+    the absolute expiry and the fork origin (which names the parent by id; the parent may not
+    be in the destination store). A conversation without an expiry gets the writing manager's
+    ``default_ttl``, as a new session of that manager does.
 
     Attributes:
         session_id: The conversation's id.
         items: Its history, oldest first.
         created_at: When it was first written (UTC); ``None``: when it is written.
         updated_at: When it was last written (UTC); ``None``: ``created_at``.
+        user_id: Its owner, if any.
+        title: Its title, if any.
+        metadata: Its metadata (a JSON object; ``{}``: none).
+        expires_at: When it expires (UTC); ``None``: the writing manager's ``default_ttl``.
+        fork_origin: Where it was forked from, if it was.
     """
 
     session_id: str
     items: list[SessionItem] = field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    user_id: str | None = field(default=None, kw_only=True)
+    title: str | None = field(default=None, kw_only=True)
+    metadata: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    expires_at: datetime | None = field(default=None, kw_only=True)
+    fork_origin: ForkOrigin | None = field(default=None, kw_only=True)
 
     def validated(self) -> Conversation:
-        """This conversation with its id and items checked and its times in UTC.
+        """This conversation with its id, items and lifecycle checked and its times in UTC.
 
         Raises:
-            TypeError, ValueError: a bad id or item (the message names the item's index).
+            TypeError, ValueError: a bad id, item (the message names the item's index) or
+                lifecycle field.
         """
         validate_session_id(self.session_id)
         encode_items(self.items)
-        created = utc(self.created_at) if self.created_at is not None else None
-        updated = utc(self.updated_at) if self.updated_at is not None else None
-        return Conversation(self.session_id, self.items, created, updated)
+        return self._checked()
 
-    def prepared(self) -> tuple[list[EncodedItem], datetime, datetime]:
-        """What a store writes of this conversation: its items checked and encoded once, and
-        its ``stamped()`` times.
+    def prepared(self) -> tuple[Conversation, list[EncodedItem], datetime, datetime]:
+        """What a store writes of this conversation: it with its lifecycle fields checked,
+        its items checked and encoded once, and its ``stamped()`` times.
 
         Raises:
-            TypeError, ValueError: a bad id or item (the message names the item's index).
+            TypeError, ValueError: a bad id, item (the message names the item's index) or
+                lifecycle field.
         """
         validate_session_id(self.session_id)
-        return encode_items(self.items), *self.stamped()
+        checked = self._checked()
+        return checked, encode_items(self.items), *self.stamped()
+
+    def _checked(self) -> Conversation:
+        origin = self.fork_origin
+        if origin is not None:
+            if not isinstance(origin, ForkOrigin) or not isinstance(origin.fork_point, ItemCursor):
+                raise TypeError(
+                    "fork_origin must be a ForkOrigin (its fork_point an ItemCursor) or None, "
+                    f"got {origin!r}"
+                )
+            validate_session_id(origin.parent_id)
+        return replace(
+            self,
+            created_at=None if self.created_at is None else utc(self.created_at),
+            updated_at=None if self.updated_at is None else utc(self.updated_at),
+            user_id=validate_user_id(self.user_id),
+            title=validate_title(self.title),
+            metadata=validate_metadata(self.metadata) or {},
+            expires_at=None if self.expires_at is None else utc(self.expires_at),
+        )
+
+    @property
+    def metadata_json(self) -> str | None:
+        """``metadata`` as JSON text (``None`` when it is empty)."""
+        return orjson.dumps(self.metadata).decode() if self.metadata else None
 
     def stamped(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         """``(created_at, updated_at)`` with the defaults filled in, in UTC."""
@@ -136,6 +181,39 @@ def decode_cursor(cursor: object) -> tuple[datetime, str]:
         return utc(datetime.fromisoformat(stamp)), validate_session_id(session_id)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
         raise ValueError(f"not a session listing cursor: {cursor!r}") from None
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The checked options of a session a manager hands out (see
+    :meth:`SessionManagerABC.get_session`).
+
+    Attributes:
+        session_settings: OpenAI Agents SDK ``SessionSettings`` (or a dict of them), or ``None``.
+        lifecycle: Its lifecycle, the manager's defaults filled in.
+        whole_pairs: Whole-pair windows by default.
+        whole_turns: Whole-turn windows by default.
+    """
+
+    session_settings: Any
+    lifecycle: Lifecycle
+    whole_pairs: bool
+    whole_turns: bool
+
+    def keywords(self) -> dict[str, Any]:
+        """These options as the keywords of ``get_session`` (for a manager that hands out
+        sessions of another manager)."""
+        life = self.lifecycle
+        return {
+            "session_settings": self.session_settings,
+            "whole_pairs": self.whole_pairs,
+            "whole_turns": self.whole_turns,
+            "user_id": life.user_id,
+            "title": life.title,
+            "metadata": life.metadata,
+            "ttl": life.ttl,
+            "max_items": life.max_items,
+        }
 
 
 class SessionManagerABC(Closing, Generic[S]):
@@ -194,7 +272,6 @@ class SessionManagerABC(Closing, Generic[S]):
         self._sessions.add(session)
         return session
 
-    @abstractmethod
     def get_session(
         self,
         session_id: str,
@@ -228,6 +305,17 @@ class SessionManagerABC(Closing, Generic[S]):
             TypeError, ValueError: a bad option.
             SessionClosedError: the manager was closed.
         """
+        self._check_open()
+        lifecycle = self._lifecycle(
+            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
+        )
+        options = SessionOptions(session_settings, lifecycle, whole_pairs, whole_turns)
+        return self._handed_out(self._make_session(session_id, options))
+
+    def _make_session(self, session_id: str, options: SessionOptions) -> S:
+        """A new session of ``session_id`` with checked options (what ``get_session`` hands
+        out); a subclass implements it, or ``get_session`` itself."""
+        raise NotImplementedError(f"{type(self).__name__} does not make sessions")
 
     async def fork_session(
         self, session_id: str, new_id: str, upto: ItemCursor | str | None = None
@@ -338,11 +426,12 @@ class SessionManagerABC(Closing, Generic[S]):
 
     @abstractmethod
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole with its timestamps, replacing any session of the same
-        id, atomically (all of it or nothing).
+        """Store ``conversation`` whole with its timestamps and lifecycle (owner, title,
+        metadata, expiry, fork origin: see :class:`Conversation`), replacing any session of
+        the same id, atomically (all of it or nothing).
 
         Raises:
-            TypeError, ValueError: a bad id or item; nothing is written.
+            TypeError, ValueError: a bad id, item or lifecycle field; nothing is written.
         """
 
     async def iter_sessions(self, *, page_size: int = 500) -> AsyncIterator[SessionInfo]:

@@ -347,11 +347,31 @@ class SessionABC(Closing):
             newest = validate_limit(newest)
         return await self._replace(encoded, newest, if_newest)
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._replace is SessionABC._replace:
+            # No atomic replacement (a subclass older than it): the OpenAI Agents SDK's
+            # compaction then clears and adds, as it does for a session without these hooks.
+            cls._atomic_replace_items = None  # type: ignore[assignment]
+            cls._get_compaction_snapshot = None  # type: ignore[assignment]
+        elif cls._atomic_replace_items is None:  # under such a subclass, one that implements it
+            cls._atomic_replace_items = SessionABC._atomic_replace_items
+            cls._get_compaction_snapshot = SessionABC._get_compaction_snapshot
+
     async def _replace(
         self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
     ) -> bool:
-        """:meth:`replace_items` with checked arguments."""
+        """:meth:`replace_items` with checked arguments: a subclass that offers replacement
+        implements it atomically (there is no generic atomic default).
+
+        Raises:
+            NotImplementedError: the subclass does not implement it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement replace_items(): define "
+            f"{type(self).__name__}._replace(items, newest, expected) (atomic; see "
+            f"SessionABC._replace)"
+        )
 
     async def _atomic_replace_items(self, items: list[SessionItem]) -> bool:
         # The OpenAI Agents SDK's compaction looks this hook up for whole-history replacement.

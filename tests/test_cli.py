@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,65 @@ def test_copy_round_trip_through_every_backend(
     assert all(by_id[c["session_id"]] == c for c in originals)
 
 
+def with_lifecycle(session_id: str, updated: str, items: list[Any]) -> dict[str, Any]:
+    """An exported conversation with an owner, title, metadata, expiry (in an hour) and fork
+    origin, in the export's order of fields."""
+    expires = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=125000)
+    plain = conversation(session_id, updated, items)
+    return {
+        **{key: plain[key] for key in ("session_id", "created_at", "updated_at")},
+        "user_id": f"owner-of-{session_id}",
+        "title": "A title ✓",
+        "metadata": {"topic": "billing", "tags": ["a", "b"], "n": 1.5},
+        "expires_at": expires.isoformat(timespec="microseconds"),
+        "forked_from": "the-parent",
+        "fork_point": 2,
+        "items": items,
+    }
+
+
+def same_lifecycle(exported: list[dict[str, Any]], originals: list[dict[str, Any]]) -> None:
+    """``exported`` holds ``originals`` (any order), expiries within a second (Redis keeps a
+    time to live, not a time)."""
+    by_id = {c["session_id"]: c for c in exported}
+    assert sorted(by_id) == sorted(c["session_id"] for c in originals)
+    for original in originals:
+        got = dict(by_id[original["session_id"]])
+        expected = dict(original)
+        got_expiry, expected_expiry = got.pop("expires_at", None), expected.pop("expires_at", None)
+        assert got == expected
+        assert (got_expiry is None) == (expected_expiry is None)
+        if got_expiry is not None:
+            drift = datetime.fromisoformat(got_expiry) - datetime.fromisoformat(expected_expiry)
+            assert abs(drift) < timedelta(seconds=1)
+
+
+def test_export_import_and_copy_keep_the_lifecycle(
+    store: Store, sqlite_store: Store, tmp_path: Path
+) -> None:
+    originals = [
+        with_lifecycle("kept", "2025-01-01T10:00:00.250000+00:00", [{"n": 1}, {"n": 2}]),
+        conversation("old-format", "2025-01-01T09:00:00+00:00", [{"n": 3}]),
+    ]
+    seed(store, tmp_path, originals)
+    exported = jsonl(agentmem("sessions", "export", *store.args, cwd=tmp_path).stdout)
+    same_lifecycle(exported, originals)
+    shown = agentmem("sessions", "info", "kept", "--json", *store.args, cwd=tmp_path).stdout
+    assert json.loads(shown)["user_id"] == "owner-of-kept"
+
+    target = sqlite_file(tmp_path / "copied.db")
+    agentmem(
+        "sessions", "copy", "--from", store.url, "--to", target.url, *store.extra, cwd=tmp_path
+    )
+    same_lifecycle(
+        jsonl(agentmem("sessions", "export", *target.args, cwd=tmp_path).stdout), originals
+    )
+    mine = agentmem(
+        "sessions", "list", "--user", "owner-of-kept", "--json", *target.args, cwd=tmp_path
+    ).stdout
+    assert [s["session_id"] for s in json.loads(mine)["sessions"]] == ["kept"]
+
+
 def test_copy_selected_sessions_refuses_to_overwrite_unless_replace(
     store: Store, sqlite_store: Store, tmp_path: Path
 ) -> None:
@@ -408,6 +467,9 @@ def test_import_of_a_bad_file_writes_nothing(store: Store, tmp_path: Path) -> No
         ("item.jsonl", json.dumps({"session_id": "x", "items": [[1]]}), "not a dict"),
         ("id.jsonl", json.dumps({"session_id": "", "items": []}), "session_id"),
         ("dup.jsonl", good, "appears twice"),
+        ("owner.jsonl", json.dumps({"session_id": "x", "items": [], "user_id": ""}), "user_id"),
+        ("meta.jsonl", json.dumps({"session_id": "x", "items": [], "metadata": [1]}), "metadata"),
+        ("fork.jsonl", json.dumps({"session_id": "x", "items": [], "forked_from": "p"}), "fork"),
     ]:
         (tmp_path / name).write_text(f"{good}\n{bad_line}\n", encoding="utf-8")
         result = agentmem("sessions", "import", name, *store.args, cwd=tmp_path, ok=False)

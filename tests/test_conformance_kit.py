@@ -8,9 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+
+from agentmem import SessionABC
+from agentmem.items import decode_item, encode_items
 
 pytestmark = pytest.mark.sqlite
 
@@ -69,6 +72,58 @@ def test_the_readme_session_passes_the_kit_and_a_reversed_one_fails_it(tmp_path:
     # What it does not break still passes.
     assert reversed_["test_new_session_is_empty"] == "PASSED"
     assert reversed_["test_pop_returns_newest_then_none"] == "PASSED"
+
+
+class OldListSession(SessionABC):
+    """A subclass written before ``replace_items``: the four operations, no ``_replace``."""
+
+    histories: ClassVar[dict[str, list[str]]] = {}
+
+    async def get_items(self, limit: int | None = None) -> list[Any]:
+        limit = self._resolve_limit(limit)
+        history = self.histories.get(self.session_id, [])
+        if limit is not None:
+            history = history[len(history) - limit :] if limit else []
+        return [decode_item(data) for data in history]
+
+    async def add_items(self, items: list[Any]) -> None:
+        encoded = encode_items(items)
+        self.histories.setdefault(self.session_id, []).extend(item.json for item in encoded)
+
+    async def pop_item(self) -> Any:
+        history = self.histories.get(self.session_id)
+        return decode_item(history.pop()) if history else None
+
+    async def clear_session(self) -> None:
+        self.histories.pop(self.session_id, None)
+
+    async def _close(self) -> None:
+        pass
+
+
+class NewerListSession(OldListSession):
+    """Its subclass that adds replacement."""
+
+    async def _replace(self, items: list[Any], newest: int | None, expected: Any) -> bool:
+        self.histories[self.session_id] = [item.json for item in items]
+        return True
+
+
+async def test_a_subclass_without_replace_still_works_and_names_what_replace_needs() -> None:
+    async with OldListSession("old") as session:
+        await session.add_items([{"n": 1}, {"n": 2}])
+        assert await session.get_items() == [{"n": 1}, {"n": 2}]
+        with pytest.raises(NotImplementedError, match=r"OldListSession\._replace"):
+            await session.replace_items([{"n": 3}])
+        assert await session.get_items() == [{"n": 1}, {"n": 2}]
+    # No atomic-replacement hooks for the OpenAI Agents SDK's compaction: it clears and adds.
+    assert getattr(OldListSession, "_atomic_replace_items", None) is None
+    assert getattr(OldListSession("old"), "_get_compaction_snapshot", None) is None
+    async with NewerListSession("newer") as newer:
+        await newer.add_items([{"n": 1}])
+        assert await NewerListSession._atomic_replace_items(newer, [{"n": 9}]) is True
+        assert await newer.get_items() == [{"n": 9}]
+        assert newer._get_compaction_snapshot is not None
 
 
 def test_without_pytest_asyncio_the_kit_names_the_extra() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agentmem import SessionInfo
+from agentmem.manager import Conversation
 from tests import _lifecycle_workers
 from tests.conftest import MANAGERS, ManagerCase, unique_id
 
@@ -183,6 +184,24 @@ async def test_list_sessions_keeps_its_meaning(case: ManagerCase) -> None:
     assert await case.mine() == [session.session_id]
 
 
+async def test_a_written_conversation_keeps_its_owner_and_is_listed_under_it(
+    case: ManagerCase,
+) -> None:
+    user, other = unique_id("u"), unique_id("u")
+    session_id = case.new_id()
+    await case.manager.get_session(session_id, user_id=other).add_items([{"n": 0}])
+    conversation = Conversation(session_id, [{"n": 1}], user_id=user, metadata={"k": "v"})
+    await case.manager.write_conversation(conversation)
+    read = await case.manager.read_conversation(session_id)
+    assert read is not None and (read.user_id, read.metadata) == (user, {"k": "v"})
+    page = await case.manager.find_sessions(user_id=user, metadata={"k": "v"})
+    assert [info.session_id for info in page.items] == [session_id]
+    assert await case.manager.count_sessions(user) == 1
+    # The session it replaced was the other owner's: it is no longer listed under them.
+    assert (await case.manager.find_sessions(user_id=other)).items == []
+    assert await case.manager.count_sessions(other) == 0
+
+
 # --- expiry and purge ---------------------------------------------------------------------------
 
 
@@ -200,6 +219,15 @@ async def test_an_expired_session_reads_empty_and_is_neither_listed_nor_counted(
     assert session.session_id not in await case.mine()
     assert (await case.manager.find_sessions(user_id=user)).items == []
     assert await case.manager.count_sessions(user) == 0
+
+
+async def test_an_expired_session_reads_empty_through_windows(case: ManagerCase) -> None:
+    session = case.manager.get_session(case.new_id(), ttl=TINY_TTL)
+    await session.add_items([{"role": "user", "content": "hi"}, {"role": "assistant", "n": 2}])
+    await expired(case, session.session_id)
+    assert await session.get_items(1, whole_pairs=True) == []
+    assert await session.get_items(1, whole_turns=True) == []
+    assert (await session.get_page(limit=1)).items == []
 
 
 async def test_a_write_to_an_expired_session_starts_a_fresh_history(case: ManagerCase) -> None:
@@ -382,3 +410,32 @@ async def test_two_processes_purge_at_once_without_double_work(
         counts = await asyncio.gather(*purges)
         assert sum(counts) == len(ids)  # each expired session deleted once, by one of them
         assert await manager.existing_sessions(ids) == set()
+
+
+# --- the SQLAlchemy Core path (postgresql+psycopg) ----------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_psycopg_writes_keep_the_item_count(postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from agentmem import SQLAlchemySession, SQLAlchemySessionManager
+    from agentmem.migrate import async_url
+
+    url = make_url(async_url(postgres_url)).set(drivername="postgresql+psycopg")
+    engine = create_async_engine(url)
+    manager = SQLAlchemySessionManager.from_url(postgres_url)
+    session = SQLAlchemySession(engine, unique_id("psycopg"))
+    try:
+        await session.add_items([{"n": 1}, {"n": 2}])
+        await session.add_items([{"n": n} for n in range(3, 1003)])
+        await session.pop_item()
+        assert await session.get_items(2) == [{"n": 1000}, {"n": 1001}]
+        info = await manager.session_info(session.session_id)
+        assert info is not None and info.item_count == 1001
+        await session.clear_session()
+    finally:
+        await session.close()
+        await manager.close()
+        await engine.dispose()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agentmem import SessionClosedError
+from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.manager import Conversation
 from tests.conftest import MANAGERS, REDIS_PREFIX, REDIS_URL, ManagerCase, unique_id
 
@@ -122,6 +123,71 @@ async def test_a_conversation_round_trips_whole_with_its_timestamps(
     assert (read.created_at, read.updated_at) == (at(1), at(2))
     assert await case.manager.get_session(session_id).get_items() == sdk_items
     assert await case.manager.read_conversation(case.new_id("absent")) is None
+
+
+async def test_a_conversation_carries_its_lifecycle(case: ManagerCase) -> None:
+    parent, session_id = case.new_id("parent"), case.new_id()
+    expires = datetime.now(UTC).replace(microsecond=250000) + timedelta(hours=1)
+    written = Conversation(
+        session_id,
+        [{"n": 1}, {"n": 2}],
+        at(1),
+        at(2),
+        title="Trip",
+        metadata={"topic": "billing", "n": [1, {"x": None}]},
+        expires_at=expires,
+        fork_origin=ForkOrigin(parent, ItemCursor(2)),
+    )
+    await case.manager.write_conversation(written)
+    read = await case.manager.read_conversation(session_id)
+    assert read is not None
+    assert read.items == written.items
+    assert (read.created_at, read.updated_at) == (at(1), at(2))
+    assert (read.user_id, read.title, read.metadata) == (None, "Trip", written.metadata)
+    assert read.fork_origin == ForkOrigin(parent, ItemCursor(2))
+    assert read.expires_at is not None and abs(read.expires_at - expires) < timedelta(seconds=1)
+    session = case.manager.get_session(session_id)
+    assert await session.fork_origin() == ForkOrigin(parent, ItemCursor(2))
+    info = await session.info()
+    assert info is not None and (info.title, info.metadata) == ("Trip", written.metadata)
+
+    # Written again without them: the session is replaced whole, its lifecycle with it.
+    await case.manager.write_conversation(Conversation(session_id, [{"n": 3}], at(3), at(3)))
+    plain = await case.manager.read_conversation(session_id)
+    assert plain is not None
+    assert (plain.title, plain.metadata, plain.expires_at, plain.fork_origin) == (
+        None,
+        {},
+        None,
+        None,
+    )
+
+
+async def test_a_conversation_past_its_expiry_is_written_expired(case: ManagerCase) -> None:
+    session_id = case.new_id()
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    await case.manager.write_conversation(Conversation(session_id, [{"n": 1}], expires_at=past))
+    assert await case.manager.read_conversation(session_id) is None
+    assert await case.manager.get_session(session_id).get_items() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"user_id": ""}, ValueError),
+        ({"title": 5}, TypeError),
+        ({"metadata": ["not", "an", "object"]}, TypeError),
+        ({"fork_origin": "parent"}, TypeError),
+        ({"fork_origin": ForkOrigin("parent", 2)}, TypeError),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_conversation_with_a_bad_lifecycle_writes_nothing(
+    case: ManagerCase, fields: dict[str, Any], error: type[Exception]
+) -> None:
+    session_id = case.new_id()
+    with pytest.raises(error):
+        await case.manager.write_conversation(Conversation(session_id, [{"n": 1}], **fields))
+    assert await case.manager.read_conversation(session_id) is None
 
 
 async def test_writing_a_conversation_replaces_the_session(case: ManagerCase) -> None:

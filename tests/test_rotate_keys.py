@@ -9,6 +9,7 @@ import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,15 @@ def session(manager: SessionManagerABC[Any], session_id: str, **keys: str) -> En
     return EncryptedSession(manager.get_session(session_id), keys=keys, current=list(keys)[-1])
 
 
+def rotate(
+    args: list[str], cwd: Path, *options: str, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``agentmem rotate-keys --from k1 --to k2 [options]`` on the store of ``args``."""
+    return agentmem(
+        "rotate-keys", "--from", "k1", "--to", "k2", *options, *args, cwd=cwd, env=env, ok=ok
+    )
+
+
 async def test_rotate_keys_moves_every_session_and_can_be_run_again(
     store: Store, manager: SessionManagerABC[Any], tmp_path: Path
 ) -> None:
@@ -66,19 +76,7 @@ async def test_rotate_keys_moves_every_session_and_can_be_run_again(
     await manager.get_session("plain").add_items([{"not": "encrypted"}])
     env = {"AGENTMEM_ENCRYPTION_KEYS": BOTH}
 
-    result = agentmem(
-        "rotate-keys",
-        "--from",
-        "k1",
-        "--to",
-        "k2",
-        "--json",
-        "--batch-size",
-        "2",
-        *store.args,
-        cwd=tmp_path,
-        env=env,
-    )
+    result = rotate(store.args, tmp_path, "--json", "--batch-size", "2", env=env)
     assert json.loads(result.stdout) == {
         "from": "k1",
         "to": "k2",
@@ -93,11 +91,30 @@ async def test_rotate_keys_moves_every_session_and_can_be_run_again(
     assert await session(manager, "new", k2=K2).get_items() == [{"n": 4}]
     assert await manager.get_session("plain").get_items() == [{"not": "encrypted"}]
 
-    again = agentmem(
-        "rotate-keys", "--from", "k1", "--to", "k2", *store.args, cwd=tmp_path, env=env
-    )
+    again = rotate(store.args, tmp_path, env=env)
     assert "Rotated 0 items in 0 sessions" in again.stdout
     assert "4 sessions checked, 0 failed" in again.stdout
+
+
+async def test_rotate_keys_keeps_each_session_lifecycle(
+    store: Store, manager: SessionManagerABC[Any], tmp_path: Path
+) -> None:
+    inner = manager.get_session(
+        "owned", user_id="u1", title="Trip", metadata={"topic": "travel"}, ttl=3600
+    )
+    await EncryptedSession(inner, keys={"k1": K1}, current="k1").add_items([{"n": 1}])
+    before = await manager.session_info("owned")
+    assert before is not None and before.expires_at is not None
+
+    rotate(store.args, tmp_path, env={"AGENTMEM_ENCRYPTION_KEYS": BOTH})
+    after = await manager.session_info("owned")
+    assert after is not None and after.expires_at is not None
+    assert (after.user_id, after.title, after.metadata) == ("u1", "Trip", {"topic": "travel"})
+    assert abs(after.expires_at - before.expires_at) < timedelta(seconds=1)
+    assert await session(manager, "owned", k2=K2).get_items() == [{"n": 1}]
+    assert [page.session_id for page in (await manager.find_sessions(user_id="u1")).items] == [
+        "owned"
+    ]
 
 
 @pytest.mark.sqlite
@@ -105,17 +122,7 @@ async def test_keys_from_a_file(tmp_path: Path) -> None:
     local = await _populate(tmp_path)
     keys = tmp_path / "keys.txt"
     keys.write_text(f"# agentmem keys\nk1={K1}\n\nk2={K2}\n", encoding="utf-8")
-    result = agentmem(
-        "rotate-keys",
-        "--from",
-        "k1",
-        "--to",
-        "k2",
-        "--keys-file",
-        str(keys),
-        *local.args,
-        cwd=tmp_path,
-    )
+    result = rotate(local.args, tmp_path, "--keys-file", str(keys))
     assert "Rotated 1 item in 1 session from key 'k1' to 'k2'" in result.stdout
 
 
@@ -145,18 +152,7 @@ async def test_bad_keys_are_a_user_error_that_shows_no_key(
     tmp_path: Path, env: dict[str, str], extra: list[str], message: str
 ) -> None:
     local = await _populate(tmp_path)
-    result = agentmem(
-        "rotate-keys",
-        "--from",
-        "k1",
-        "--to",
-        "k2",
-        *extra,
-        *local.args,
-        cwd=tmp_path,
-        env=env,
-        ok=False,
-    )
+    result = rotate(local.args, tmp_path, *extra, env=env, ok=False)
     assert_user_error(result, message)
     assert K1 not in result.stderr and K2 not in result.stderr
 
@@ -173,17 +169,8 @@ async def test_a_session_that_does_not_decrypt_is_reported_and_left_alone(
     await bad.inner.add_items([{**envelope, "data": envelope["data"][::-1]}])
     await opened.close()
 
-    result = agentmem(
-        "rotate-keys",
-        "--from",
-        "k1",
-        "--to",
-        "k2",
-        "--json",
-        *local.args,
-        cwd=tmp_path,
-        env={"AGENTMEM_ENCRYPTION_KEYS": BOTH},
-        ok=False,
+    result = rotate(
+        local.args, tmp_path, "--json", env={"AGENTMEM_ENCRYPTION_KEYS": BOTH}, ok=False
     )
     assert result.returncode == 1
     report = json.loads(result.stdout)

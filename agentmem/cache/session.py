@@ -62,10 +62,10 @@ from agentmem.manager import (
     Conversation,
     SessionInfo,
     SessionManagerABC,
+    SessionOptions,
     SessionPage,
 )
-from agentmem.records import TTL as SessionTTL
-from agentmem.records import UNSET, ItemPage, Unset
+from agentmem.records import ItemPage
 from agentmem.redis import client as _redis
 from agentmem.redis.client import (
     DEFAULT_URL,
@@ -920,42 +920,13 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
     def touch_on_read(self, value: bool) -> None:
         self.store.touch_on_read = value
 
-    def get_session(
-        self,
-        session_id: str,
-        *,
-        session_settings: Any = None,
-        whole_pairs: bool = False,
-        whole_turns: bool = False,
-        user_id: str | None = None,
-        title: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: SessionTTL | Unset | None = UNSET,
-        max_items: int | Unset | None = UNSET,
-    ) -> CachedSession:
-        """A cached session over the store manager's session of ``session_id``
-        (``whole_pairs``/``whole_turns``: its default window, see :mod:`agentmem.windows`);
-        the lifecycle options (see :meth:`SessionManagerABC.get_session`) go to the store's
-        session (``ttl`` is the session's expiry in SQL, not the cache's).
-
-        Raises:
-            TypeError, ValueError: a bad option.
-            SessionClosedError: the manager was closed.
-        """
-        self._check_open()
-        sql_session = self.store.get_session(
-            session_id,
-            session_settings=session_settings,
-            whole_pairs=whole_pairs,
-            whole_turns=whole_turns,
-            user_id=user_id,
-            title=title,
-            metadata=metadata,
-            ttl=ttl,
-            max_items=max_items,
+    def _make_session(self, session_id: str, options: SessionOptions) -> CachedSession:
+        """A cached session over the store manager's session of ``session_id``, which takes
+        the lifecycle options (``ttl`` is the session's expiry in SQL, not the cache's)."""
+        sql_session = self.store.get_session(session_id, **options.keywords())
+        return CachedSession(
+            sql_session, session_settings=options.session_settings, **self._options
         )
-        session = CachedSession(sql_session, session_settings=session_settings, **self._options)
-        return self._handed_out(session)
 
     async def list_sessions(self) -> list[str]:
         """The ids of every stored session (from SQL), sorted."""
@@ -1020,8 +991,8 @@ class CachedSessionManager(SessionManagerABC[CachedSession]):
         return await self._through_cache(session_id, lambda: self.store.delete_session(session_id))
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole in SQL, replacing any session of the same id, in one
-        transaction; its cached copy is dropped."""
+        """Store ``conversation`` whole with its lifecycle in SQL, replacing any session of
+        the same id, in one transaction; its cached copy is dropped."""
         self._check_open()
         conversation = conversation.validated()
         await self._through_cache(

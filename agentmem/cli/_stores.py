@@ -26,7 +26,7 @@ from agentmem._redact import mask_credentials
 from agentmem.errors import MissingDependencyError
 from agentmem.forks import ForkOrigin, ItemCursor
 from agentmem.manager import Conversation, SessionInfo, SessionManagerABC, utc
-from agentmem.session import SessionABC, encode_items, validate_session_id
+from agentmem.session import SessionABC, validate_session_id
 from agentmem.sql import migrate
 from agentmem.sql.schema import validate_table_prefix
 
@@ -76,11 +76,23 @@ def lifecycle_json(info: SessionInfo) -> dict[str, Any]:
 
 
 def conversation_json(conversation: Conversation) -> dict[str, Any]:
-    """A whole conversation as one exported JSON line."""
+    """A whole conversation as one exported JSON line; its lifecycle fields (owner, title,
+    metadata, expiry, fork origin) only when it has them, so a line without them is what an
+    export before them held."""
+    origin = conversation.fork_origin
+    lifecycle = {
+        "user_id": conversation.user_id,
+        "title": conversation.title,
+        "metadata": conversation.metadata or None,
+        "expires_at": format_time(conversation.expires_at),
+        "forked_from": None if origin is None else origin.parent_id,
+        "fork_point": None if origin is None else origin.fork_point.count,
+    }
     return {
         "session_id": conversation.session_id,
         "created_at": format_time(conversation.created_at),
         "updated_at": format_time(conversation.updated_at),
+        **{name: value for name, value in lifecycle.items() if value is not None},
         "items": conversation.items,
     }
 
@@ -89,7 +101,8 @@ def parse_conversation(data: object) -> Conversation:
     """Parse one exported line.
 
     Raises:
-        CLIError: not an object with a valid ``session_id`` and an ``items`` list of objects.
+        CLIError: not an object with a valid ``session_id`` and an ``items`` list of objects,
+            or a bad lifecycle field.
     """
     if not isinstance(data, dict):
         raise CLIError(f"expected a JSON object, got {type(data).__name__}")
@@ -100,16 +113,40 @@ def parse_conversation(data: object) -> Conversation:
     items = data.get("items")
     if not isinstance(items, list):
         raise CLIError(f"session {session_id!r}: 'items' must be a list")
-    try:
-        encode_items(items)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(f"session {session_id!r}: {exc}") from None
-    return Conversation(
+    conversation = Conversation(
         session_id,
         items,
         parse_time(data.get("created_at"), "created_at"),
         parse_time(data.get("updated_at"), "updated_at"),
+        user_id=data.get("user_id"),
+        title=data.get("title"),
+        metadata=_metadata(data.get("metadata")),
+        expires_at=parse_time(data.get("expires_at"), "expires_at"),
+        fork_origin=_parse_origin(data.get("forked_from"), data.get("fork_point")),
     )
+    try:  # its items and lifecycle (an export older than the lifecycle fields has none)
+        return conversation.validated()
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"session {session_id!r}: {exc}") from None
+
+
+def _metadata(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CLIError(f"'metadata' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parse_origin(parent_id: object, point: object) -> ForkOrigin | None:
+    if parent_id is None and point is None:
+        return None
+    try:
+        if not isinstance(point, int):
+            raise TypeError(f"fork_point must be an int, got {type(point).__name__}")
+        return ForkOrigin(validate_session_id(parent_id), ItemCursor(point))
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"bad fork origin: {exc}") from None
 
 
 def format_time(value: datetime | None) -> str | None:

@@ -14,6 +14,7 @@ have the script yet).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -1034,34 +1035,66 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         self._check_open()
         session_key, messages_key = self._keys_of(validate_session_id(session_id))
         async with self._clients.get().pipeline(transaction=True) as pipe:
-            pipe.hmget(session_key, ["created_at", "updated_at"])
+            pipe.hmget(session_key, [*_INFO_FIELDS, "forked_from", "fork_point"])
             pipe.lrange(messages_key, 0, -1)
             pipe.exists(session_key, messages_key)
-            (created, updated), raw, exists = await pipe.execute()
+            pipe.pttl(session_key)
+            fields, raw, exists, pttl = await pipe.execute()
         if not exists:
             return None
         items = [decode_item(data) for data in raw]
-        return Conversation(session_id, items, _from_unix(created), _from_unix(updated))
+        info = _info(session_id, fields[: len(_INFO_FIELDS)], len(items), pttl, time.time())
+        parent, point = fields[len(_INFO_FIELDS) :]
+        origin = None
+        if parent is not None and point is not None:
+            parent_id = parent.decode() if isinstance(parent, bytes) else parent
+            origin = ForkOrigin(parent_id, ItemCursor(int(point)))
+        return Conversation(
+            session_id,
+            items,
+            info.created_at,
+            info.updated_at,
+            user_id=info.user_id,
+            title=info.title,
+            metadata=info.metadata,
+            expires_at=info.expires_at,
+            fork_origin=origin,
+        )
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole with its timestamps, replacing any session of the same
-        id, atomically (MULTI/EXEC); the manager's ``default_ttl`` applies to it."""
+        """Store ``conversation`` whole with its timestamps and lifecycle (see
+        :class:`Conversation`), replacing any session of the same id, atomically (MULTI/EXEC);
+        the manager's ``default_ttl`` applies to one that carries no expiry. An owner is
+        indexed in the same transaction (which needs one Redis, as every write of an owned
+        session does)."""
         self._check_open()
-        encoded, created, updated = conversation.prepared()
-        keys = self._keys_of(conversation.session_id)
-        ttl_ms = 0 if self.default_ttl is None else round(self.default_ttl * 1000)
+        checked, encoded, created, updated = conversation.prepared()
+        session_id = checked.session_id
+        keys = self._keys_of(session_id)
+        fields: dict[Any, Any] = {"created_at": _to_unix(created), "updated_at": _to_unix(updated)}
+        stored = {"user_id": checked.user_id, "title": checked.title}
+        stored["metadata"] = checked.metadata_json
+        if checked.fork_origin is not None:
+            stored["forked_from"] = checked.fork_origin.parent_id
+            stored["fork_point"] = str(checked.fork_origin.fork_point.count)
+        fields.update({name: value for name, value in stored.items() if value is not None})
+        expires_ms: int | None = None
+        if checked.expires_at is not None:
+            expires_ms = round(checked.expires_at.timestamp() * 1000)
+        elif self.default_ttl is not None:
+            expires_ms = round((time.time() + self.default_ttl) * 1000)
         async with self._clients.get().pipeline(transaction=True) as pipe:
-            pipe.eval(
-                _lua.DROP_SOURCE, 2, *keys[::-1], self.session_prefix, conversation.session_id
-            )
+            pipe.eval(_lua.DROP_SOURCE, 2, *keys[::-1], self.session_prefix, session_id)
             for start in range(0, len(encoded), _RPUSH_CHUNK):
                 pipe.rpush(keys[1], *(item.json for item in encoded[start : start + _RPUSH_CHUNK]))
-            pipe.hset(
-                keys[0], mapping={"created_at": _to_unix(created), "updated_at": _to_unix(updated)}
-            )
-            if ttl_ms:
+            pipe.hset(keys[0], mapping=fields)
+            if expires_ms is not None:
                 for key in keys:
-                    pipe.pexpire(key, ttl_ms)
+                    pipe.pexpireat(key, expires_ms)
+            if checked.user_id is not None:
+                activity, expiry = self._owner_keys(checked.user_id)
+                pipe.zadd(activity, {session_id: updated.timestamp()})
+                pipe.zadd(expiry, {session_id: math.inf if expires_ms is None else expires_ms})
             await pipe.execute()
 
 

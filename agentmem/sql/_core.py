@@ -8,9 +8,11 @@ upserts the session row, which takes its row lock, so message ids follow the com
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -19,7 +21,7 @@ from agentmem.forks import ForkOrigin
 from agentmem.records import ItemPage, SessionInfo
 from agentmem.session import EncodedItem, SessionItem
 from agentmem.sql import _windows
-from agentmem.sql._statements import same_items
+from agentmem.sql._statements import _names, same_items
 from agentmem.sql.base import Operations
 from agentmem.sql.schema import Tables, tables_for_prefix
 from agentmem.windows import WindowMode
@@ -56,6 +58,22 @@ async def _driver_sql(conn: AsyncConnection, sql: str, *args: Any) -> list[Any]:
     statement, parameters = _in_paramstyle(conn, sql, args)
     result = await conn.exec_driver_sql(statement, parameters)
     return list(result.all())
+
+
+@cache
+def _counted_insert(table_prefix: str) -> str:
+    """$1 session id; $2, $3, $4 arrays of JSON text, role, type; $5 the batch id, stored on
+    the first item. The rows are inserted in the arrays' order by a CTE (arrays: one statement
+    whatever the batch's size), and the update adds their number to ``item_count``."""
+    s, m = _names(tables_for_prefix(table_prefix), postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
+    return (
+        f"WITH i AS (INSERT INTO {m} (session_id, message_data, role, item_type, batch_id) "
+        f"SELECT $1, u.message_data, u.role, u.item_type, CASE WHEN u.n = 1 THEN $5 END "
+        f"FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY "
+        f"AS u(message_data, role, item_type, n) ORDER BY u.n RETURNING 1) "
+        f"UPDATE {s} SET item_count = item_count + (SELECT count(*) FROM i) "
+        f"WHERE session_id = $1"
+    )
 
 
 class _Mismatch(Exception):
@@ -112,6 +130,17 @@ class CoreOperations(Operations):
                 ],
             )
 
+    async def _insert_counted(
+        self, conn: AsyncConnection, items: list[EncodedItem], batch_id: str
+    ) -> None:
+        """Insert ``items`` (the first one marked with ``batch_id``) and add their number to
+        the session row's ``item_count``, in one statement (see :func:`_counted_insert`)."""
+        data, roles, types = (list(column) for column in zip(*items, strict=True))
+        args = (self.session_id, data, roles, types, batch_id)
+        await conn.exec_driver_sql(
+            *_in_paramstyle(conn, _counted_insert(self.holder.table_prefix), args)
+        )
+
     async def get(self, limit: int | None) -> list[str]:
         messages = self.tables.messages
         query = select(messages.c.message_data).where(messages.c.session_id == self.session_id)
@@ -137,8 +166,7 @@ class CoreOperations(Operations):
                 .limit(1)
             )
             if stored.first() is None:  # else a retried call whose first attempt was stored
-                await self._insert(conn, items, batch_id)
-                await self._recount(conn)
+                await self._insert_counted(conn, items, batch_id)
 
     async def pop(self) -> str | None:
         messages, sessions = self.tables.messages, self.tables.sessions

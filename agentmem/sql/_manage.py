@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from agentmem.manager import Conversation, SessionInfo, utc
 from agentmem.session import EncodedItem, decode_item
 from agentmem.sql._statements import _WriteTransaction
+from agentmem.sql._windows import fork_origin_of
 from agentmem.sql.schema import tables_for_prefix
 
 
@@ -29,6 +30,7 @@ class ManagerStatements:
 
     ids: str
     info: str
+    conversation: str
     existing: str
     items: str
     write_session: str
@@ -54,9 +56,32 @@ def _info_select(s: str) -> str:
     return f"SELECT {INFO_COLUMNS} FROM {s} AS s"
 
 
+def _conversation_select(s: str) -> str:
+    """The columns of :data:`INFO_COLUMNS` and the fork origin."""
+    return f"SELECT {INFO_COLUMNS}, s.forked_from, s.fork_point FROM {s} AS s"
+
+
 PG_LIVE = "(s.expires_at IS NULL OR s.expires_at > now())"
 """Not expired (``sessions`` aliased ``s``); on SQLite the time is the parameter ``:now``."""
 SQLITE_LIVE = "(s.expires_at IS NULL OR s.expires_at > :now)"
+
+
+_WRITTEN_COLUMNS = (
+    "created_at",
+    "updated_at",
+    "item_count",
+    "expires_at",
+    "user_id",
+    "title",
+    "metadata_json",
+    "forked_from",
+    "fork_point",
+)
+"""What a written conversation sets of its session row, besides its id."""
+
+
+def _replaced_columns() -> str:
+    return ", ".join(f"{column} = excluded.{column}" for column in _WRITTEN_COLUMNS)
 
 
 @cache
@@ -66,20 +91,21 @@ def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
     return ManagerStatements(
         ids=f"SELECT session_id FROM {s} AS s WHERE {PG_LIVE} ORDER BY session_id",
         info=f"{select} WHERE s.session_id = $1 AND {PG_LIVE}",
+        conversation=f"{_conversation_select(s)} WHERE s.session_id = $1 AND {PG_LIVE}",
         existing=(
             f"SELECT session_id FROM {s} AS s WHERE session_id = ANY($1::text[]) AND {PG_LIVE}"
         ),
         items=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
         delete_session=f"DELETE FROM {s} WHERE session_id = $1",
         # The upsert takes the session row's lock first, as every writer of the session does.
-        # $4 item count, $5 ttl seconds (NULL: none).
+        # $4 item count, $5 expiry (NULL: $6, the ttl in seconds; NULL: none), $7 owner,
+        # $8 title, $9 metadata, $10 and $11 the fork origin.
         write_session=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, expires_at) "
-            f"VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::float8)) "
-            f"ON CONFLICT (session_id) DO UPDATE SET created_at = excluded.created_at, "
-            f"updated_at = excluded.updated_at, item_count = excluded.item_count, "
-            f"expires_at = excluded.expires_at, user_id = NULL, title = NULL, "
-            f"metadata_json = NULL"
+            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, expires_at, "
+            f"user_id, title, metadata_json, forked_from, fork_point) "
+            f"VALUES ($1, $2, $3, $4, COALESCE($5::timestamptz, "
+            f"now() + make_interval(secs => $6::float8)), $7, $8, $9::jsonb, $10, $11) "
+            f"ON CONFLICT (session_id) DO UPDATE SET {_replaced_columns()}"
         ),
         delete_items=f"DELETE FROM {m} WHERE session_id = $1",
         insert_items=(
@@ -98,6 +124,7 @@ def sqlite_manager_statements(table_prefix: str) -> ManagerStatements:
     return ManagerStatements(
         ids=f"SELECT session_id FROM {s} AS s WHERE {SQLITE_LIVE} ORDER BY session_id",
         info=f"{select} WHERE s.session_id = :id AND {SQLITE_LIVE}",
+        conversation=f"{_conversation_select(s)} WHERE s.session_id = :id AND {SQLITE_LIVE}",
         existing=(
             f"SELECT session_id FROM {s} AS s WHERE session_id IN "
             f"(SELECT value FROM json_each(:ids)) AND {SQLITE_LIVE}"
@@ -105,8 +132,9 @@ def sqlite_manager_statements(table_prefix: str) -> ManagerStatements:
         items=f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
         # Run after deleting the session under the database's write lock (BEGIN IMMEDIATE).
         write_session=(
-            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, expires_at) "
-            f"VALUES (?, ?, ?, ?, ?)"
+            f"INSERT INTO {s} (session_id, created_at, updated_at, item_count, expires_at, "
+            f"user_id, title, metadata_json, forked_from, fork_point) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ),
         delete_session=f"DELETE FROM {s} WHERE session_id = ?",
         delete_items=f"DELETE FROM {m} WHERE session_id = ?",
@@ -197,32 +225,70 @@ def sqlite_read(
         conn.rollback()
     conn.execute("BEGIN")  # one snapshot for the session row and its items
     try:
-        row = conn.execute(sql.info, {"id": session_id, "now": now_text()}).fetchone()
+        row = conn.execute(sql.conversation, {"id": session_id, "now": now_text()}).fetchone()
         if row is None:
             return None
         items = [decode_item(data) for (data,) in conn.execute(sql.items, (session_id,))]
     finally:
         conn.rollback()
-    info = info_from_row(row)
-    return Conversation(session_id, items, info.created_at, info.updated_at)
+    return _conversation(row, items)
+
+
+def _conversation(row: Any, items: list[Any]) -> Conversation:
+    """A conversation from a row of :func:`_conversation_select` and its items."""
+    *columns, parent_id, point = tuple(row)
+    info = info_from_row(columns)
+    return Conversation(
+        info.session_id,
+        items,
+        info.created_at,
+        info.updated_at,
+        user_id=info.user_id,
+        title=info.title,
+        metadata=info.metadata,
+        expires_at=info.expires_at,
+        fork_origin=fork_origin_of(parent_id, point),
+    )
+
+
+def _origin(conversation: Conversation) -> tuple[str | None, int | None]:
+    origin = conversation.fork_origin
+    return (None, None) if origin is None else (origin.parent_id, origin.fork_point.count)
 
 
 def sqlite_write(
     conn: sqlite3.Connection,
     table_prefix: str,
-    session_id: str,
+    conversation: Conversation,
     items: list[EncodedItem],
     created_at: datetime,
     updated_at: datetime,
     ttl: float | None = None,
 ) -> None:
+    """Write a checked conversation (see :meth:`Conversation.prepared`); ``ttl``: its expiry
+    when it carries none."""
     sql = sqlite_manager_statements(table_prefix)
+    session_id = conversation.session_id
     created, updated = sqlite_time(created_at), sqlite_time(updated_at)
-    expires = None if ttl is None else sqlite_time(datetime.now(UTC) + timedelta(seconds=ttl))
+    expiry = conversation.expires_at
+    if expiry is None and ttl is not None:
+        expiry = datetime.now(UTC) + timedelta(seconds=ttl)
+    expires = None if expiry is None else sqlite_time(expiry)
+    row = (
+        session_id,
+        created,
+        updated,
+        len(items),
+        expires,
+        conversation.user_id,
+        conversation.title,
+        conversation.metadata_json,
+        *_origin(conversation),
+    )
     with _WriteTransaction(conn):
         conn.execute(sql.delete_items, (session_id,))
         conn.execute(sql.delete_session, (session_id,))
-        conn.execute(sql.write_session, (session_id, created, updated, len(items), expires))
+        conn.execute(sql.write_session, row)
         conn.executemany(sql.insert_items, [(session_id, *item, updated) for item in items])
 
 
@@ -254,28 +320,40 @@ async def postgres_delete(conn: Any, table_prefix: str, session_id: str) -> bool
 async def postgres_read(conn: Any, table_prefix: str, session_id: str) -> Conversation | None:
     sql = postgres_manager_statements(table_prefix)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        row = await conn.fetchrow(sql.info, session_id)
+        row = await conn.fetchrow(sql.conversation, session_id)
         if row is None:
             return None
         rows = await conn.fetch(sql.items, session_id)
-    info = info_from_row(row)
-    return Conversation(
-        session_id, [decode_item(r[0]) for r in rows], info.created_at, info.updated_at
-    )
+    return _conversation(row, [decode_item(r[0]) for r in rows])
 
 
 async def postgres_write(
     conn: Any,
     table_prefix: str,
-    session_id: str,
+    conversation: Conversation,
     items: list[EncodedItem],
     created_at: datetime,
     updated_at: datetime,
     ttl: float | None = None,
 ) -> None:
+    """Write a checked conversation (see :meth:`Conversation.prepared`); ``ttl``: its expiry
+    when it carries none."""
     sql = postgres_manager_statements(table_prefix)
+    session_id = conversation.session_id
     async with conn.transaction():
-        await conn.execute(sql.write_session, session_id, created_at, updated_at, len(items), ttl)
+        await conn.execute(
+            sql.write_session,
+            session_id,
+            created_at,
+            updated_at,
+            len(items),
+            conversation.expires_at,
+            ttl,
+            conversation.user_id,
+            conversation.title,
+            conversation.metadata_json,
+            *_origin(conversation),
+        )
         await conn.execute(sql.delete_items, session_id)
         if items:
             data, roles, types = (list(column) for column in zip(*items, strict=True))

@@ -95,6 +95,7 @@ def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
     seed = _postgres_marks(m, "session_id = $1")
     step = _postgres_marks(m, "session_id = $1 AND id < w.id")
+    live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now())"
     push = "CASE WHEN p.needs IS NULL THEN k ELSE k || p.needs END"
     return PostgresWindowStatements(
         # walk: the rows taken so far, newest first; each step takes the next older row
@@ -111,7 +112,7 @@ def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
             f"FROM walk w CROSS JOIN LATERAL ({step}) p "
             f"WHERE NOT (w.taken >= $2::bigint AND cardinality(w.missing) = 0 "
             f"AND p.item_type IS DISTINCT FROM 'reasoning' AND (NOT $3::boolean OR w.at_user))) "
-            f"SELECT message_data FROM {m} WHERE session_id = $1 "
+            f"SELECT message_data FROM {m} WHERE session_id = $1 AND {live} "
             f"AND id >= (SELECT min(id) FROM walk) ORDER BY id"
         ),
         # The new row is written only when the new id holds no items; its items are copied
@@ -154,9 +155,11 @@ def sqlite_window_statements(table_prefix: str) -> SQLiteWindowStatements:
     s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
     reference = _reference_sql("json_extract(message_data, '$.{field}')")
     return SQLiteWindowStatements(
+        # ?1 session id, ?2 now: an expired session's rows are not read.
         newest_marked=(
             f"SELECT message_data, item_type, role, {reference} FROM {m} "
-            f"WHERE session_id = ? ORDER BY id DESC"
+            f"WHERE session_id = ?1 AND NOT EXISTS (SELECT 1 FROM {s} "
+            f"WHERE session_id = ?1 AND expires_at <= ?2) ORDER BY id DESC"
         ),
         has_items=f"SELECT 1 FROM {m} WHERE session_id = ? LIMIT 1",
         touch_fork=(
@@ -185,7 +188,8 @@ def sqlite_get_window(
     """The window's items, oldest first, from one cursor read newest first only as far as
     the walk goes."""
     rows: list[str] = []
-    cursor = conn.execute(sql.newest_marked, (session_id,))
+    now = sqlite_text_time(datetime.now(UTC))
+    cursor = conn.execute(sql.newest_marked, (session_id, now))
 
     def marks() -> Iterator[Mark]:
         for data, item_type, role, reference in cursor:

@@ -15,8 +15,8 @@ from abc import ABC, abstractmethod
 from typing import Any, Self, TypeVar
 
 from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
-from agentmem.manager import SessionManagerABC
-from agentmem.records import TTL, UNSET, ItemPage, SessionInfo, Unset
+from agentmem.manager import SessionManagerABC, SessionOptions
+from agentmem.records import ItemPage, SessionInfo
 from agentmem.session import EncodedItem, SessionABC, SessionItem, decode_stored, encode_items
 from agentmem.windows import WindowMode
 
@@ -188,19 +188,7 @@ class SQLSessionManagerABC(SessionManagerABC[SQLSessionT]):
         """Whether the database lives in this process's memory: no other process sees it."""
 
     @abstractmethod
-    def get_session(
-        self,
-        session_id: str,
-        *,
-        session_settings: Any = None,
-        whole_pairs: bool = False,
-        whole_turns: bool = False,
-        user_id: str | None = None,
-        title: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: TTL | Unset | None = UNSET,
-        max_items: int | Unset | None = UNSET,
-    ) -> SQLSessionT:
+    def _make_session(self, session_id: str, options: SessionOptions) -> SQLSessionT:
         """A session of this store on the manager's connections (never closes them)."""
 
 

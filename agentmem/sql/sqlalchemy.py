@@ -27,16 +27,15 @@ from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
     SessionInfo,
+    SessionOptions,
     SessionPage,
     page_of,
     page_request,
 )
 from agentmem.records import (
     TTL,
-    UNSET,
     ItemPage,
     Lifecycle,
-    Unset,
     validate_metadata_filter,
     validate_user_id,
 )
@@ -791,57 +790,34 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         await migrate.upgrade(engine, table_prefix=self._table_prefix)
         schemas.forget(engine)
 
-    def get_session(
-        self,
-        session_id: str,
-        *,
-        session_settings: Any = None,
-        whole_pairs: bool = False,
-        whole_turns: bool = False,
-        user_id: str | None = None,
-        title: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: TTL | Unset | None = UNSET,
-        max_items: int | Unset | None = UNSET,
-    ) -> SQLAlchemySession:
-        """A session on the manager's engine (options: see
-        :meth:`SessionManagerABC.get_session`).
-
-        Raises:
-            TypeError, ValueError: a bad option.
-            SessionClosedError: the manager was closed.
-        """
-        self._check_open()
-        lifecycle = self._lifecycle(
-            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
-        )
+    def _make_session(self, session_id: str, options: SessionOptions) -> SQLAlchemySession:
+        """A session on the manager's engine (or its URL's shared one)."""
         if self._engine is not None:
             session = SQLAlchemySession(
                 self._engine,
                 session_id,
                 create_tables=self._create_tables,
                 table_prefix=self._table_prefix,
-                session_settings=session_settings,
+                session_settings=options.session_settings,
                 call_timeout=self._call_timeout,
-                whole_pairs=whole_pairs,
-                whole_turns=whole_turns,
+                whole_pairs=options.whole_pairs,
+                whole_turns=options.whole_turns,
             )
-            session.lifecycle = lifecycle
-        else:
-            assert self._url is not None
-            session = SQLAlchemySession.from_url(
-                session_id,
-                url=self._url,
-                create_tables=self._create_tables,
-                table_prefix=self._table_prefix,
-                engine_kwargs=self._engine_options,
-                session_settings=session_settings,
-                call_timeout=self._call_timeout,
-                whole_pairs=whole_pairs,
-                whole_turns=whole_turns,
-                lifecycle=lifecycle,
-            )
-        return self._handed_out(session)
+            session.lifecycle = options.lifecycle
+            return session
+        assert self._url is not None
+        return SQLAlchemySession.from_url(
+            session_id,
+            url=self._url,
+            create_tables=self._create_tables,
+            table_prefix=self._table_prefix,
+            engine_kwargs=self._engine_options,
+            session_settings=options.session_settings,
+            call_timeout=self._call_timeout,
+            whole_pairs=options.whole_pairs,
+            whole_turns=options.whole_turns,
+            lifecycle=options.lifecycle,
+        )
 
     async def _run(
         self,
@@ -932,13 +908,13 @@ class SQLAlchemySessionManager(SQLSessionManagerABC[SQLAlchemySession], _OnEngin
         return await self._run(_manage.postgres_read, _manage.sqlite_read, session_id, retry=True)
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole with its timestamps, replacing any session of the same
-        id, in one transaction."""
-        encoded, created, updated = conversation.prepared()
+        """Store ``conversation`` whole with its timestamps and lifecycle (see
+        :class:`Conversation`), replacing any session of the same id, in one transaction."""
+        checked, encoded, created, updated = conversation.prepared()
         await self._run(
             _manage.postgres_write,
             _manage.sqlite_write,
-            conversation.session_id,
+            checked,
             encoded,
             created,
             updated,

@@ -36,16 +36,15 @@ from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
     SessionInfo,
+    SessionOptions,
     SessionPage,
     page_of,
     page_request,
 )
 from agentmem.records import (
     TTL,
-    UNSET,
     ItemPage,
     Lifecycle,
-    Unset,
     validate_metadata_filter,
     validate_user_id,
 )
@@ -483,39 +482,15 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         """Whether the database is in memory (private to this process)."""
         return self.db_path == MEMORY
 
-    def get_session(
-        self,
-        session_id: str,
-        *,
-        session_settings: Any = None,
-        whole_pairs: bool = False,
-        whole_turns: bool = False,
-        user_id: str | None = None,
-        title: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        ttl: TTL | Unset | None = UNSET,
-        max_items: int | Unset | None = UNSET,
-    ) -> SQLiteSession:
-        """A session on the manager's database (options: see
-        :meth:`SessionManagerABC.get_session`).
-
-        Raises:
-            TypeError, ValueError: a bad option.
-            SessionClosedError: the manager was closed.
-        """
-        self._check_open()
-        lifecycle = self._lifecycle(
-            ttl=ttl, max_items=max_items, user_id=user_id, title=title, metadata=metadata
-        )
-        return self._handed_out(
-            SQLiteSession._on_database(
-                self._database,
-                session_id,
-                session_settings,
-                lifecycle,
-                whole_pairs=whole_pairs,
-                whole_turns=whole_turns,
-            )
+    def _make_session(self, session_id: str, options: SessionOptions) -> SQLiteSession:
+        """A session on the manager's database."""
+        return SQLiteSession._on_database(
+            self._database,
+            session_id,
+            options.session_settings,
+            options.lifecycle,
+            whole_pairs=options.whole_pairs,
+            whole_turns=options.whole_turns,
         )
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -582,12 +557,12 @@ class SQLiteSessionManager(SQLSessionManagerABC[SQLiteSession]):
         return await self._run(_manage.sqlite_read, validate_session_id(session_id))
 
     async def write_conversation(self, conversation: Conversation) -> None:
-        """Store ``conversation`` whole with its timestamps, replacing any session of the same
-        id, in one transaction."""
-        encoded, created, updated = conversation.prepared()
+        """Store ``conversation`` whole with its timestamps and lifecycle (see
+        :class:`Conversation`), replacing any session of the same id, in one transaction."""
+        checked, encoded, created, updated = conversation.prepared()
         await self._run(
             _manage.sqlite_write,
-            conversation.session_id,
+            checked,
             encoded,
             created,
             updated,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -25,7 +26,7 @@ import orjson
 
 from agentmem._deps import missing
 from agentmem.errors import DecryptionError
-from agentmem.manager import Conversation, utc
+from agentmem.manager import utc
 from agentmem.session import (
     EncodedItem,
     Session,
@@ -500,11 +501,8 @@ class EncryptedSession(SessionABC):
                 or utc(info.updated_at) != utc(conversation.updated_at)
             ):
                 continue
-            await manager.write_conversation(
-                Conversation(
-                    self.session_id, items, conversation.created_at, conversation.updated_at
-                )
-            )
+            # Its owner, title, metadata, expiry and fork origin too: only the items change.
+            await manager.write_conversation(dataclasses.replace(conversation, items=items))
             return changed
         raise RuntimeError(
             f"session {self.session_id!r} changed during each of {_REPLACE_ATTEMPTS} attempts "
