@@ -455,13 +455,20 @@ async def _no_reset(connection: Any) -> None:
 
 
 class RedisFloor(_FloorStore):
-    """redis.asyncio, one list per session, one command (one round trip) per operation."""
+    """redis.asyncio, one list per session, one command (one round trip) per operation, with
+    redis-py's default reply parser (hiredis's, which the ``redis`` extra installs, as for
+    agentmem's target), or with its pure-Python parser (``backend`` ``redis-pyparser``: the
+    floor where hiredis is not installed, reported beside the other)."""
 
-    backend, family = "redis", "redis"
+    family = "redis"
+
+    def __init__(self, hiredis: bool = True) -> None:
+        self.backend = "redis" if hiredis else "redis-pyparser"
+        self._hiredis = hiredis
 
     async def start(self, env: Env) -> None:
-        self._client = _redis_client(env)
-        self._prefix = f"{env.tag}:floor:"
+        self._client = _redis_client(env, hiredis=self._hiredis)
+        self._prefix = f"{env.tag}:floor-{self.backend}:"
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
         if limit == 0:
@@ -496,11 +503,18 @@ def _engine(env: Env, on_postgres: bool, sqlite_file: str) -> Any:
     return create_async_engine(f"sqlite+aiosqlite:///{env.workdir / sqlite_file}")
 
 
-def _redis_client(env: Env) -> Any:
+def _redis_client(env: Env, hiredis: bool = True) -> Any:
     import redis.asyncio as redis
+    from redis._parsers import _AsyncRESP2Parser
+    from redis.asyncio.connection import DefaultParser
 
-    # A blocking pool: at 200 concurrent sessions load queues instead of failing.
-    pool = redis.BlockingConnectionPool.from_url(env.redis_url, max_connections=REDIS_POOL_SIZE)
+    # A blocking pool: at 200 concurrent sessions load queues instead of failing. The default
+    # parser is hiredis's when it is installed (the run's header says whether it is).
+    pool = redis.BlockingConnectionPool.from_url(
+        env.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        parser_class=DefaultParser if hiredis else _AsyncRESP2Parser,
+    )
     return redis.Redis(connection_pool=pool)
 
 
@@ -523,6 +537,7 @@ def all_targets() -> list[Target]:
         SQLiteFloor(on_file=True),
         PostgresFloor(),
         RedisFloor(),
+        RedisFloor(hiredis=False),
     ]
 
 

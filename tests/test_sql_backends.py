@@ -250,6 +250,40 @@ async def test_a_callers_sqlite_engine_gets_wal_and_a_busy_timeout(tmp_path: Pat
 
 
 @pytest.mark.sqlite
+async def test_a_callers_sqlite_engine_is_not_rolled_back_on_return_after_agentmem_calls(
+    tmp_path: Path,
+) -> None:
+    """Each operation ends its own transaction, so the pool's rollback on return (one more
+    thread hop) is skipped: the pool's reset event says the transaction was reset already, and
+    the connections serve the caller's own transactions as before."""
+    from sqlalchemy import event, text
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'callers.db'}")
+    resets: list[bool] = []
+    event.listen(
+        engine.sync_engine.pool,
+        "reset",
+        lambda _conn, _record, state: resets.append(state.transaction_was_reset),
+    )
+    try:
+        session = SQLAlchemySession(engine, unique_id(), create_tables=True)
+        await session.add_items([{"n": 1}, {"n": 2}])
+        resets.clear()
+        await session.add_items([{"n": 3}])
+        assert await session.get_items(2) == [{"n": 2}, {"n": 3}]
+        assert await session.pop_item() == {"n": 3}
+        assert resets == [True, True, True]
+        async with engine.connect() as conn:  # a caller's transaction, left open: rolled back
+            await conn.execute(text("CREATE TABLE callers (n INTEGER)"))
+            await conn.execute(text("INSERT INTO callers VALUES (1)"))
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM callers"))).scalar() == 0
+        assert await session.get_items() == [{"n": 1}, {"n": 2}]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.sqlite
 async def test_a_loop_of_in_memory_calls_can_be_cancelled_and_lets_others_run() -> None:
     async with SQLiteSession(unique_id()) as session:
         others_ran = 0

@@ -4,6 +4,7 @@ disconnect, and what tells a disconnect (or a call never sent) from an error in 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -89,9 +90,21 @@ async def _attempts(session: EngineUser, use: Callable[[Any], Awaitable[T]], *, 
             await asyncio.shield(greenlet_spawn(pooled.invalidate))
             raise
         else:
-            await greenlet_spawn(pooled.close)
+            if _transaction_ended(driver):
+                # The pool's rollback on return would be one more thread hop, for nothing:
+                # the check-in is told so (its reset event still fires).
+                await greenlet_spawn(pooled._checkin, True)
+            else:
+                await greenlet_spawn(pooled.close)
             return result
     raise AssertionError("unreachable")
+
+
+def _transaction_ended(driver: Any) -> bool:
+    """Whether ``driver`` is an aiosqlite connection whose sqlite3 connection has no
+    transaction open (agentmem's operations end theirs). aiosqlite internal: ``_conn``."""
+    conn = getattr(driver, "_conn", None)
+    return isinstance(conn, sqlite3.Connection) and not conn.in_transaction
 
 
 def _is_closed(driver: Any) -> bool:

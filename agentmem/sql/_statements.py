@@ -169,7 +169,6 @@ class SQLiteStatements:
     """The statements of the SQLite operations, with ``?`` (or ``:name``) parameters."""
 
     upsert: str
-    batch_stored: str
     insert: str
     select_all: str
     select_newest: str
@@ -191,13 +190,15 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
     s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
     live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = ?1 AND expires_at <= ?2)"
     return SQLiteStatements(
+        # Nothing (no row returned) when the batch is already stored: a retried call. The
+        # WHERE also keeps SQLite from reading ON CONFLICT as a join constraint.
         upsert=(
             f"INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, user_id, "
-            f"title, metadata_json, item_count) VALUES (:id, :now, :now, :expires, :user_id, "
-            f":title, :metadata, :n) ON CONFLICT (session_id) DO UPDATE SET "
+            f"title, metadata_json, item_count) SELECT :id, :now, :now, :expires, :user_id, "
+            f":title, :metadata, :n WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = :id "
+            f"AND batch_id = :batch) ON CONFLICT (session_id) DO UPDATE SET "
             f"{_refresh('t', 't.expires_at <= :now')} RETURNING item_count"
         ),
-        batch_stored=f"SELECT 1 FROM {m} WHERE session_id = ? AND batch_id = ?",
         insert=(
             f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at, batch_id) "
             f"VALUES (?, ?, ?, ?, ?, ?)"
@@ -368,8 +369,8 @@ def sqlite_expiry(now: datetime, ttl: float | None) -> str | None:
 
 def sqlite_text_time(value: datetime) -> str:
     """A UTC time in the text form agentmem's SQLite rows hold (zero-padded year)."""
-    value = value.astimezone(UTC)
-    return f"{value.year:04d}-{value:%m-%d %H:%M:%S.%f}"
+    # isoformat pads the year to 4 digits; [:26] drops the offset (+00:00).
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
 def sqlite_get(
@@ -411,16 +412,18 @@ def sqlite_add(
         "title": lifecycle.title,
         "metadata": lifecycle.metadata_json,
         "n": len(items),
+        "batch": batch_id,
     }
     with _WriteTransaction(conn):
-        if conn.execute(sql.batch_stored, (session_id, batch_id)).fetchone() is not None:
+        stored = conn.execute(sql.upsert, values).fetchone()
+        if stored is None:  # the batch is stored already
             return
-        (count,) = conn.execute(sql.upsert, values).fetchone()
+        count = stored[0]
         if count == len(items):  # new, expired or empty: no old history stays
             conn.execute(sql.clear_messages, (session_id,))
-        rows: list[tuple[object, ...]] = [(session_id, *item, now, None) for item in items]
-        rows[0] = (session_id, *items[0], now, batch_id)
-        conn.executemany(sql.insert, rows)
+        conn.execute(sql.insert, (session_id, *items[0], now, batch_id))
+        if len(items) > 1:
+            conn.executemany(sql.insert, [(session_id, *item, now, None) for item in items[1:]])
         if lifecycle.max_items is not None and count > lifecycle.max_items:
             sqlite_trim(conn, sql, session_id, count - lifecycle.max_items)
 
