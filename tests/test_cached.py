@@ -51,6 +51,8 @@ async def make(postgres_engine: Any, redis_client: Any) -> AsyncIterator[Any]:
 
     yield build
     for session in made:
+        if isinstance(session, HeldEnds):
+            session.release.set()
         await bare(session, postgres_engine).clear_session()
         await session.close()
 
@@ -759,3 +761,124 @@ async def test_a_cancelled_write_on_a_sqlite_file_never_commits_behind_the_cache
     await session.clear_session()
     await session.close()
     await other.close()
+
+
+# --- 7. a write that returned before the cache heard of it -------------------------------------
+
+
+class HeldEnds(CachedSession):
+    """Its own task delivers no end until ``release`` is set: the ends of its writes stay owed
+    until its next call carries them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+
+    async def _deliver_ends(self) -> None:
+        await self.release.wait()
+        await super()._deliver_ends()
+
+
+async def test_a_returned_write_whose_end_is_owed_is_read_from_sql_until_the_next_call(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    writer = make(cls=HeldEnds)
+    reader = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]  # carries the end, then misses and fills
+    assert await cached_list(redis_client, writer) == ["c", '{"n":1}']
+    await writer.add_items([{"n": 2}])  # returned; the cache has its mark, not its end
+    assert await redis_client.hget(writer.state_key, "w") == b"1"
+    for limit in (None, 1, 2):
+        expected = [{"n": 1}, {"n": 2}]
+        assert await reader.get_items(limit) == expected[-(limit or 2) :]  # SQL
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}']  # nothing filled
+    # The next call carries the end in its round trip: updated in place, then a hit.
+    await bare(writer, postgres_engine).add_items([{"n": "behind"}])
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]
+    assert await cached_list(redis_client, writer) == ["c", '{"n":1}', '{"n":2}']
+    assert await redis_client.hget(writer.state_key, "w") is None
+    writer.release.set()
+    await ended(writer)  # its own task found nothing owed
+    assert await cached_list(redis_client, writer) == ["c", '{"n":1}', '{"n":2}']
+
+
+async def test_each_write_carries_the_end_of_the_one_before(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    writer = make(cls=HeldEnds)
+    reader = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items(limit=5) == [{"n": 1}]  # cached
+    await writer.add_items([{"n": 2}, {"n": 3}])
+    assert await writer.pop_item() == {"n": 3}  # carries the add's end: applied in place
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}', '{"n":2}', '{"n":3}']
+    await writer.add_items([{"n": 4}])  # carries the pop's end
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}', '{"n":2}']
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 4}]  # SQL meanwhile
+    await writer.clear_session()  # carries the add's end
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}', '{"n":2}', '{"n":4}']
+    assert await reader.get_items() == []
+    writer.release.set()
+    await writer.close()  # returns once what is owed is delivered
+    assert await cached_list(redis_client, reader) == ["c"]
+    assert await reader.get_items() == await bare(reader, postgres_engine).get_items() == []
+
+
+async def test_an_owed_end_with_writes_paused_never_serves_a_stale_copy(
+    make: Any, postgres_engine: Any, private_redis: Any
+) -> None:
+    server = private_redis()
+    admin = Redis.from_url(server.url)
+    writer = make(cls=HeldEnds, client=_client(server.url))
+    reader = make(writer.session_id, client=_client(server.url))
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]  # cached
+    await writer.add_items([{"n": 2}])  # returned, its end owed
+    await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+    try:
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # the mark: SQL
+        assert await reader.get_items(limit=1) == [{"n": 2}]
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await writer.add_items([{"n": 3}])  # carries the end; refused before SQL
+        assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]
+    await writer.add_items([{"n": 3}])
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+    writer.release.set()
+    for session in (reader, writer):
+        await session.close()
+        await session._client_given.aclose()
+    await admin.aclose()
+
+
+async def test_an_owed_end_over_maxmemory_drops_the_copy(
+    make: Any, postgres_engine: Any, private_redis: Any
+) -> None:
+    server = private_redis()
+    admin = Redis.from_url(server.url)
+    writer = make(cls=HeldEnds, client=_client(server.url))
+    reader = make(writer.session_id, client=_client(server.url))
+    await writer.add_items([{"n": 1}, {"n": 2}])
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]  # cached
+    await writer.add_items([{"n": 3}])  # returned, its end owed
+    await admin.config_set("maxmemory", 1)
+    try:
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+        # Its end is refused (an update in place may add much) and sent again as a drop.
+        assert await writer.pop_item() == {"n": 3}
+        assert await admin.get(writer.items_key) is None
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+        assert await writer.get_items(limit=1) == [{"n": 2}]
+    finally:
+        await admin.config_set("maxmemory", 0)
+    writer.release.set()
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+    for session in (reader, writer):
+        await session.close()
+        await session._client_given.aclose()
+    await admin.aclose()

@@ -530,11 +530,17 @@ class CachedSession(SessionABC):
     ) -> tuple[BaseException | None, Any]:
         """One cache call as :meth:`_redis` runs it: ``script`` (``None``: a ``GET`` of the
         items), preceded in the same round trip by the owed ``ends`` (one pipeline, run in
-        order on one connection). An end that fails is handled as :meth:`_finish` does."""
+        order on one connection; on a Redis Cluster, which pipelines no scripts, each end
+        first in a round trip of its own). An end that fails is sent again by :meth:`_finish`."""
 
         def alone() -> Awaitable[Any]:
             return self._get_whole(client) if script is None else script(client, self._keys, args)
 
+        if ends and isinstance(client, _redis.RedisCluster):
+            # A cluster pipeline refuses scripts: one round trip per end, first.
+            for end in ends:
+                await self._finish(client, end)
+            ends = []
         if not ends:
             return await self._redis(client, alone)
 
