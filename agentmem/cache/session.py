@@ -27,6 +27,28 @@ Protocol:
   in place only when this writer was the only one from begin to end, else drop them). A writer
   whose *end* never arrives leaves the header "w": readers bypass the cache until the lease
   expires the keys or a later call finds the writer gone and drops the orphan.
+- One sequential Redis round trip per write: the write returns once SQL has committed, and its
+  *end* is owed. The session's next cache call carries the ends it owes in its first round
+  trip (a pipeline on one connection: the ends, then its own *begin*, ``GET`` or read script,
+  run in that order; on a Redis Cluster, whose pipelines refuse scripts, the ends go first,
+  one round trip each); when no call comes first, a task of the session delivers them one
+  event-loop turn later, and ``close()`` waits for them. Why a late end is never stale: while
+  a writer is counted no reader serves the copy and no generation is handed out, so a
+  write's visibility never depends on its end, only the copy's return to readers does (the
+  protocol already survives ends that come late or never: a process killed after its commit).
+  Once a write returns, its *begin* has run (it was awaited before SQL), so a reader anywhere
+  either finds it counted and reads SQL, which holds it, or finds its end run, which updated
+  the copy in place or dropped it. An owed end delivered just before a *begin* or a read is an
+  end that arrived just before them; one delivered after another writer's *begin* is the case
+  of two overlapping writers (the copy is dropped). An end that fails (over ``maxmemory``, not
+  loaded) is sent again alone, as a drop if need be; when its round trip fails the process
+  owes the session an invalidation, as below. Only a marked write's end is owed: a write that
+  went on unmarked invalidates before it returns.
+- Why not fewer: the mark must be in Redis before the SQL commit (a process killed after its
+  commit, writes paused, a full Redis: above and below), so a write is at least one Redis round
+  trip then the SQL write's round trip(s), one after the other. Sending the mark concurrently
+  with the SQL statement would need the commit held back until the mark is acknowledged: one
+  more SQL round trip (``BEGIN`` ... ``COMMIT``) than the single-statement write it overlaps.
 - No write reaches SQL unmarked while Redis answers: *begin* runs even over ``maxmemory``
   (``allow-oom``: it adds a few bytes; *end* then drops the copy instead of updating it), and
   when Redis replies with an error or not at all within ``socket_timeout`` (writes paused by
