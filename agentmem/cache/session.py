@@ -712,6 +712,8 @@ class CachedSession(SessionABC):
 
     async def _deliver_ends(self) -> None:
         """Deliver the ends this session owes, if any, each in its own round trip."""
+        if not self._ends or (self._clients is None and self._client_given is None):
+            return  # nothing owed, or released by close(): the lease ends the marks
         client = self._client()
         while self._ends:
             for end in self._take_ends():
