@@ -578,9 +578,14 @@ class CachedSession(SessionABC):
             replies: list[Any] = await pipe.execute(raise_on_error=False)
             return replies
 
-        error, replies = await self._redis(client, pipelined)
+        pending = self._server(client).pending
+        try:
+            error, replies = await self._redis(client, pipelined)
+        except BaseException:
+            pending.add(self.state_key)  # cancelled: the ends may or may not have run
+            raise
         if replies is None:  # the ends may or may not have run: owed, as after a failed end
-            self._server(client).pending.add(self.state_key)
+            pending.add(self.state_key)
             return error, None
         for end, reply in zip(ends, replies, strict=False):
             if isinstance(reply, Exception):  # e.g. not loaded yet, over maxmemory: resent
