@@ -882,3 +882,34 @@ async def test_an_owed_end_over_maxmemory_drops_the_copy(
         await session.close()
         await session._client_given.aclose()
     await admin.aclose()
+
+
+class CountingConnection(redis.asyncio.connection.Connection):
+    """A real connection that counts what it sends: one send is one round trip."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_a_write_takes_one_redis_round_trip_and_a_turn_two(make: Any) -> None:
+    pool = redis.asyncio.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection)
+    client = Redis(connection_pool=pool)
+    session = make(client=client)
+    await session.add_items([{"n": 0}])  # scripts loaded
+    assert await session.get_items() == [{"n": 0}]  # cached
+    CountingConnection.sent = 0
+    for n in range(1, 11):
+        await session.add_items([{"n": n}])  # its mark carries the previous write's end
+    assert CountingConnection.sent == 10
+    CountingConnection.sent = 0
+    for n in range(11, 21):  # an agent turn: read all (a hit, after the owed end), add
+        assert (await session.get_items())[-1] == {"n": n - 1}
+        await session.add_items([{"n": n}])
+    assert CountingConnection.sent == 20
+    await ended(session)
+    assert await session.get_items() == [{"n": n} for n in range(21)]
+    await session.close()
+    await client.aclose()
