@@ -51,6 +51,8 @@ async def make(postgres_engine: Any, redis_client: Any) -> AsyncIterator[Any]:
 
     yield build
     for session in made:
+        if isinstance(session, HeldEnds):
+            session.release.set()
         await bare(session, postgres_engine).clear_session()
         await session.close()
 
@@ -73,6 +75,14 @@ async def cached_list(client: Redis, session: CachedSession) -> list[str] | None
         assert len(ends) == 4 * len(texts)
         assert (int.from_bytes(ends[-4:]) if ends else 1) == len(data)
     return [data[:1].decode(), *texts]
+
+
+async def ended(session: CachedSession) -> None:
+    """Wait until the cache has heard of every write of ``session`` that returned (the ends it
+    owes are delivered by a task of its own when no later call carries them)."""
+    if session._ender is not None:
+        await session._ender
+    assert session._ends == []
 
 
 # --- 1. reads from Redis when cached; a miss loads from SQL and fills -----------------------
@@ -106,10 +116,13 @@ async def test_writes_keep_the_cache_warm(make: Any, redis_client: Redis) -> Non
     session = make()
     assert await session.get_items() == []
     await session.add_items([{"n": 1}, {"n": 2}, {"n": 3}])
+    await ended(session)
     assert await cached_list(redis_client, session) == ["c", '{"n":1}', '{"n":2}', '{"n":3}']
     assert await session.pop_item() == {"n": 3}
+    await ended(session)
     assert await cached_list(redis_client, session) == ["c", '{"n":1}', '{"n":2}']
     await session.clear_session()
+    await ended(session)
     assert await cached_list(redis_client, session) == ["c"]
     assert await session.get_items() == []
 
@@ -122,6 +135,7 @@ async def test_only_the_newest_items_are_cached(
     assert await session.get_items() == [{"n": i} for i in range(5)]  # from SQL
     assert await cached_list(redis_client, session) == ["p", '{"n":2}', '{"n":3}', '{"n":4}']
     await session.add_items([{"n": 5}])
+    await ended(session)
     assert await cached_list(redis_client, session) == ["p", '{"n":3}', '{"n":4}', '{"n":5}']
     await bare(session, postgres_engine).pop_item()  # behind the cache's back: n=5 gone
     assert await session.get_items(limit=2) == [{"n": 4}, {"n": 5}]  # within the window: Redis
@@ -168,6 +182,7 @@ async def test_ttl_is_set_by_fills_and_writes_never_by_hits(make: Any, redis_cli
         # It leaves the expiry: a copy that a write missed is never kept alive by reading it.
         assert await redis_client.pttl(session.items_key) <= 5_000
     await session.add_items([{"n": 2}])  # a write sets it again
+    await ended(session)
     assert await redis_client.pttl(session.items_key) > 5_000
     forever = make(ttl=None)
     await forever.get_items()
@@ -358,7 +373,8 @@ async def test_a_stale_fill_is_refused_after_any_write(make: Any, redis_client: 
 
 
 class PausedWrite(CachedSession):
-    """Stops after its SQL write has committed, before the cache hears of it."""
+    """Stops after its SQL write has committed, before the cache hears of it; with ``crash``,
+    the cache never hears of it (as when the process dies)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -366,11 +382,18 @@ class PausedWrite(CachedSession):
         self.resume = asyncio.Event()
         self.crash = False
 
-    async def _finish(self, *args: Any) -> None:
-        self.committed.set()
-        await self.resume.wait()
+    async def _write(self, write: Callable[[], Any], op: str, payload: list[Any]) -> Any:
+        async def paused() -> Any:
+            result = await write()
+            self.committed.set()
+            await self.resume.wait()
+            return result
+
+        return await super()._write(paused, op, payload)
+
+    def _owe(self, ends: list[Any]) -> None:
         if not self.crash:
-            await super()._finish(*args)
+            super()._owe(ends)
 
 
 async def test_reads_during_a_write_bypass_the_cache(make: Any, redis_client: Redis) -> None:
@@ -378,6 +401,7 @@ async def test_reads_during_a_write_bypass_the_cache(make: Any, redis_client: Re
     reader = make(writer.session_id)
     writer.resume.set()
     await writer.add_items([{"n": 1}])
+    await ended(writer)
     writer.resume = asyncio.Event()
     writer.committed.clear()
     assert await reader.get_items() == [{"n": 1}]  # cached
@@ -388,6 +412,7 @@ async def test_reads_during_a_write_bypass_the_cache(make: Any, redis_client: Re
     assert await cached_list(redis_client, reader) == ["w", '{"n":1}']
     writer.resume.set()
     await write
+    await ended(writer)
     assert await cached_list(redis_client, reader) == ["c", '{"n":1}', '{"n":2}']
 
 
@@ -398,6 +423,7 @@ async def test_a_writer_that_dies_after_its_commit_leaves_readers_on_sql(
     reader = make(writer.session_id)
     writer.resume.set()
     await writer.add_items([{"n": 1}])
+    await ended(writer)
     assert await reader.get_items() == [{"n": 1}]
     writer.crash = True  # the cache never hears of the next write
     await writer.add_items([{"n": 2}])
@@ -735,3 +761,155 @@ async def test_a_cancelled_write_on_a_sqlite_file_never_commits_behind_the_cache
     await session.clear_session()
     await session.close()
     await other.close()
+
+
+# --- 7. a write that returned before the cache heard of it -------------------------------------
+
+
+class HeldEnds(CachedSession):
+    """Its own task delivers no end until ``release`` is set: the ends of its writes stay owed
+    until its next call carries them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+
+    async def _deliver_ends(self) -> None:
+        await self.release.wait()
+        await super()._deliver_ends()
+
+
+async def test_a_returned_write_whose_end_is_owed_is_read_from_sql_until_the_next_call(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    writer = make(cls=HeldEnds)
+    reader = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]  # carries the end, then misses and fills
+    assert await cached_list(redis_client, writer) == ["c", '{"n":1}']
+    await writer.add_items([{"n": 2}])  # returned; the cache has its mark, not its end
+    assert await redis_client.hget(writer.state_key, "w") == b"1"
+    for limit in (None, 1, 2):
+        expected = [{"n": 1}, {"n": 2}]
+        assert await reader.get_items(limit) == expected[-(limit or 2) :]  # SQL
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}']  # nothing filled
+    # The next call carries the end in its round trip: updated in place, then a hit.
+    await bare(writer, postgres_engine).add_items([{"n": "behind"}])
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]
+    assert await cached_list(redis_client, writer) == ["c", '{"n":1}', '{"n":2}']
+    assert await redis_client.hget(writer.state_key, "w") is None
+    writer.release.set()
+    await ended(writer)  # its own task found nothing owed
+    assert await cached_list(redis_client, writer) == ["c", '{"n":1}', '{"n":2}']
+
+
+async def test_each_write_carries_the_end_of_the_one_before(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    writer = make(cls=HeldEnds)
+    reader = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items(limit=5) == [{"n": 1}]  # cached
+    await writer.add_items([{"n": 2}, {"n": 3}])
+    assert await writer.pop_item() == {"n": 3}  # carries the add's end: applied in place
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}', '{"n":2}', '{"n":3}']
+    await writer.add_items([{"n": 4}])  # carries the pop's end
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}', '{"n":2}']
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 4}]  # SQL meanwhile
+    await writer.clear_session()  # carries the add's end
+    assert await cached_list(redis_client, writer) == ["w", '{"n":1}', '{"n":2}', '{"n":4}']
+    assert await reader.get_items() == []
+    writer.release.set()
+    await writer.close()  # returns once what is owed is delivered
+    assert await cached_list(redis_client, reader) == ["c"]
+    assert await reader.get_items() == await bare(reader, postgres_engine).get_items() == []
+
+
+async def test_an_owed_end_with_writes_paused_never_serves_a_stale_copy(
+    make: Any, postgres_engine: Any, private_redis: Any
+) -> None:
+    server = private_redis()
+    admin = Redis.from_url(server.url)
+    writer = make(cls=HeldEnds, client=_client(server.url))
+    reader = make(writer.session_id, client=_client(server.url))
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]  # cached
+    await writer.add_items([{"n": 2}])  # returned, its end owed
+    await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+    try:
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # the mark: SQL
+        assert await reader.get_items(limit=1) == [{"n": 2}]
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await writer.add_items([{"n": 3}])  # carries the end; refused before SQL
+        assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]
+    await writer.add_items([{"n": 3}])
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+    writer.release.set()
+    for session in (reader, writer):
+        await session.close()
+        await session._client_given.aclose()
+    await admin.aclose()
+
+
+async def test_an_owed_end_over_maxmemory_drops_the_copy(
+    make: Any, postgres_engine: Any, private_redis: Any
+) -> None:
+    server = private_redis()
+    admin = Redis.from_url(server.url)
+    writer = make(cls=HeldEnds, client=_client(server.url))
+    reader = make(writer.session_id, client=_client(server.url))
+    await writer.add_items([{"n": 1}, {"n": 2}])
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]  # cached
+    await writer.add_items([{"n": 3}])  # returned, its end owed
+    await admin.config_set("maxmemory", 1)
+    try:
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+        # Its end is refused (an update in place may add much) and sent again as a drop.
+        assert await writer.pop_item() == {"n": 3}
+        assert await admin.get(writer.items_key) is None
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+        assert await writer.get_items(limit=1) == [{"n": 2}]
+    finally:
+        await admin.config_set("maxmemory", 0)
+    writer.release.set()
+    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+    assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+    for session in (reader, writer):
+        await session.close()
+        await session._client_given.aclose()
+    await admin.aclose()
+
+
+class CountingConnection(redis.asyncio.connection.Connection):
+    """A real connection that counts what it sends: one send is one round trip."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_a_write_takes_one_redis_round_trip_and_a_turn_two(make: Any) -> None:
+    pool = redis.asyncio.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection)
+    client = Redis(connection_pool=pool)
+    session = make(client=client)
+    await session.add_items([{"n": 0}])  # scripts loaded
+    assert await session.get_items() == [{"n": 0}]  # cached
+    CountingConnection.sent = 0
+    for n in range(1, 11):
+        await session.add_items([{"n": n}])  # its mark carries the previous write's end
+    assert CountingConnection.sent == 10
+    CountingConnection.sent = 0
+    for n in range(11, 21):  # an agent turn: read all (a hit, after the owed end), add
+        assert (await session.get_items())[-1] == {"n": n - 1}
+        await session.add_items([{"n": n}])
+    assert CountingConnection.sent == 20
+    await ended(session)
+    assert await session.get_items() == [{"n": n} for n in range(21)]
+    await session.close()
+    await client.aclose()

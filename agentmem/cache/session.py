@@ -27,6 +27,28 @@ Protocol:
   in place only when this writer was the only one from begin to end, else drop them). A writer
   whose *end* never arrives leaves the header "w": readers bypass the cache until the lease
   expires the keys or a later call finds the writer gone and drops the orphan.
+- One sequential Redis round trip per write: the write returns once SQL has committed, and its
+  *end* is owed. The session's next cache call carries the ends it owes in its first round
+  trip (a pipeline on one connection: the ends, then its own *begin*, ``GET`` or read script,
+  run in that order; on a Redis Cluster, whose pipelines refuse scripts, the ends go first,
+  one round trip each); when no call comes first, a task of the session delivers them one
+  event-loop turn later, and ``close()`` waits for them. Why a late end is never stale: while
+  a writer is counted no reader serves the copy and no generation is handed out, so a
+  write's visibility never depends on its end, only the copy's return to readers does (the
+  protocol already survives ends that come late or never: a process killed after its commit).
+  Once a write returns, its *begin* has run (it was awaited before SQL), so a reader anywhere
+  either finds it counted and reads SQL, which holds it, or finds its end run, which updated
+  the copy in place or dropped it. An owed end delivered just before a *begin* or a read is an
+  end that arrived just before them; one delivered after another writer's *begin* is the case
+  of two overlapping writers (the copy is dropped). An end that fails (over ``maxmemory``, not
+  loaded) is sent again alone, as a drop if need be; when its round trip fails the process
+  owes the session an invalidation, as below. Only a marked write's end is owed: a write that
+  went on unmarked invalidates before it returns.
+- Why not fewer: the mark must be in Redis before the SQL commit (a process killed after its
+  commit, writes paused, a full Redis: above and below), so a write is at least one Redis round
+  trip then the SQL write's round trip(s), one after the other. Sending the mark concurrently
+  with the SQL statement would need the commit held back until the mark is acknowledged: one
+  more SQL round trip (``BEGIN`` ... ``COMMIT``) than the single-statement write it overlaps.
 - No write reaches SQL unmarked while Redis answers: *begin* runs even over ``maxmemory``
   (``allow-oom``: it adds a few bytes; *end* then drops the copy instead of updating it), and
   when Redis replies with an error or not at all within ``socket_timeout`` (writes paused by
@@ -43,6 +65,7 @@ Protocol:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -319,6 +342,17 @@ class _Health:
 _servers: dict[tuple[Any, ...], _Health] = {}
 
 
+@dataclass(frozen=True)
+class _End:
+    """The *end* of one write (the arguments of :data:`_END`), owed to the cache."""
+
+    began: str
+    gen: str
+    op: str
+    payload: list[Any]
+    ttl_ms: int
+
+
 def _server_of(client: RedisClient, url: str | None) -> tuple[Any, ...]:
     if isinstance(client, _redis.RedisCluster):
         # Its nodes change with the topology: a cluster is named by its URL (or its client).
@@ -466,6 +500,9 @@ class CachedSession(SessionABC):
         self._connection = connection
         self._clients = None if connection is None else shared_clients.acquire(connection)
         self._health: _Health | None = None
+        # Ends of writes that returned with their mark in place, not delivered yet.
+        self._ends: list[_End] = []
+        self._ender: asyncio.Task[None] | None = None
 
     # --- Redis plumbing ----------------------------------------------------------------------
 
@@ -491,19 +528,74 @@ class CachedSession(SessionABC):
         try:
             result = await settled(call())
         except (_redis.RedisError, OSError) as exc:
-            if not health.down:
-                health.down = True
-                logger.warning(
-                    "Redis cache unavailable (%s: %s); CachedSession serves every call from "
-                    "the SQL store until it is back",
-                    type(exc).__name__,
-                    exc,
-                )
-            return exc, None
+            return self._failed(health, exc), None
         if health.down:
             health.down = False
             logger.info("Redis cache reachable again; CachedSession uses it")
         return None, result
+
+    @staticmethod
+    def _failed(health: _Health, error: BaseException) -> BaseException:
+        """Note that a cache call failed (one warning per outage); returns ``error``."""
+        if not health.down:
+            health.down = True
+            logger.warning(
+                "Redis cache unavailable (%s: %s); CachedSession serves every call from "
+                "the SQL store until it is back",
+                type(error).__name__,
+                error,
+            )
+        return error
+
+    async def _round_trip(
+        self, client: RedisClient, ends: list[_End], script: Script | None, args: list[Any]
+    ) -> tuple[BaseException | None, Any]:
+        """One cache call as :meth:`_redis` runs it: ``script`` (``None``: a ``GET`` of the
+        items), preceded in the same round trip by the owed ``ends`` (one pipeline, run in
+        order on one connection; on a Redis Cluster, which pipelines no scripts, each end
+        first in a round trip of its own). An end that fails is sent again by :meth:`_finish`."""
+
+        def alone() -> Awaitable[Any]:
+            return self._get_whole(client) if script is None else script(client, self._keys, args)
+
+        if ends and isinstance(client, _redis.RedisCluster):
+            # A cluster pipeline refuses scripts: one round trip per end, first.
+            for end in ends:
+                await self._finish(client, end)
+            ends = []
+        if not ends:
+            return await self._redis(client, alone)
+
+        async def pipelined() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for end in ends:
+                end_script, end_args = self._end_call(end)
+                pipe.evalsha(end_script.sha, len(self._keys), *self._keys, *end_args)
+            if script is None:
+                pipe.get(self.items_key)
+            else:
+                pipe.evalsha(script.sha, len(self._keys), *self._keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+        pending = self._server(client).pending
+        try:
+            error, replies = await self._redis(client, pipelined)
+        except BaseException:
+            pending.add(self.state_key)  # cancelled: the ends may or may not have run
+            raise
+        if replies is None:  # the ends may or may not have run: owed, as after a failed end
+            pending.add(self.state_key)
+            return error, None
+        for end, reply in zip(ends, replies, strict=False):
+            if isinstance(reply, Exception):  # e.g. not loaded yet, over maxmemory: resent
+                await self._finish(client, end)
+        last = replies[-1]
+        if isinstance(last, _redis.ResponseError) and str(last).startswith("NOSCRIPT"):
+            return await self._redis(client, alone)
+        if isinstance(last, Exception):
+            return self._failed(self._server(client), last), None
+        return None, last
 
     async def _owed(self, client: RedisClient) -> BaseException | None:
         """Perform the invalidation this process owes for the session, if any: ``None`` when
@@ -511,7 +603,8 @@ class CachedSession(SessionABC):
         health = self._server(client)
         if self.state_key not in health.pending:
             return None
-        error, _ = await self._redis(client, lambda: self._end(client, "0", "", "", []))
+        end = _End("0", "", "", [], self._ttl_ms)
+        error, _ = await self._redis(client, lambda: self._end(client, end))
         if error is None:
             health.pending.discard(self.state_key)
         return error
@@ -521,9 +614,10 @@ class CachedSession(SessionABC):
         waits for an invalidation (retried here) that Redis refuses."""
         return await self._owed(client) is None
 
-    async def _begin(self, client: RedisClient, gen: str) -> bool:
-        """Mark a write in flight before it goes to SQL: true when marked, false when Redis
-        cannot be reached (the write goes on; this process owes the invalidation).
+    async def _begin(self, client: RedisClient, gen: str, ends: list[_End]) -> bool:
+        """Mark a write in flight before it goes to SQL, in one round trip with the ``ends``
+        this session still owes: true when marked, false when Redis cannot be reached (the
+        write goes on; this process owes the invalidation).
 
         Raises:
             RedisError: Redis answered with an error or gave no reply in ``socket_timeout``
@@ -532,9 +626,9 @@ class CachedSession(SessionABC):
         """
         error = await self._owed(client)
         if error is None:
-            error, _ = await self._redis(
-                client, lambda: _BEGIN(client, self._keys, [gen, WRITE_LEASE_MS])
-            )
+            error, _ = await self._round_trip(client, ends, _BEGIN, [gen, WRITE_LEASE_MS])
+        else:
+            self._owe(ends)  # still owed, after the invalidation
         if error is None:
             return True
         if isinstance(error, _redis.RedisError) and not _unreachable(error):
@@ -548,19 +642,18 @@ class CachedSession(SessionABC):
             raise error
         return False
 
-    def _end(
-        self,
-        client: RedisClient,
-        began: str,
-        gen: str,
-        op: str,
-        payload: list[Any],
-        ttl_ms: int | None = None,
-    ) -> Awaitable[Any]:
-        ttl = self._ttl_ms if ttl_ms is None else ttl_ms
-        args: list[Any] = [began, gen, _token(), ttl, self.max_cached_items, op, *payload]
+    def _end_call(self, end: _End, drop: bool = False) -> tuple[Script, list[Any]]:
+        """The script and arguments of ``end`` (``drop``: drop the cached items instead)."""
+        op = "" if drop else end.op
+        args: list[Any] = [end.began, end.gen, _token(), end.ttl_ms, self.max_cached_items, op]
+        if op:
+            args += end.payload
         # A drop adds nothing: it may run over maxmemory (the invalidation a process owes too).
-        return (_END_OOM if op == "" else _END)(client, self._keys, args)
+        return (_END_OOM if op == "" else _END), args
+
+    def _end(self, client: RedisClient, end: _End, drop: bool = False) -> Awaitable[Any]:
+        script, args = self._end_call(end, drop)
+        return script(client, self._keys, args)
 
     def _copy_ttl_ms(self, started: float) -> int:
         """How long a copy written now may live: the cache's ``ttl``, and never past the
@@ -591,7 +684,7 @@ class CachedSession(SessionABC):
         client = self._client()
         started = time.monotonic()
         gen = _token()
-        began = await self._begin(client, gen)
+        began = await self._begin(client, gen, self._take_ends())
         try:
             result = await write()
         except BaseException:
@@ -599,38 +692,45 @@ class CachedSession(SessionABC):
             # the copy; where it may still commit (a server), keep it counted, so readers stay
             # on SQL until the lease ends.
             held = "1" if self.store.over_when_raised else "h"
-            await self._finish(client, held if began else "0", gen, "", [], self._ttl_ms)
+            await self._finish(client, _End(held if began else "0", gen, "", [], self._ttl_ms))
             raise
-        await self._finish(
-            client, "1" if began else "0", gen, op, payload, self._copy_ttl_ms(started)
-        )
+        end = _End("1" if began else "0", gen, op, payload, self._copy_ttl_ms(started))
+        if began:
+            self._owe([end])  # marked: readers bypass the copy until the end lands
+        else:
+            await self._finish(client, end)  # unmarked: invalidate before returning
         return result
 
-    async def _finish(
-        self,
-        client: RedisClient,
-        began: str,
-        gen: str,
-        op: str,
-        payload: list[Any],
-        ttl_ms: int,
-    ) -> None:
-        """End a write; until an end succeeds, this process bypasses the session's cache."""
+    def _take_ends(self) -> list[_End]:
+        """The ends this session owes, handed to the caller to deliver."""
+        ends, self._ends = self._ends, []
+        return ends
+
+    def _owe(self, ends: list[_End]) -> None:
+        """Owe ``ends``: the next cache call of this session carries them in its round trip;
+        if none comes first, a task of its own delivers them (one event-loop turn later)."""
+        if not ends:
+            return
+        self._ends.extend(ends)
+        if self._ender is None or self._ender.done():
+            self._ender = asyncio.get_running_loop().create_task(self._deliver_ends())
+
+    async def _deliver_ends(self) -> None:
+        """Deliver the ends this session owes, if any, each in its own round trip."""
+        if not self._ends or (self._clients is None and self._client_given is None):
+            return  # nothing owed, or released by close(): the lease ends the marks
+        client = self._client()
+        while self._ends:
+            for end in self._take_ends():
+                await self._finish(client, end)
+
+    async def _finish(self, client: RedisClient, end: _End) -> None:
+        """Deliver one end; until an end succeeds, this process bypasses the session's cache."""
         pending = self._server(client).pending
         try:
-            error, _ = await self._redis(
-                client, lambda: self._end(client, began, gen, op, payload, ttl_ms)
-            )
+            error, _ = await self._redis(client, lambda: self._end(client, end))
             if isinstance(error, _redis.OutOfMemoryError):  # no update in place: drop the copy
-                args: list[str | int] = [
-                    began,
-                    gen,
-                    _token(),
-                    ttl_ms,
-                    self.max_cached_items,
-                    "",
-                ]
-                error, _ = await self._redis(client, lambda: _END_OOM(client, self._keys, args))
+                error, _ = await self._redis(client, lambda: self._end(client, end, drop=True))
         except BaseException:
             pending.add(self.state_key)
             raise
@@ -694,14 +794,16 @@ class CachedSession(SessionABC):
         client = self._client()
         reply: Any = None
         if await self._settle(client):
+            owed = self._take_ends()  # carried by this call's first round trip
             if limit is None:
-                error, whole = await self._redis(client, lambda: self._get_whole(client))
+                error, whole = await self._round_trip(client, owed, None, [])
                 if whole is not None and whole[:1] in (b"c", "c"):
                     return _array(whole, skip=1)
                 if error is not None:
                     return await self._read_valid(self._load, None)
+                owed = []
             args: list[str | int] = [-1 if limit is None else limit, _token(), self._ttl_ms]
-            _, reply = await self._redis(client, lambda: _READ(client, self._keys, args))
+            _, reply = await self._round_trip(client, owed, _READ, args)
         if reply is not None and reply[0] == 1:
             return _array(reply[1])
         if reply is None or reply[0] == 0:
@@ -815,7 +917,12 @@ class CachedSession(SessionABC):
 
     async def _close(self) -> None:
         try:
-            await self.store.close()
+            try:
+                if self._ender is not None and not self._ender.done():
+                    await self._ender
+                await self._deliver_ends()
+            finally:
+                await self.store.close()
         finally:
             if self._connection is not None:
                 self._clients = None
