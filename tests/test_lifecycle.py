@@ -27,12 +27,7 @@ TINY_TTL = 0.005
 DEADLINE_SECONDS = 60.0
 
 
-# Not on Redis Cluster: an owner's index spans the slots of that owner's sessions, so its
-# scripts need one Redis (README, "Scaling out"); the cached mode keeps owners in SQL.
-LIFECYCLE_MANAGERS = [param for param in MANAGERS if param.id != "redis-cluster"]
-
-
-@pytest.fixture(params=LIFECYCLE_MANAGERS)
+@pytest.fixture(params=MANAGERS)
 def case(request: pytest.FixtureRequest) -> ManagerCase:
     """Each backend's manager in turn (``MANAGERS`` of test_managers)."""
     value: ManagerCase = request.getfixturevalue(request.param)
