@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from agentmem._batch import BATCH_ID_LENGTH
 from agentmem.redis import client as _redis
 from agentmem.redis._lock import LOCK_LOST
-from agentmem.redis.client import Script, encode_tag, settled
+from agentmem.redis.client import LUA_EXPIRE, Script, encode_tag, settled
 
 if TYPE_CHECKING:
     from agentmem.redis.client import RedisClient
@@ -60,7 +60,8 @@ end
 # ARGV's "inline" flag '0' (a Redis Cluster, where they live in other slots) indexed() returns
 # what the caller then applies with INDEX and UNINDEX on their slots.
 INDEX_LUA: Final = (
-    _TAG
+    LUA_EXPIRE
+    + _TAG
     + """
 local function index_pairs(prefix, owner)
   local out = {{prefix .. ':all:{all}', prefix .. ':all-expiry:{all}'}}
@@ -89,11 +90,6 @@ local function indexed(reply, inline, prefix, id, updated, expires, owner, old_o
     return reply
   end
   return {reply, owner or '', tostring(updated), expires, old_owner or ''}
-end
-local function expire(keys, ttl)
-  for _, key in ipairs(keys) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
 end
 """
 )
@@ -211,7 +207,7 @@ for i = 6, #ARGV, 3 do
   end
 end
 local ttl = tonumber(ARGV[2])
-expire(KEYS, ttl)
+expire({KEYS[1], KEYS[2]}, ttl)
 local expires = 0
 if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
 return indexed(1, ARGV[5], ARGV[3], ARGV[4], redis.call('HGET', KEYS[2], 'updated_at'), expires,
@@ -229,7 +225,7 @@ TOUCH_READ_SOURCE: Final = (
 -- their entries are checked against the session's keys before one is dropped (clean_checked).
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local ttl = tonumber(ARGV[2])
-  expire(KEYS, ttl)
+  expire({KEYS[1], KEYS[2]}, ttl)
   if ARGV[6] == '1' then
     local expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl
     for _, pair in ipairs(index_pairs(ARGV[3], redis.call('HGET', KEYS[2], 'user_id'))) do

@@ -94,9 +94,7 @@ end
 redis.call('HSETNX', KEYS[3], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[3], 'updated_at', ARGV[1], 'forked_from', ARGV[4], 'fork_point', #items)
 local ttl = tonumber(ARGV[2])
-for i = 2, 3 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-end
+expire({{KEYS[2], KEYS[3]}}, ttl)
 local expires = 0
 if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
 return indexed(#items, ARGV[7], ARGV[5], ARGV[6], ARGV[1], expires,
@@ -122,9 +120,7 @@ end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'forked_from', ARGV[3], 'fork_point', count)
 local ttl = tonumber(ARGV[2])
-for i = 1, 2 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-end
+expire({{KEYS[1], KEYS[2]}}, ttl)
 local expires = 0
 if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
 return indexed(count, ARGV[6], ARGV[4], ARGV[5], ARGV[1], expires,

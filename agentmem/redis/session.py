@@ -130,11 +130,7 @@ end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
 local ttl = tonumber(ARGV[2])
-for i = 1, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-  end
-end
+expire({{KEYS[1], KEYS[2]}}, ttl)
 local expires = 0
 if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
 return indexed(1, ARGV[8], ARGV[6], ARGV[7], ARGV[1], expires,
