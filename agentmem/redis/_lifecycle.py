@@ -1,16 +1,24 @@
-"""The session lifecycle on Redis: the owner index, info, retention and history pages.
+"""The session lifecycle on Redis: the indexes by activity, info, retention and history pages.
 
-Besides a session's two keys (see :mod:`agentmem.redis.session`), a session with an owner is
-indexed in two sorted sets of that owner, kept by the same script as every write::
+Besides a session's two keys (see :mod:`agentmem.redis.session`), every session is indexed in
+two sorted sets of every session and, when it has an owner, in two of that owner's::
 
-    {session_prefix}:owner:{user}          member: session id, score: updated_at (Unix seconds)
-    {session_prefix}:owner-expiry:{user}   member: session id, score: expiry (Unix ms; inf)
+    {session_prefix}:all:{all}             member: session id, score: updated_at (Unix seconds)
+    {session_prefix}:all-expiry:{all}      member: session id, score: expiry (Unix ms; inf)
+    {session_prefix}:owner:{user}          likewise, the owner's sessions
+    {session_prefix}:owner-expiry:{user}
 
-so a user's sessions are listed newest first without scanning the keyspace. Expiry stays native
-(the session's keys carry a TTL); the index forgets an expired session lazily (before every
-listing or count of that owner) and in ``purge_expired``. The owner's keys have their own hash
-tag, so on Redis Cluster the writes of a session with an owner touch two slots: the owner index
-needs a single Redis (or a cluster proxy that runs such scripts).
+so sessions are listed newest first, and counted, without scanning the keyspace. Expiry stays
+native (the session's keys carry a TTL); an index forgets an expired session lazily (before
+every listing or count) and in ``purge_expired``. A listing checks every entry against the
+session's keys (stored, same owner) and drops stale ones with UNINDEX, which leaves an entry
+that a write indexed since.
+
+On a single Redis the write scripts keep the indexes themselves (atomic with the write). On a
+Redis Cluster the indexes' hash tags put them in other slots than the session's: a write script
+(ARGV "inline" ``'0'``) returns the index update instead, and :func:`indexed` applies it with
+INDEX (the newest activity wins) on each index's slot; the expiry indexes are then a hint,
+checked against the session's keys before an entry is dropped.
 
 The session hash holds, besides ``created_at`` and ``updated_at``: ``user_id``, ``title``,
 ``metadata`` (JSON) when given, and ``trimmed``: how many items retention dropped from the head
@@ -292,7 +300,7 @@ return gone
 INFOS_SOURCE: Final = """
 -- KEYS: pairs of session hash, item list. Returns, per session, {the hash's created_at,
 -- updated_at, user_id, title and metadata, the list's length, the hash's PTTL, whether any
--- of its keys exists}: one reply for a listing page (an owner's sessions).
+-- of its keys exists}: one reply for a listing page (one Redis: the keys of many slots).
 local out = {}
 for i = 1, #KEYS, 2 do
   out[#out + 1] = {
