@@ -109,6 +109,34 @@ async def test_every_write_moves_the_session_in_the_index_of_every_session(
         assert await redis_client.exists(index) == 0
 
 
+async def test_reindex_adds_the_sessions_an_earlier_version_left_out(redis_client: Redis) -> None:
+    prefix = f"{REDIS_PREFIX}:{unique_id('old')}"
+    session_prefix = f"{prefix}:session"
+    async with RedisSessionManager(
+        REDIS_URL, session_prefix=session_prefix, messages_prefix=f"{prefix}:messages"
+    ) as manager:
+        await manager.get_session("a", user_id="u", ttl=3600).add_items([{"n": 1}])
+        await manager.get_session("b").add_items([{"n": 1}])
+        await manager.get_session("c").add_items([{"n": 1}])
+        # What an earlier version left: no index of every session, an owner's index kept.
+        await redis_client.delete(
+            f"{session_prefix}:all:{{all}}", f"{session_prefix}:all-expiry:{{all}}"
+        )
+        await redis_client.zrem(f"{session_prefix}:owner:{{u}}", "a")
+        assert await manager.count_sessions() == 0
+        assert (await manager.find_sessions(user_id="u")).items == []
+
+        assert await manager.reindex() == 3
+        assert [i.session_id for i in (await manager.find_sessions()).items] == ["c", "b", "a"]
+        assert [i.session_id for i in (await manager.find_sessions(user_id="u")).items] == ["a"]
+        assert await manager.count_sessions() == 3
+        expiry = await redis_client.zscore(f"{session_prefix}:all-expiry:{{all}}", "a")
+        assert expiry is not None and expiry > time.time() * 1000
+        assert await manager.reindex() == 0  # nothing left out
+        for session_id in ("a", "b", "c"):
+            await manager.delete_session(session_id)
+
+
 # --- key layout --------------------------------------------------------------------------------
 
 

@@ -1067,6 +1067,40 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             await self._clean(activity, expiry, size)
         return total
 
+    async def reindex(self) -> int:
+        """Add every stored session that the indexes lack (one written by a version before the
+        index of every session) to them: to every session's index and to its owner's.
+
+        Walks the keyspace once (``list_sessions``); safe while sessions are written (an
+        entry is added only where there is none, so a newer write's entry is kept).
+
+        Returns:
+            How many sessions were added to the index of every session.
+        """
+        self._check_open()
+        client = self._clients.get()
+        ids = await self.list_sessions()
+        added = 0
+        for start in range(0, len(ids), _PIPELINE_CHUNK):
+            infos = await self._infos(ids[start : start + _PIPELINE_CHUNK])
+            counted: list[bool] = []  # per command: an addition to the index of every session?
+            async with client.pipeline(transaction=False) as pipe:
+                for info in infos:
+                    if info is None:  # deleted or expired since it was listed
+                        continue
+                    expires: float | str = (
+                        "+inf" if info.expires_at is None else info.expires_at.timestamp() * 1000
+                    )
+                    for owner in (None, info.user_id) if info.user_id else (None,):
+                        activity, expiry = _lua.index_keys(self.session_prefix, owner)
+                        score = info.updated_at.timestamp()
+                        pipe.zadd(activity, {info.session_id: score}, nx=True)
+                        pipe.zadd(expiry, {info.session_id: expires}, nx=True)
+                        counted.extend([owner is None, False])
+                replies = await settled(pipe.execute())
+            added += sum(int(r) for r, c in zip(replies, counted, strict=True) if c)
+        return added
+
     async def iter_sessions(self, *, page_size: int = 500) -> AsyncIterator[SessionInfo]:
         """Every stored session, most recently updated first, from one walk of the keyspace
         (``page_size`` sessions read per pipeline)."""
