@@ -3,7 +3,7 @@ user, and of every session without ``user_id``) in stores of 10,000 and 1,000,00
 ``purge_expired`` throughput.
 
     python -m bench.lifecycle [--quick] [--targets sqlite,postgres,redis] [--explain]
-        [--repeats N]
+        [--repeats N] [--interleaved]
 
 Each store is generated in bulk in setup (one ``INSERT ... SELECT`` on SQL, pipelines on Redis;
 Redis holds 100,000 sessions at most). Half of a store's sessions belong to the measured user,
@@ -13,7 +13,9 @@ session there, as a client holding it would send it); without ``user_id`` likewi
 session. Purge: 100,000 expired sessions with one
 item each (2,000 with ``--quick``), ``purge_expired(batch_size=1000)``. PostgreSQL runs in a
 database of its own, created and dropped; Redis under a run tag, deleted at the end.
-``--explain`` prints PostgreSQL's plans of both pages at the largest size.
+``--explain`` prints PostgreSQL's plans of both pages at the largest size. ``--interleaved``
+(Redis only) fills both sizes under two tags at once and alternates the calls on them, so that
+the noise of a shared machine falls on both alike (then no purge).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +327,41 @@ async def measure(
     return results
 
 
+async def measure_interleaved(sizes: tuple[int, ...], repeats: int) -> None:
+    """The four pages at each size, one call of each in turn, ``repeats`` rounds (Redis)."""
+    targets = {size: RedisTarget() for size in sizes}
+    try:
+        calls: dict[tuple[int, str], Callable[[], Awaitable[Any]]] = {}
+        for size, target in targets.items():
+            await target.fill(size)
+            manager = target.manager
+            deep = encode_cursor(rank_info(size, int(size // 2 * 0.9)))
+            deep_any = encode_cursor(any_rank_info(size, int(size * 0.9)))
+            calls[size, "first page"] = partial(manager.find_sessions, user_id=USER, limit=PAGE)
+            calls[size, "deep page"] = partial(
+                manager.find_sessions, user_id=USER, limit=PAGE, cursor=deep
+            )
+            calls[size, "first page, no user_id"] = partial(manager.find_sessions, limit=PAGE)
+            calls[size, "deep page, no user_id"] = partial(
+                manager.find_sessions, limit=PAGE, cursor=deep_any
+            )
+        samples: dict[tuple[int, str], list[float]] = {key: [] for key in calls}
+        for _ in range(repeats):
+            for key, call in calls.items():
+                start = time.perf_counter_ns()
+                await call()
+                samples[key].append((time.perf_counter_ns() - start) / 1_000)
+        for kind in ("first page", "deep page", "first page, no user_id", "deep page, no user_id"):
+            small, large = (
+                statistics.median(samples[size, kind]) for size in (sizes[0], sizes[-1])
+            )
+            print(f"  redis     {kind:23} {sizes[0]:,}: {small:7.0f} µs  {sizes[-1]:,}: "
+                  f"{large:7.0f} µs  ratio {large / small:.2f}x", flush=True)  # fmt: skip
+    finally:
+        for target in targets.values():
+            await target.close()
+
+
 async def purge_rate(target: Target, count: int) -> float:
     await target.fill(count, expired=True)
     start = time.perf_counter()
@@ -342,8 +380,14 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="sqlite,postgres,redis")
     parser.add_argument("--explain", action="store_true", help="PostgreSQL's plans")
     parser.add_argument("--repeats", type=int, help=f"calls per median (default {REPEATS})")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="Redis: both sizes at once, calls alternated"
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
+    if args.interleaved:
+        await measure_interleaved(QUICK_SIZES if args.quick else REDIS_SIZES, repeats)
+        return 0
     print(f"W9 find_sessions(user_id=..., limit={PAGE}) and purge_expired(batch_size=1000)")
     for name in args.targets.split(","):
         if name == "sqlite":
