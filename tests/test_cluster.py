@@ -300,7 +300,8 @@ async def test_owners_sessions_on_every_primary_are_paged_and_counted(
     redis_cluster: Cluster,
 ) -> None:
     user, other = unique_id("u"), unique_id("u")
-    ids = [f"{unique_id('own')}-{n:02d}" for n in range(12)]
+    on_each = [_id_in_slot(_slot_range_start(node)) for node in redis_cluster.primaries()]
+    ids = [*on_each, *(f"{unique_id('own')}-{n:02d}" for n in range(9))]
     assert len({redis_cluster.primary_of(f"x{{{i}}}").port for i in ids}) == 3
     async with _manager(redis_cluster) as manager:
         for session_id in ids:
