@@ -401,3 +401,22 @@ async def test_forks_replacements_and_imports_are_indexed_on_a_cluster(
         for session_id in ("source", "forked", "imported"):
             assert await manager.delete_session(session_id)
         assert await manager.count_sessions() == 0
+
+
+async def test_reindex_adds_a_session_whose_index_update_was_lost(redis_cluster: Cluster) -> None:
+    from agentmem.redis._lifecycle import index_keys
+
+    user = unique_id("u")
+    async with _manager(redis_cluster) as manager:
+        await manager.get_session("kept", user_id=user).add_items([{"n": 1}])
+        await manager.get_session("lost", user_id=user).add_items([{"n": 1}])
+        client = manager._clients.get()
+        for owner in (None, user):  # what a process that died after the write's script leaves
+            await client.zrem(index_keys(manager.session_prefix, owner)[0], "lost")
+            await client.zrem(index_keys(manager.session_prefix, owner)[1], "lost")
+        assert await _pages(manager, user, 10) == ["kept"]
+        assert await manager.reindex() == 1
+        assert await _pages(manager, user, 10) == ["lost", "kept"]
+        assert await _pages(manager, None, 10) == ["lost", "kept"]
+        for session_id in ("kept", "lost"):
+            await manager.delete_session(session_id)
