@@ -1,16 +1,21 @@
 """W9: the session lifecycle at scale. ``find_sessions`` (first page and a deep page of one
-user) in stores of 10,000 and 1,000,000 sessions, and ``purge_expired`` throughput.
+user, and of every session without ``user_id``) in stores of 10,000 and 1,000,000 sessions, and
+``purge_expired`` throughput.
 
     python -m bench.lifecycle [--quick] [--targets sqlite,postgres,redis] [--explain]
+        [--repeats N] [--interleaved]
 
 Each store is generated in bulk in setup (one ``INSERT ... SELECT`` on SQL, pipelines on Redis;
 Redis holds 100,000 sessions at most). Half of a store's sessions belong to the measured user,
 each with its own activity time, the other half to 1,000 other users. A page is 50 sessions; the
 deep page starts 90% of the way through the user's sessions (its cursor is built from the
-session there, as a client holding it would send it). Purge: 100,000 expired sessions with one
+session there, as a client holding it would send it); without ``user_id`` likewise over every
+session. Purge: 100,000 expired sessions with one
 item each (2,000 with ``--quick``), ``purge_expired(batch_size=1000)``. PostgreSQL runs in a
 database of its own, created and dropped; Redis under a run tag, deleted at the end.
-``--explain`` prints PostgreSQL's plans of both pages at the largest size.
+``--explain`` prints PostgreSQL's plans of both pages at the largest size. ``--interleaved``
+(Redis only) fills both sizes under two tags at once and alternates the calls on them, so that
+the noise of a shared machine falls on both alike (then no purge).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,13 @@ def rank_info(size: int, rank: int) -> SessionInfo:
     n = (size - 1) - (size - 1) % 2 - 2 * rank
     stamp = BASE + timedelta(seconds=n)
     return SessionInfo(f"s{n:08d}", 0, stamp, stamp, user_id=USER)
+
+
+def any_rank_info(size: int, rank: int) -> SessionInfo:
+    """The session at ``rank`` among every session (0: the newest)."""
+    n = size - 1 - rank
+    stamp = BASE + timedelta(seconds=n)
+    return SessionInfo(f"s{n:08d}", 0, stamp, stamp, user_id=owner(n))
 
 
 async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> float:
@@ -144,11 +157,14 @@ async def redis_fill(manager: Any, size: int, expired: bool) -> None:
                         mapping={"created_at": stamp, "updated_at": stamp, "user_id": user},
                     )
                 # an expired session's keys are gone (native TTL): only its index entries stay
-                pipe.zadd(f"{manager.session_prefix}:owner:{{{tag}}}", {session_id: float(stamp)})
-                pipe.zadd(
-                    f"{manager.session_prefix}:owner-expiry:{{{tag}}}",
-                    {session_id: 1.0 if expired else float("inf")},
-                )
+                for kind, tagged in (("owner", tag), ("all", "all")):
+                    pipe.zadd(
+                        f"{manager.session_prefix}:{kind}:{{{tagged}}}", {session_id: float(stamp)}
+                    )
+                    pipe.zadd(
+                        f"{manager.session_prefix}:{kind}-expiry:{{{tagged}}}",
+                        {session_id: 1.0 if expired else float("inf")},
+                    )
             await pipe.execute()
     await client.aclose()
 
@@ -276,8 +292,8 @@ class RedisTarget(Target):
 
 async def measure(
     target: Target, sizes: tuple[int, ...], repeats: int
-) -> dict[int, tuple[float, float]]:
-    """``{size: (first page µs, deep page µs)}``."""
+) -> dict[int, tuple[float, float, float, float]]:
+    """``{size: (first page µs, deep page µs, the same without user_id)}``."""
     results = {}
     for size in sizes:
         await target.fill(size)
@@ -292,10 +308,58 @@ async def measure(
             lambda: target.manager.find_sessions(user_id=USER, limit=PAGE, cursor=deep),  # noqa: B023
             repeats,
         )
-        results[size] = (first, deep_us)
+        rank = int(size * 0.9)
+        deep_any = encode_cursor(any_rank_info(size, rank))
+        any_first = await target.manager.find_sessions(limit=PAGE)
+        assert any_first.items[0].session_id == any_rank_info(size, 0).session_id
+        any_deep = await target.manager.find_sessions(limit=PAGE, cursor=deep_any)
+        assert any_deep.items[0].session_id == any_rank_info(size, rank + 1).session_id
+        any_first_us = await timed(lambda: target.manager.find_sessions(limit=PAGE), repeats)
+        any_deep_us = await timed(
+            lambda: target.manager.find_sessions(limit=PAGE, cursor=deep_any),  # noqa: B023
+            repeats,
+        )
+        results[size] = (first, deep_us, any_first_us, any_deep_us)
         print(f"  {target.name:9} {size:>9,} sessions  first page {first:9.0f} µs  "
               f"deep page {deep_us:9.0f} µs", flush=True)  # fmt: skip
+        print(f"  {target.name:9} {size:>9,} sessions  without user_id: first page "
+              f"{any_first_us:9.0f} µs  deep page {any_deep_us:9.0f} µs", flush=True)  # fmt: skip
     return results
+
+
+async def measure_interleaved(sizes: tuple[int, ...], repeats: int) -> None:
+    """The four pages at each size, one call of each in turn, ``repeats`` rounds (Redis)."""
+    targets = {size: RedisTarget() for size in sizes}
+    try:
+        calls: dict[tuple[int, str], Callable[[], Awaitable[Any]]] = {}
+        for size, target in targets.items():
+            await target.fill(size)
+            manager = target.manager
+            deep = encode_cursor(rank_info(size, int(size // 2 * 0.9)))
+            deep_any = encode_cursor(any_rank_info(size, int(size * 0.9)))
+            calls[size, "first page"] = partial(manager.find_sessions, user_id=USER, limit=PAGE)
+            calls[size, "deep page"] = partial(
+                manager.find_sessions, user_id=USER, limit=PAGE, cursor=deep
+            )
+            calls[size, "first page, no user_id"] = partial(manager.find_sessions, limit=PAGE)
+            calls[size, "deep page, no user_id"] = partial(
+                manager.find_sessions, limit=PAGE, cursor=deep_any
+            )
+        samples: dict[tuple[int, str], list[float]] = {key: [] for key in calls}
+        for _ in range(repeats):
+            for key, call in calls.items():
+                start = time.perf_counter_ns()
+                await call()
+                samples[key].append((time.perf_counter_ns() - start) / 1_000)
+        for kind in ("first page", "deep page", "first page, no user_id", "deep page, no user_id"):
+            small, large = (
+                statistics.median(samples[size, kind]) for size in (sizes[0], sizes[-1])
+            )
+            print(f"  redis     {kind:23} {sizes[0]:,}: {small:7.0f} µs  {sizes[-1]:,}: "
+                  f"{large:7.0f} µs  ratio {large / small:.2f}x", flush=True)  # fmt: skip
+    finally:
+        for target in targets.values():
+            await target.close()
 
 
 async def purge_rate(target: Target, count: int) -> float:
@@ -315,8 +379,15 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small counts (the CI smoke run)")
     parser.add_argument("--targets", default="sqlite,postgres,redis")
     parser.add_argument("--explain", action="store_true", help="PostgreSQL's plans")
+    parser.add_argument("--repeats", type=int, help=f"calls per median (default {REPEATS})")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="Redis: both sizes at once, calls alternated"
+    )
     args = parser.parse_args(argv)
-    repeats = QUICK_REPEATS if args.quick else REPEATS
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
+    if args.interleaved:
+        await measure_interleaved(QUICK_SIZES if args.quick else REDIS_SIZES, repeats)
+        return 0
     print(f"W9 find_sessions(user_id=..., limit={PAGE}) and purge_expired(batch_size=1000)")
     for name in args.targets.split(","):
         if name == "sqlite":
@@ -333,7 +404,9 @@ async def main(argv: list[str] | None = None) -> int:
             results = await measure(target, sizes, repeats)
             small, large = results[sizes[0]], results[sizes[-1]]
             print(f"  {name:9} ratio at {sizes[-1]:,} / at {sizes[0]:,}: first page "
-                  f"{large[0] / small[0]:.2f}x, deep page {large[1] / small[1]:.2f}x")  # fmt: skip
+                  f"{large[0] / small[0]:.2f}x, deep page {large[1] / small[1]:.2f}x; "
+                  f"without user_id {large[2] / small[2]:.2f}x, "
+                  f"{large[3] / small[3]:.2f}x")  # fmt: skip
             if args.explain and isinstance(target, PostgresTarget):
                 print(await target.explain(sizes[-1]))
             await purge_rate(target, QUICK_PURGE if args.quick else PURGE)

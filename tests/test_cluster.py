@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -271,3 +272,151 @@ async def test_the_next_call_after_client_kill_on_every_node_works(redis_cluster
             assert (await session.get_items())[-1] == {"n": n}
         assert [item["n"] for item in await session.get_items()] == list(range(10))
         await session.clear_session()
+
+
+# --- the session lifecycle's indexes (every session's, each owner's) live in other slots -------
+
+
+def _manager(cluster: Cluster) -> RedisSessionManager:
+    prefix = unique_id("life")
+    return RedisSessionManager(
+        cluster_url(cluster), session_prefix=f"{prefix}:session", messages_prefix=f"{prefix}:m"
+    )
+
+
+async def _pages(manager: RedisSessionManager, user_id: str | None, limit: int) -> list[str]:
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await manager.find_sessions(user_id=user_id, limit=limit, cursor=cursor)
+        assert len(page.items) <= limit
+        seen.extend(info.session_id for info in page.items)
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+
+
+async def test_owners_sessions_on_every_primary_are_paged_and_counted(
+    redis_cluster: Cluster,
+) -> None:
+    user, other = unique_id("u"), unique_id("u")
+    on_each = [_id_in_slot(_slot_range_start(node)) for node in redis_cluster.primaries()]
+    ids = [*on_each, *(f"{unique_id('own')}-{n:02d}" for n in range(9))]
+    assert len({redis_cluster.primary_of(f"x{{{i}}}").port for i in ids}) == 3
+    async with _manager(redis_cluster) as manager:
+        for session_id in ids:
+            await manager.get_session(session_id, user_id=user).add_items([{"id": session_id}])
+        await manager.get_session("theirs", user_id=other).add_items([{"n": 1}])
+        await manager.get_session("nobodys").add_items([{"n": 1}])
+        await manager.get_session(ids[3], user_id=user).add_items([{"again": True}])
+        newest_first = [ids[3], *(i for i in reversed(ids) if i != ids[3])]
+        assert await _pages(manager, user, 5) == newest_first
+        assert await _pages(manager, None, 4) == [ids[3], "nobodys", "theirs", *newest_first[1:]]
+        assert (await manager.count_sessions(user), await manager.count_sessions(other)) == (12, 1)
+        assert await manager.count_sessions() == 14
+
+        assert await manager.delete_session(ids[0])
+        await manager.get_session(ids[1], user_id=user).clear_session()
+        await manager.get_session(ids[2]).update_info(user_id=other)
+        assert await _pages(manager, user, 5) == newest_first[:-3]
+        assert await _pages(manager, other, 5) == ["theirs", ids[2]]  # its activity is older
+        assert (await manager.count_sessions(user), await manager.count_sessions(other)) == (9, 2)
+        assert await manager.count_sessions() == 12
+        for session_id in await manager.list_sessions():
+            await manager.delete_session(session_id)
+        assert await manager.count_sessions() == 0
+
+
+async def test_an_index_entry_is_listed_only_if_the_session_backs_it(
+    redis_cluster: Cluster,
+) -> None:
+    from agentmem.redis._lifecycle import index_keys
+
+    user = unique_id("u")
+    async with _manager(redis_cluster) as manager:
+        await manager.get_session("real", user_id=user).add_items([{"n": 1}])
+        await manager.get_session("elsewhere", user_id=unique_id("u")).add_items([{"n": 1}])
+        activity, expiry = index_keys(manager.session_prefix, user)
+        client = manager._clients.get()
+        # What a process that died between a write and its index update leaves behind: entries
+        # of a deleted session and of a session that has another owner now, newest of all.
+        for ghost in ("deleted", "elsewhere"):
+            await client.zadd(activity, {ghost: 4e9})
+            await client.zadd(expiry, {ghost: float("inf")})
+        assert await _pages(manager, user, 1) == ["real"]
+        assert await client.zrange(activity, 0, -1) == [b"real"]  # the stale ones were dropped
+        assert await client.zrange(expiry, 0, -1) == [b"real"]
+        for session_id in ("real", "elsewhere"):
+            await manager.delete_session(session_id)
+
+
+async def test_purge_and_count_check_expired_entries_against_the_sessions(
+    redis_cluster: Cluster,
+) -> None:
+    from agentmem.redis._lifecycle import index_keys
+
+    user = unique_id("u")
+    async with _manager(redis_cluster) as manager:
+        doomed = [f"doomed-{n}" for n in range(5)]
+        for session_id in doomed:
+            await manager.get_session(session_id, user_id=user, ttl=0.005).add_items([{"n": 1}])
+        live = manager.get_session("live", user_id=user, ttl=3600)
+        await live.add_items([{"n": 1}])
+        for session_id in doomed:  # native TTL: their keys go by themselves
+            deadline = time.monotonic() + 60
+            while await manager.session_info(session_id) is not None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+        # A read that slid the expiry does not update the index on a cluster: an entry may say
+        # "expired" of a live session. Made so here by hand; the clean asks the session.
+        client = manager._clients.get()
+        for owner in (None, user):
+            await client.zadd(index_keys(manager.session_prefix, owner)[1], {"live": 1})
+        batches: list[int] = []
+        assert await manager.purge_expired(batch_size=2, on_batch=batches.append) == 5
+        assert max(batches) <= 2
+        assert await manager.count_sessions(user) == 1
+        assert await _pages(manager, None, 10) == ["live"]
+        for owner in (None, user):  # the live session's expiry entry was put right
+            score = await client.zscore(index_keys(manager.session_prefix, owner)[1], "live")
+            assert score is not None and score > time.time() * 1000
+        assert await manager.purge_expired() == 0
+        await manager.delete_session("live")
+
+
+async def test_forks_replacements_and_imports_are_indexed_on_a_cluster(
+    redis_cluster: Cluster,
+) -> None:
+    from agentmem.manager import Conversation
+
+    async with _manager(redis_cluster) as manager:
+        source = manager.get_session("source")
+        await source.add_items([{"n": 1}, {"n": 2}])
+        await source.fork("forked")  # another slot: read, then written on the new one
+        now = datetime.now(UTC)
+        await manager.write_conversation(Conversation("imported", [{"n": 1}], now, now))
+        assert await _pages(manager, None, 2) == ["imported", "forked", "source"]
+        assert await source.replace_items([{"summary": True}])
+        assert await _pages(manager, None, 2) == ["source", "imported", "forked"]
+        for session_id in ("source", "forked", "imported"):
+            assert await manager.delete_session(session_id)
+        assert await manager.count_sessions() == 0
+
+
+async def test_reindex_adds_a_session_whose_index_update_was_lost(redis_cluster: Cluster) -> None:
+    from agentmem.redis._lifecycle import index_keys
+
+    user = unique_id("u")
+    async with _manager(redis_cluster) as manager:
+        await manager.get_session("kept", user_id=user).add_items([{"n": 1}])
+        await manager.get_session("lost", user_id=user).add_items([{"n": 1}])
+        client = manager._clients.get()
+        for owner in (None, user):  # what a process that died after the write's script leaves
+            await client.zrem(index_keys(manager.session_prefix, owner)[0], "lost")
+            await client.zrem(index_keys(manager.session_prefix, owner)[1], "lost")
+        assert await _pages(manager, user, 10) == ["kept"]
+        assert await manager.reindex() == 1
+        assert await _pages(manager, user, 10) == ["lost", "kept"]
+        assert await _pages(manager, None, 10) == ["lost", "kept"]
+        for session_id in ("kept", "lost"):
+            await manager.delete_session(session_id)

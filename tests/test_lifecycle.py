@@ -28,12 +28,7 @@ TINY_TTL = 0.005
 DEADLINE_SECONDS = 60.0
 
 
-# Not on Redis Cluster: an owner's index spans the slots of that owner's sessions, so its
-# scripts need one Redis (README, "Scaling out"); the cached mode keeps owners in SQL.
-LIFECYCLE_MANAGERS = [param for param in MANAGERS if param.id != "redis-cluster"]
-
-
-@pytest.fixture(params=LIFECYCLE_MANAGERS)
+@pytest.fixture(params=MANAGERS)
 def case(request: pytest.FixtureRequest) -> ManagerCase:
     """Each backend's manager in turn (``MANAGERS`` of test_managers)."""
     value: ManagerCase = request.getfixturevalue(request.param)
@@ -150,6 +145,23 @@ async def test_find_sessions_pages_one_owner_newest_activity_first(case: Manager
     assert await case.manager.count_sessions(user) == 7
     assert await case.manager.count_sessions(other) == 1
     assert await case.manager.count_sessions() >= 8
+
+
+async def test_a_replacement_is_activity_like_any_write(case: ManagerCase) -> None:
+    user = unique_id("u")
+    older = case.manager.get_session(case.new_id("older"), user_id=user)
+    newer = case.manager.get_session(case.new_id("newer"), user_id=user)
+    await older.add_items([{"n": 1}, {"n": 2}])
+    await newer.add_items([{"n": 1}])
+    before = await older.info()
+    assert before is not None
+    assert await older.replace_items([{"summary": 1}], newest=2)
+    after = await older.info()
+    assert after is not None and after.updated_at > before.updated_at
+    for owner in (user, None):
+        page = await case.manager.find_sessions(user_id=owner, limit=1000)
+        mine = [i.session_id for i in page.items if i.session_id.startswith(case.prefix)]
+        assert mine == [older.session_id, newer.session_id]
 
 
 async def test_find_sessions_filters_by_metadata_containment(case: ManagerCase) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,83 @@ def make(open_sessions: list[RedisSession]) -> Any:
 async def manager(redis_client: Redis) -> AsyncIterator[RedisSessionManager]:
     async with RedisSessionManager(REDIS_URL, **PREFIXES) as manager:
         yield manager
+
+
+# --- the index of every session -----------------------------------------------------------------
+
+
+async def test_every_write_moves_the_session_in_the_index_of_every_session(
+    redis_client: Redis,
+) -> None:
+    from agentmem.manager import Conversation
+
+    prefix = f"{REDIS_PREFIX}:{unique_id('all')}"
+    index = f"{prefix}:session:all:{{all}}"
+
+    async def order() -> list[str]:
+        page = await manager.find_sessions(limit=100)
+        listed = [info.session_id for info in page.items]
+        indexed = [m.decode() for m in await redis_client.zrevrange(index, 0, -1)]
+        assert listed == indexed  # the listing is the index, checked against the sessions
+        return listed
+
+    async with RedisSessionManager(
+        REDIS_URL, session_prefix=f"{prefix}:session", messages_prefix=f"{prefix}:messages"
+    ) as manager:
+        a, b = manager.get_session("a"), manager.get_session("b")
+        await a.add_items([{"n": 1}, {"n": 2}])
+        await b.add_items([{"n": 1}])
+        assert await order() == ["b", "a"]
+        assert await a.pop_item() == {"n": 2}
+        assert await order() == ["a", "b"]
+        await b.fork("c")
+        assert await order() == ["c", "a", "b"]
+        assert await b.replace_items([{"summary": True}])
+        assert await order() == ["b", "c", "a"]
+        await a.update_info(title="not activity")
+        assert await order() == ["b", "c", "a"]
+        now = datetime.now(UTC)
+        await manager.write_conversation(Conversation("d", [{"n": 1}], now, now))
+        assert await order() == ["d", "b", "c", "a"]
+        day_ago = now - timedelta(days=1)
+        await manager.write_conversation(Conversation("b", [{"n": 1}], day_ago, day_ago))
+        assert await order() == ["d", "c", "a", "b"]  # its activity is the conversation's
+        assert await manager.count_sessions() == 4
+        await a.clear_session()
+        assert await manager.delete_session("c")
+        assert await order() == ["d", "b"]
+        assert await manager.count_sessions() == 2
+        for session_id in ("b", "d"):
+            await manager.delete_session(session_id)
+        assert await redis_client.exists(index) == 0
+
+
+async def test_reindex_adds_the_sessions_an_earlier_version_left_out(redis_client: Redis) -> None:
+    prefix = f"{REDIS_PREFIX}:{unique_id('old')}"
+    session_prefix = f"{prefix}:session"
+    async with RedisSessionManager(
+        REDIS_URL, session_prefix=session_prefix, messages_prefix=f"{prefix}:messages"
+    ) as manager:
+        await manager.get_session("a", user_id="u", ttl=3600).add_items([{"n": 1}])
+        await manager.get_session("b").add_items([{"n": 1}])
+        await manager.get_session("c").add_items([{"n": 1}])
+        # What an earlier version left: no index of every session, an owner's index kept.
+        await redis_client.delete(
+            f"{session_prefix}:all:{{all}}", f"{session_prefix}:all-expiry:{{all}}"
+        )
+        await redis_client.zrem(f"{session_prefix}:owner:{{u}}", "a")
+        assert await manager.count_sessions() == 0
+        assert (await manager.find_sessions(user_id="u")).items == []
+
+        assert await manager.reindex() == 3
+        assert [i.session_id for i in (await manager.find_sessions()).items] == ["c", "b", "a"]
+        assert [i.session_id for i in (await manager.find_sessions(user_id="u")).items] == ["a"]
+        assert await manager.count_sessions() == 3
+        expiry = await redis_client.zscore(f"{session_prefix}:all-expiry:{{all}}", "a")
+        assert expiry is not None and expiry > time.time() * 1000
+        assert await manager.reindex() == 0  # nothing left out
+        for session_id in ("a", "b", "c"):
+            await manager.delete_session(session_id)
 
 
 # --- key layout --------------------------------------------------------------------------------

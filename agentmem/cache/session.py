@@ -184,7 +184,7 @@ _FILL = Script(
 if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[4])
 redis.call('HSET', KEYS[2], 'c', ARGV[3], 'e', ARGV[5])
-expire(tonumber(ARGV[2]))
+expire({KEYS[1], KEYS[2]}, tonumber(ARGV[2]))
 return 1
 """
 )
@@ -266,7 +266,9 @@ else
   redis.call('DEL', KEYS[1])
   redis.call('HDEL', KEYS[2], 'c', 'e')
 end
-if redis.call('HEXISTS', KEYS[2], 'w') == 0 then expire(tonumber(ARGV[4])) end
+if redis.call('HEXISTS', KEYS[2], 'w') == 0 then
+  expire({KEYS[1], KEYS[2]}, tonumber(ARGV[4]))
+end
 return 1
 """
 )

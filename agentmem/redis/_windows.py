@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from agentmem.redis._lifecycle import INDEX_LUA
 from agentmem.redis.client import Script
 from agentmem.windows import APPROVAL_REQUEST, APPROVAL_RESPONSE, CALL_TYPES, OUTPUT_TO_CALL
 
@@ -75,10 +76,12 @@ return redis.call('LRANGE', KEYS[1], 0, -1)
 )
 
 # KEYS: source list, new list, new hash. ARGV: now, ttl ms (0: none), how many items (-1:
-# all), the source's id. Returns how many items were copied; an error when the new list holds
-# items (nothing written).
+# all), the source's id, session prefix, the new id, inline (see _lifecycle.indexed). Returns
+# how many items were copied (wrapped by indexed()); an error when the new list holds items
+# (nothing written).
 FORK: Final = Script(
-    f"""
+    INDEX_LUA
+    + f"""
 if redis.call('LLEN', KEYS[2]) > 0 then
   return redis.error_reply('ERR {FORK_TARGET_NOT_EMPTY}')
 end
@@ -91,32 +94,36 @@ end
 redis.call('HSETNX', KEYS[3], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[3], 'updated_at', ARGV[1], 'forked_from', ARGV[4], 'fork_point', #items)
 local ttl = tonumber(ARGV[2])
-for i = 2, 3 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-end
-return #items
+expire({{KEYS[2], KEYS[3]}}, ttl)
+local expires = 0
+if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
+return indexed(#items, ARGV[7], ARGV[5], ARGV[6], ARGV[1], expires,
+  redis.call('HGET', KEYS[3], 'user_id'))
 """
 )
 
 # FORK's second half, for a Redis Cluster where the two sessions' keys live in different slots
 # (the source's items were read by one LRANGE). KEYS: new list, new hash. ARGV: now, ttl ms (0:
-# none), the source's id, then the items. Returns how many items were copied; an error when the
-# new list holds items (nothing written).
+# none), the source's id, session prefix, the new id, inline, then the items. Returns how many
+# items were copied (wrapped by indexed()); an error when the new list holds items (nothing
+# written).
 FORK_INTO: Final = Script(
-    f"""
+    INDEX_LUA
+    + f"""
 if redis.call('LLEN', KEYS[1]) > 0 then
   return redis.error_reply('ERR {FORK_TARGET_NOT_EMPTY}')
 end
-local count = #ARGV - 3
-for i = 4, #ARGV, {_RPUSH_CHUNK} do
+local count = #ARGV - 6
+for i = 7, #ARGV, {_RPUSH_CHUNK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
 end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'forked_from', ARGV[3], 'fork_point', count)
 local ttl = tonumber(ARGV[2])
-for i = 1, 2 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-end
-return count
+expire({{KEYS[1], KEYS[2]}}, ttl)
+local expires = 0
+if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
+return indexed(count, ARGV[6], ARGV[4], ARGV[5], ARGV[1], expires,
+  redis.call('HGET', KEYS[2], 'user_id'))
 """
 )

@@ -6,7 +6,8 @@
   :func:`glob_escape`, :func:`validate_prefix`, :func:`validate_prefixes`.
 - Expiry: :data:`TTL` and :func:`ttl_to_ms`.
 - Lua: :class:`Script` (EVALSHA, then EVAL when the server lacks the script) and
-  :data:`LUA_EXPIRE`, the expiry loop every script that writes a session's keys shares.
+  :data:`LUA_EXPIRE`, the expiry loop every script that writes a session's keys shares (given
+  the keys to expire: a script's KEYS may hold a lock key after them).
 - Clients agentmem owns: :class:`ConnectionOptions` (the six connection keywords),
   :class:`Connection` (a URL and its options, checked), one client per
   event loop (:class:`LoopClients`), shared by every session with the same URL and options
@@ -145,14 +146,16 @@ class Script:
 
 
 LUA_EXPIRE: Final = """
--- expire(ttl): set every key in KEYS to expire in ttl ms, or to never expire when ttl is 0.
-local function expire(ttl)
-  for _, key in ipairs(KEYS) do
+-- expire(keys, ttl): set each of keys (a session's own, named by the caller: never a lock key)
+-- to expire in ttl ms, or to never expire when ttl is 0 (a missing key is left missing).
+local function expire(keys, ttl)
+  for _, key in ipairs(keys) do
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
   end
 end
 """
-"""A Lua function ``expire(ttl)`` for scripts to start with (after any ``#!lua`` line)."""
+"""A Lua function ``expire(keys, ttl)`` for scripts to start with (after any ``#!lua`` line):
+the one expiry loop of every script that writes a session's keys."""
 
 
 # --- keys --------------------------------------------------------------------------------------

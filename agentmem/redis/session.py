@@ -13,8 +13,8 @@ have the script yet).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -59,7 +59,6 @@ from agentmem.redis.client import (
     Script,
     connection_unless_given,
     decode_tag,
-    encode_tag,
     glob_escape,
     settled,
     shared_clients,
@@ -96,10 +95,12 @@ logger = logging.getLogger("agentmem")
 _RPUSH_CHUNK = _lua.RPUSH_CHUNK
 
 # KEYS: list, hash[, lock]. ARGV: now, ttl ms, lock token, newest (-1: the whole list), k (-1:
-# no check), the k expected texts, then the new items. Returns 1, or 0 (nothing changed) when the
-# newest items are not the expected ones.
+# no check), session prefix, session id, inline, the k expected texts, then the new items.
+# Returns 1 (wrapped by indexed(): the index entries' activity moves as on any write), or 0
+# (nothing changed) when the newest items are not the expected ones.
 _REPLACE_SOURCE = (
-    _lua.fence(3)
+    _lua.INDEX_LUA
+    + _lua.fence(3)
     + f"""
 local list_type = redis.call('TYPE', KEYS[1]).ok
 if list_type ~= 'none' and list_type ~= 'list' then
@@ -114,7 +115,7 @@ elseif newest > 0 then
   if k >= 0 then
     if #tail ~= k then return 0 end
     for i = 1, k do
-      if tail[i] ~= ARGV[5 + i] then return 0 end
+      if tail[i] ~= ARGV[8 + i] then return 0 end
     end
   end
   if #tail >= redis.call('LLEN', KEYS[1]) then
@@ -123,19 +124,18 @@ elseif newest > 0 then
     redis.call('LTRIM', KEYS[1], 0, -(#tail + 1))
   end
 end
-local first = 6 + math.max(k, 0)
+local first = 9 + math.max(k, 0)
 for i = first, #ARGV, {_RPUSH_CHUNK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_RPUSH_CHUNK - 1}, #ARGV)))
 end
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[1])
 local ttl = tonumber(ARGV[2])
-for i = 1, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
-  end
-end
-return 1
+expire({{KEYS[1], KEYS[2]}}, ttl)
+local expires = 0
+if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
+return indexed(1, ARGV[8], ARGV[6], ARGV[7], ARGV[1], expires,
+  redis.call('HGET', KEYS[2], 'user_id'))
 """
 )
 
@@ -432,6 +432,7 @@ class RedisSession(SessionABC):
                     self._session_prefix,
                     self.session_id,
                     start,
+                    _lua.inline(client),
                 ]
                 raw = await settled(_lua.TOUCH_READ(client, self._keys, args))
             else:
@@ -471,13 +472,15 @@ class RedisSession(SessionABC):
             life.metadata_json or "",
             new_batch_id(),
             token,
+            _lua.inline(client),
         ]
         args.extend(item.json for item in encoded)
         try:
-            await self._fenced(_lua.ADD(client, keys, args))
+            reply = await self._fenced(_lua.ADD(client, keys, args))
         except (_redis.RedisConnectionError, _redis.RedisTimeoutError):
             # The reply may be lost after the script ran: the batch id makes the retry a no-op.
-            await self._fenced(_lua.ADD(client, keys, args))
+            reply = await self._fenced(_lua.ADD(client, keys, args))
+        await _lua.indexed(client, self._session_prefix, self.session_id, reply)
 
     async def pop_item(self) -> SessionItem | None:
         """Remove and return the newest item, atomically, in one round trip (a Lua script).
@@ -496,10 +499,14 @@ class RedisSession(SessionABC):
             self._session_prefix,
             self.session_id,
             token,
+            _lua.inline(client),
         ]
 
         async def pop() -> bytes | str | None:
-            data: bytes | str | None = await self._fenced(_lua.POP(client, keys, args))
+            reply = await self._fenced(_lua.POP(client, keys, args))
+            data: bytes | str | None = await _lua.indexed(
+                client, self._session_prefix, self.session_id, reply
+            )
             return data
 
         return await self._pop_valid(pop)
@@ -508,8 +515,9 @@ class RedisSession(SessionABC):
         """Delete every key of this session (other sessions are untouched); never retried."""
         client = self._client()
         keys, token = self._fenced_keys()
-        args = [self._session_prefix, self.session_id, token]
-        await self._fenced(_lua.DROP(client, keys, args))
+        args = [self._session_prefix, self.session_id, token, _lua.inline(client)]
+        reply = await self._fenced(_lua.DROP(client, keys, args))
+        await _lua.dropped(client, self._session_prefix, self.session_id, reply)
 
     def _session_lock(self) -> SessionLock:
         """A Redis lock key with an expiry, renewed while held; it fences this object's
@@ -554,7 +562,9 @@ class RedisSession(SessionABC):
         cursor = validate_upto(upto)
         forked = self.with_id(target)
         count = -1 if cursor is None else cursor.count
+        prefix, inline = self._session_prefix, _lua.inline(client)
         args: list[str | int] = [_now(), self._ttl_ms, count, self.session_id]
+        args.extend([prefix, target, inline])
         try:
             if isinstance(client, RedisCluster) and client.keyslot(
                 self.messages_key
@@ -563,15 +573,16 @@ class RedisSession(SessionABC):
                 items = (
                     [] if count == 0 else await settled(client.lrange(self.messages_key, 0, stop))
                 )
-                into: list[str | int | bytes] = [_now(), self._ttl_ms, self.session_id, *items]
+                into: list[str | int | bytes] = [
+                    *(_now(), self._ttl_ms, self.session_id, prefix, target, inline),
+                    *items,
+                ]
                 keys = [forked.messages_key, forked.session_key]
-                await settled(_windows.FORK_INTO(client, keys, into))
+                reply = await settled(_windows.FORK_INTO(client, keys, into))
             else:
-                await settled(
-                    _windows.FORK(
-                        client, [self.messages_key, forked.messages_key, forked.session_key], args
-                    )
-                )
+                keys = [self.messages_key, forked.messages_key, forked.session_key]
+                reply = await settled(_windows.FORK(client, keys, args))
+            await _lua.indexed(client, prefix, target, reply)
         except BaseException as exc:
             await forked.close()
             if _windows.FORK_TARGET_NOT_EMPTY in str(exc):  # the script's refusal
@@ -600,7 +611,13 @@ class RedisSession(SessionABC):
 
     async def _update_info(self, changes: dict[str, Any]) -> SessionInfo:
         client = self._client()
-        args: list[str | int] = [_now(), self._ttl_ms, self._session_prefix, self.session_id]
+        args: list[str | int] = [
+            _now(),
+            self._ttl_ms,
+            self._session_prefix,
+            self.session_id,
+            _lua.inline(client),
+        ]
         for name, value in changes.items():
             if name == "metadata":
                 value = orjson.dumps(value).decode() if value else None
@@ -610,7 +627,8 @@ class RedisSession(SessionABC):
         for name, value in given.items():  # the session's own, as its first write stores them
             if name not in changes and value is not None:
                 args.extend([name, "n", value])
-        await settled(_lua.UPDATE(client, self._keys, args))
+        reply = await settled(_lua.UPDATE(client, self._keys, args))
+        await _lua.indexed(client, self._session_prefix, self.session_id, reply)
         info = await self.info()
         assert info is not None  # just written (a TTL shorter than this call aside)
         return info
@@ -641,10 +659,14 @@ class RedisSession(SessionABC):
             token,
             -1 if newest is None else newest,
             -1 if expected is None else len(texts),
+            self._session_prefix,
+            self.session_id,
+            _lua.inline(client),
             *texts,
             *(item.json for item in items),
         ]
-        return bool(await self._fenced(_REPLACE(client, keys, args)))
+        reply = await self._fenced(_REPLACE(client, keys, args))
+        return bool(await _lua.indexed(client, self._session_prefix, self.session_id, reply))
 
     async def _close(self) -> None:
         if self._connection is not None:
@@ -843,8 +865,9 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             tagged_key(self.session_prefix, session_id),
         ]
         client = self._clients.get()
-        deleted: int = await settled(_lua.DROP(client, keys, [self.session_prefix, session_id]))
-        return deleted > 0
+        args = [self.session_prefix, session_id, "", _lua.inline(client)]
+        reply = await settled(_lua.DROP(client, keys, args))
+        return await _lua.dropped(client, self.session_prefix, session_id, reply) > 0
 
     async def ping(self) -> bool:
         """Whether Redis answers (raises ``redis.ConnectionError`` naming the address when it
@@ -881,53 +904,16 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
     ) -> SessionPage:
         """One page of the stored sessions, most recently updated first.
 
-        With ``user_id``, a page is a range of the owner's index by activity (a sorted set,
-        cleaned of expired sessions first). Without, Redis keeps no index by activity: each
-        page walks the prefix's keys with SCAN and reads every session's timestamps, so its
-        cost grows with the number of sessions.
+        A page is a range of an index by activity (a sorted set: the owner's with ``user_id``,
+        every session's without), cleaned of expired sessions first; each entry is checked
+        against the session's own keys (stored, same owner) before it is listed.
         """
         self._check_open()
         owner = validate_user_id(user_id)
         wanted = validate_metadata_filter(metadata)
         size, after = page_request(limit, cursor)
-        if owner is not None:
-            return await self._find_owned(owner, wanted, size, after)
-        infos = [info for info in await self._infos(await self.list_sessions()) if info]
-        infos = [info for info in infos if _matches(info, wanted)]
-        infos.sort(key=_newest_first)
-        if after is not None:
-            position = (-after[0].timestamp(), after[1])
-            infos = [info for info in infos if _newest_first(info) > position]
-        return page_of(infos[: size + 1], size)
-
-    def _owner_keys(self, user_id: str) -> tuple[str, str]:
-        """The activity and expiry indexes of an owner's sessions."""
-        tag = encode_tag(user_id)
-        return (
-            f"{self.session_prefix}:owner:{{{tag}}}",
-            f"{self.session_prefix}:owner-expiry:{{{tag}}}",
-        )
-
-    async def _clean(self, keys: tuple[str, str] | list[str]) -> int:
-        """Forget the expired sessions of one owner's index; how many went."""
-        client = self._clients.get()
-        total = 0
-        while True:
-            now_ms = int(time.time() * 1000)
-            gone = int(await settled(_lua.CLEAN(client, list(keys), [now_ms, _PIPELINE_CHUNK])))
-            total += gone
-            if gone < _PIPELINE_CHUNK:
-                return total
-
-    async def _find_owned(
-        self,
-        user_id: str,
-        metadata: dict[str, Any] | None,
-        size: int,
-        after: tuple[datetime, str] | None,
-    ) -> SessionPage:
-        activity, expiry = self._owner_keys(user_id)
-        await self._clean((activity, expiry))
+        activity, expiry = _lua.index_keys(self.session_prefix, owner)
+        await self._clean(activity, expiry)
         client = self._clients.get()
         top: float | str = "+inf" if after is None else after[0].timestamp() + 1e-6
         chunk = size + 1 + 8  # ties at the chunk's edge are rare: microsecond scores
@@ -941,13 +927,19 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             )
             offset += len(rows)
             ids = [r.decode() if isinstance(r, bytes) else r for r, _ in rows]
-            infos = await self._owned_infos(client, ids)
-            stale = [i for i, info in zip(ids, infos, strict=True) if info is None]
-            if stale:  # deleted, or no longer this owner's: forget them
-                await settled(client.zrem(activity, *stale))
-                await settled(client.zrem(expiry, *stale))
+            infos = await self._checked_infos(client, ids)
+            # deleted, or no longer this owner's: forget them (unless written again since)
+            stale = [
+                (session_id, repr(score))
+                for session_id, (_, score), info in zip(ids, rows, infos, strict=True)
+                if info is None or (owner is not None and info.user_id != owner)
+            ]
+            if stale:
+                await settled(_lua.UNINDEX(client, [activity, expiry], _flat(stale)))
             for info in sorted((i for i in infos if i is not None), key=_newest_first):
-                if info.user_id != user_id or not _matches(info, metadata):
+                if owner is not None and info.user_id != owner:
+                    continue
+                if not _matches(info, wanted):
                     continue
                 if after is not None and _newest_first(info) <= (
                     -after[0].timestamp(),
@@ -959,13 +951,16 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
                 break
         return page_of(found[: size + 1], size)
 
-    async def _owned_infos(
+    async def _checked_infos(
         self, client: RedisClient, session_ids: list[str]
     ) -> list[SessionInfo | None]:
-        """What is stored of each of an owner's sessions, in one script call (a page's worth:
-        one reply, where a pipeline would parse four per session)."""
+        """What is stored of each session of an index page: on one Redis in one script call
+        (one reply, where a pipeline would parse four per session); on a Redis Cluster, where
+        the sessions live in many slots, a pipeline (a round trip per node)."""
         if not session_ids:
             return []
+        if _lua.is_cluster(client):
+            return await self._infos(session_ids)
         keys = [key for i in session_ids for key in self._keys_of(i)]
         replies = await settled(_lua.INFOS(client, keys, []))
         now = time.time()
@@ -974,45 +969,138 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             for session_id, (fields, length, pttl, exists) in zip(session_ids, replies, strict=True)
         ]
 
+    async def _clean(
+        self,
+        activity: str,
+        expiry: str,
+        batch: int = _PIPELINE_CHUNK,
+        report: Callable[[int], None] | None = None,
+    ) -> int:
+        """Forget the expired sessions of one index, ``batch`` at a time; how many went.
+
+        On one Redis the expiry index is exact (kept by every write's script): one script drops
+        what it says has expired. On a Redis Cluster it is a hint (a read that slides the
+        expiry does not update it): each entry past its expiry is checked against the
+        session's keys; a live one gets its expiry back from them, a gone one is dropped.
+        """
+        client = self._clients.get()
+        total = 0
+        while True:
+            now_ms = int(time.time() * 1000)
+            if _lua.is_cluster(client):
+                gone, seen = await self._clean_checked(client, activity, expiry, now_ms, batch)
+            else:
+                gone = seen = int(
+                    await settled(_lua.CLEAN(client, [activity, expiry], [now_ms, batch]))
+                )
+            total += gone
+            if report is not None and gone:
+                report(gone)
+            if seen < batch:
+                return total
+
+    async def _clean_checked(
+        self, client: RedisClient, activity: str, expiry: str, now_ms: int, batch: int
+    ) -> tuple[int, int]:
+        """One batch of a Redis Cluster's clean: (entries dropped, entries past expiry seen)."""
+        raw: list[Any] = await settled(
+            client.zrangebyscore(expiry, "-inf", now_ms, start=0, num=batch)
+        )
+        if not raw:
+            return 0, 0
+        ids = [r.decode() if isinstance(r, bytes) else r for r in raw]
+        # the activity first: a session written again after its check keeps its entry
+        scores: list[float | None] = await settled(client.zmscore(activity, ids))
+        infos = await self._infos(ids)
+        gone = [
+            (session_id, repr(score))
+            for session_id, score, info in zip(ids, scores, infos, strict=True)
+            if info is None and score is not None
+        ]
+        orphans = [i for i, score in zip(ids, scores, strict=True) if score is None]
+        live = {
+            info.session_id: (
+                "+inf"
+                if info.expires_at is None
+                else max(now_ms + 1, int(info.expires_at.timestamp() * 1000))
+            )
+            for info in infos
+            if info is not None
+        }
+        dropped = 0
+        if gone:
+            dropped = int(await settled(_lua.UNINDEX(client, [activity, expiry], _flat(gone))))
+        if orphans:  # an expiry entry without its activity entry (a half-applied unindex)
+            await settled(client.zrem(expiry, *orphans))
+        if live:
+            await settled(client.zadd(expiry, live, xx=True))
+        return dropped, len(ids)
+
     async def count_sessions(self, user_id: str | None = None) -> int:
-        """How many live sessions: an owner's from the owner's index (cleaned first), all of
-        them by walking the prefix's keys."""
+        """How many live sessions: the size of an index (the owner's, or every session's),
+        cleaned of expired sessions first."""
         self._check_open()
         owner = validate_user_id(user_id)
-        if owner is None:
-            return len(await self.list_sessions())
-        keys = self._owner_keys(owner)
-        await self._clean(keys)
-        count: int = await settled(self._clients.get().zcard(keys[0]))
+        activity, expiry = _lua.index_keys(self.session_prefix, owner)
+        await self._clean(activity, expiry)
+        count: int = await settled(self._clients.get().zcard(activity))
         return count
 
     async def purge_expired(
         self, batch_size: int = 1000, *, on_batch: Callable[[int], None] | None = None
     ) -> int:
         """Redis deletes an expired session's keys itself (native TTL): this forgets expired
-        sessions in every owner's index, ``batch_size`` at a time.
+        sessions in every index (every session's, then each owner's), ``batch_size`` at a time.
 
         Returns:
-            How many index entries of expired sessions were removed.
+            How many expired sessions were forgotten (entries of every session's index;
+            ``on_batch`` is called with each batch of them).
         """
         self._check_open()
         size = validate_page_size(batch_size)
         client = self._clients.get()
+        total = await self._clean(*_lua.index_keys(self.session_prefix, None), size, on_batch)
         head = f"{self.session_prefix}:owner-expiry:"
         pattern = f"{glob_escape(head)}{{*}}"
-        total = 0
         async for raw in client.scan_iter(match=pattern, count=_SCAN_COUNT, _type="zset"):
             expiry = raw.decode() if isinstance(raw, bytes) else raw
             activity = f"{self.session_prefix}:owner:{expiry[len(head) :]}"
-            while True:
-                now_ms = int(time.time() * 1000)
-                gone = int(await settled(_lua.CLEAN(client, [activity, expiry], [now_ms, size])))
-                total += gone
-                if on_batch is not None and gone:
-                    on_batch(gone)
-                if gone < size:
-                    break
+            await self._clean(activity, expiry, size)
         return total
+
+    async def reindex(self) -> int:
+        """Add every stored session that the indexes lack (one written by a version before the
+        index of every session) to them: to every session's index and to its owner's.
+
+        Walks the keyspace once (``list_sessions``); safe while sessions are written (an
+        entry is added only where there is none, so a newer write's entry is kept).
+
+        Returns:
+            How many sessions were added to the index of every session.
+        """
+        self._check_open()
+        client = self._clients.get()
+        ids = await self.list_sessions()
+        added = 0
+        for start in range(0, len(ids), _PIPELINE_CHUNK):
+            infos = await self._infos(ids[start : start + _PIPELINE_CHUNK])
+            counted: list[bool] = []  # per command: an addition to the index of every session?
+            async with client.pipeline(transaction=False) as pipe:
+                for info in infos:
+                    if info is None:  # deleted or expired since it was listed
+                        continue
+                    expires: float | str = (
+                        "+inf" if info.expires_at is None else info.expires_at.timestamp() * 1000
+                    )
+                    for owner in (None, info.user_id) if info.user_id else (None,):
+                        activity, expiry = _lua.index_keys(self.session_prefix, owner)
+                        score = info.updated_at.timestamp()
+                        pipe.zadd(activity, {info.session_id: score}, nx=True)
+                        pipe.zadd(expiry, {info.session_id: expires}, nx=True)
+                        counted.extend([owner is None, False])
+                replies = await settled(pipe.execute())
+            added += sum(int(r) for r, c in zip(replies, counted, strict=True) if c)
+        return added
 
     async def iter_sessions(self, *, page_size: int = 500) -> AsyncIterator[SessionInfo]:
         """Every stored session, most recently updated first, from one walk of the keyspace
@@ -1064,38 +1152,50 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps and lifecycle (see
         :class:`Conversation`), replacing any session of the same id, atomically (MULTI/EXEC);
-        the manager's ``default_ttl`` applies to one that carries no expiry. An owner is
-        indexed in the same transaction (which needs one Redis, as every write of an owned
-        session does)."""
+        the manager's ``default_ttl`` applies to one that carries no expiry. The session (and
+        its owner's) indexes are updated in the same transaction on one Redis, right after it
+        on a Redis Cluster."""
         self._check_open()
         checked, encoded, created, updated = conversation.prepared()
         session_id = checked.session_id
         keys = self._keys_of(session_id)
-        fields: dict[Any, Any] = {"created_at": _to_unix(created), "updated_at": _to_unix(updated)}
+        stamp = _to_unix(updated)
+        fields: dict[Any, Any] = {"created_at": _to_unix(created), "updated_at": stamp}
         stored = {"user_id": checked.user_id, "title": checked.title}
         stored["metadata"] = checked.metadata_json
         if checked.fork_origin is not None:
             stored["forked_from"] = checked.fork_origin.parent_id
             stored["fork_point"] = str(checked.fork_origin.fork_point.count)
         fields.update({name: value for name, value in stored.items() if value is not None})
-        expires_ms: int | None = None
+        expires_ms = 0  # none
         if checked.expires_at is not None:
             expires_ms = round(checked.expires_at.timestamp() * 1000)
         elif self.default_ttl is not None:
             expires_ms = round((time.time() + self.default_ttl) * 1000)
-        async with self._clients.get().pipeline(transaction=True) as pipe:
-            pipe.eval(_lua.DROP_SOURCE, 2, *keys[::-1], self.session_prefix, session_id)
+        client = self._clients.get()
+        inline = _lua.inline(client)
+        indexes = [_lua.index_keys(self.session_prefix, None)]
+        if checked.user_id is not None:
+            indexes.append(_lua.index_keys(self.session_prefix, checked.user_id))
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.eval(_lua.DROP_SOURCE, 2, *keys[::-1], self.session_prefix, session_id, "", inline)
             for start in range(0, len(encoded), _RPUSH_CHUNK):
                 pipe.rpush(keys[1], *(item.json for item in encoded[start : start + _RPUSH_CHUNK]))
             pipe.hset(keys[0], mapping=fields)
-            if expires_ms is not None:
+            if expires_ms:
                 for key in keys:
                     pipe.pexpireat(key, expires_ms)
-            if checked.user_id is not None:
-                activity, expiry = self._owner_keys(checked.user_id)
-                pipe.zadd(activity, {session_id: updated.timestamp()})
-                pipe.zadd(expiry, {session_id: math.inf if expires_ms is None else expires_ms})
-            await pipe.execute()
+            if inline == "1":  # one Redis: indexed in the same transaction
+                for activity, expiry in indexes:
+                    pipe.zadd(activity, {session_id: float(stamp)})
+                    pipe.zadd(expiry, {session_id: expires_ms or "+inf"})
+            replies = await pipe.execute()
+        if inline == "0":  # the old session unindexed, then the new one indexed
+            await _lua.dropped(client, self.session_prefix, session_id, replies[0])
+            index: list[str | int] = [session_id, stamp, expires_ms]
+            await settled(
+                asyncio.gather(*(_lua.INDEX(client, list(pair), index) for pair in indexes))
+            )
 
 
 async def _read_infos(
@@ -1149,6 +1249,10 @@ def _matches(info: SessionInfo, metadata: dict[str, Any] | None) -> bool:
         if held != value or isinstance(held, bool) != isinstance(value, bool):
             return False
     return True
+
+
+def _flat(pairs: list[tuple[str, str]]) -> list[str]:
+    return [value for pair in pairs for value in pair]
 
 
 def _newest_first(info: SessionInfo) -> tuple[float, str]:
