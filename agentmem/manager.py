@@ -102,6 +102,24 @@ class Conversation:
     expires_at: datetime | None = field(default=None, kw_only=True)
     fork_origin: ForkOrigin | None = field(default=None, kw_only=True)
 
+    @classmethod
+    def of(
+        cls, info: SessionInfo, items: list[SessionItem], fork_origin: ForkOrigin | None = None
+    ) -> Conversation:
+        """The conversation of a stored session: its ``info`` (times and lifecycle), its
+        ``items`` and where it was forked from."""
+        return cls(
+            info.session_id,
+            items,
+            info.created_at,
+            info.updated_at,
+            user_id=info.user_id,
+            title=info.title,
+            metadata=info.metadata,
+            expires_at=info.expires_at,
+            fork_origin=fork_origin,
+        )
+
     def validated(self) -> Conversation:
         """This conversation with its id, items and lifecycle checked and its times in UTC.
 

@@ -1137,17 +1137,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
         if parent is not None and point is not None:
             parent_id = parent.decode() if isinstance(parent, bytes) else parent
             origin = ForkOrigin(parent_id, ItemCursor(int(point)))
-        return Conversation(
-            session_id,
-            items,
-            info.created_at,
-            info.updated_at,
-            user_id=info.user_id,
-            title=info.title,
-            metadata=info.metadata,
-            expires_at=info.expires_at,
-            fork_origin=origin,
-        )
+        return Conversation.of(info, items, origin)
 
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps and lifecycle (see

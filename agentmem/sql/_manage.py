@@ -238,17 +238,7 @@ def _conversation(row: Any, items: list[Any]) -> Conversation:
     """A conversation from a row of :func:`_conversation_select` and its items."""
     *columns, parent_id, point = tuple(row)
     info = info_from_row(columns)
-    return Conversation(
-        info.session_id,
-        items,
-        info.created_at,
-        info.updated_at,
-        user_id=info.user_id,
-        title=info.title,
-        metadata=info.metadata,
-        expires_at=info.expires_at,
-        fork_origin=fork_origin_of(parent_id, point),
-    )
+    return Conversation.of(info, items, fork_origin_of(parent_id, point))
 
 
 def _origin(conversation: Conversation) -> tuple[str | None, int | None]:
