@@ -6,7 +6,9 @@ with each turn inside ``session.exclusive()``, no two turns on one session overl
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -26,6 +28,41 @@ KINDS = [
 ]
 
 
+def _serve(
+    kind: str, sql_url: str, cluster: str, session_ids: list[str], exclusive: bool, timeout: float
+) -> list[int]:
+    """Run ``SERVERS`` app servers (spawned processes) taking ``TURNS`` turns on every session;
+    how many turns each stored."""
+    with ProcessPoolExecutor(SERVERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [
+            pool.submit(
+                _app_servers.serve_turns,
+                kind,
+                sql_url,
+                cluster,
+                session_ids,
+                server,
+                TURNS,
+                exclusive,
+            )
+            for server in range(SERVERS)
+        ]
+        return [run.result(timeout=timeout) for run in runs]
+
+
+async def _stored(
+    kind: str, sql_url: str, cluster: str, session_ids: list[str]
+) -> AsyncIterator[tuple[str, list[Any]]]:
+    """Each session's stored history, read through a manager of its own; the session is
+    deleted once the caller has checked it."""
+    async with _app_servers.open_manager(kind, sql_url, cluster) as manager:
+        for session_id in session_ids:
+            session = manager.get_session(session_id)
+            yield session_id, await session.get_items()
+            await manager.delete_session(session_id)
+            await session.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 async def test_app_servers_taking_turns_on_shared_sessions_lose_nothing(
@@ -35,18 +72,10 @@ async def test_app_servers_taking_turns_on_shared_sessions_lose_nothing(
     cluster = cluster_url(redis_cluster)
     prefix = unique_id("apps")
     session_ids = [f"{prefix}-{n}" for n in range(SESSIONS)]
-    with ProcessPoolExecutor(SERVERS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = [
-            pool.submit(
-                _app_servers.serve_turns, kind, sql_url, cluster, session_ids, server, TURNS
-            )
-            for server in range(SERVERS)
-        ]
-        assert [run.result(timeout=600) for run in runs] == [SESSIONS * TURNS] * SERVERS
-    async with _app_servers.open_manager(kind, sql_url, cluster) as manager:
-        for session_id in session_ids:
-            session = manager.get_session(session_id)
-            items = await session.get_items()
+    served = _serve(kind, sql_url, cluster, session_ids, exclusive=False, timeout=600)
+    assert served == [SESSIONS * TURNS] * SERVERS
+    async with aclosing(_stored(kind, sql_url, cluster, session_ids)) as stored:
+        async for session_id, items in stored:
             assert len(items) == SERVERS * TURNS * 2, session_id
             for index in range(0, len(items), 2):  # each turn's batch whole, user first
                 user, assistant = items[index], items[index + 1]
@@ -55,8 +84,6 @@ async def test_app_servers_taking_turns_on_shared_sessions_lose_nothing(
             for server in range(SERVERS):
                 turns = [i["turn"] for i in items if i["server"] == server and i["role"] == "user"]
                 assert turns == list(range(TURNS)), (session_id, server)
-            await manager.delete_session(session_id)
-            await session.close()
 
 
 @pytest.mark.slow
@@ -70,29 +97,12 @@ async def test_app_servers_turns_under_the_lock_never_overlap(
     cluster = cluster_url(redis_cluster)
     prefix = unique_id("apps-locked")
     session_ids = [f"{prefix}-{n}" for n in range(LOCKED_SESSIONS)]
-    with ProcessPoolExecutor(SERVERS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = [
-            pool.submit(
-                _app_servers.serve_turns,
-                kind,
-                sql_url,
-                cluster,
-                session_ids,
-                server,
-                TURNS,
-                True,
-            )
-            for server in range(SERVERS)
-        ]
-        assert [run.result(timeout=900) for run in runs] == [LOCKED_SESSIONS * TURNS] * SERVERS
-    async with _app_servers.open_manager(kind, sql_url, cluster) as manager:
-        for session_id in session_ids:
-            session = manager.get_session(session_id)
-            items = await session.get_items()
+    served = _serve(kind, sql_url, cluster, session_ids, exclusive=True, timeout=900)
+    assert served == [LOCKED_SESSIONS * TURNS] * SERVERS
+    async with aclosing(_stored(kind, sql_url, cluster, session_ids)) as stored:
+        async for session_id, items in stored:
             assert len(items) == SERVERS * TURNS * 2, session_id
             users = items[0::2]
             assert [user["seen"] for user in users] == list(range(0, len(items), 2)), session_id
             for user, assistant in zip(users, items[1::2], strict=True):
                 assert (user["server"], user["turn"]) == (assistant["server"], assistant["turn"])
-            await manager.delete_session(session_id)
-            await session.close()
