@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -825,63 +826,68 @@ async def test_each_write_carries_the_end_of_the_one_before(
     assert await reader.get_items() == await bare(reader, postgres_engine).get_items() == []
 
 
-async def test_an_owed_end_with_writes_paused_never_serves_a_stale_copy(
-    make: Any, postgres_engine: Any, private_redis: Any
-) -> None:
-    server = private_redis()
+@asynccontextmanager
+async def _held_writer_and_reader(
+    make: Any, server: RedisServer
+) -> AsyncIterator[tuple[Redis, HeldEnds, CachedSession]]:
+    """An admin client of ``server``, a writer whose ends stay owed and a reader of its
+    session, both on ``server``; at the end the ends are released, the sessions closed and
+    every client with them."""
     admin = Redis.from_url(server.url)
     writer = make(cls=HeldEnds, client=_client(server.url))
     reader = make(writer.session_id, client=_client(server.url))
-    await writer.add_items([{"n": 1}])
-    assert await writer.get_items() == [{"n": 1}]  # cached
-    await writer.add_items([{"n": 2}])  # returned, its end owed
-    await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
     try:
-        assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # the mark: SQL
-        assert await reader.get_items(limit=1) == [{"n": 2}]
-        with pytest.raises(redis.exceptions.TimeoutError):
-            await writer.add_items([{"n": 3}])  # carries the end; refused before SQL
-        assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+        yield admin, writer, reader
     finally:
-        await admin.execute_command("CLIENT", "UNPAUSE")
-    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
-    assert await writer.get_items() == [{"n": 1}, {"n": 2}]
-    await writer.add_items([{"n": 3}])
-    assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
-    writer.release.set()
-    for session in (reader, writer):
-        await session.close()
-        await session._client_given.aclose()
-    await admin.aclose()
+        writer.release.set()
+        for session in (reader, writer):
+            await session.close()
+            await session._client_given.aclose()
+        await admin.aclose()
+
+
+async def test_an_owed_end_with_writes_paused_never_serves_a_stale_copy(
+    make: Any, postgres_engine: Any, private_redis: Any
+) -> None:
+    async with _held_writer_and_reader(make, private_redis()) as (admin, writer, reader):
+        await writer.add_items([{"n": 1}])
+        assert await writer.get_items() == [{"n": 1}]  # cached
+        await writer.add_items([{"n": 2}])  # returned, its end owed
+        await admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+        try:
+            assert await reader.get_items() == [{"n": 1}, {"n": 2}]  # the mark: SQL
+            assert await reader.get_items(limit=1) == [{"n": 2}]
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await writer.add_items([{"n": 3}])  # carries the end; refused before SQL
+            assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+        assert await writer.get_items() == [{"n": 1}, {"n": 2}]
+        await writer.add_items([{"n": 3}])
+        assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
 
 
 async def test_an_owed_end_over_maxmemory_drops_the_copy(
     make: Any, postgres_engine: Any, private_redis: Any
 ) -> None:
-    server = private_redis()
-    admin = Redis.from_url(server.url)
-    writer = make(cls=HeldEnds, client=_client(server.url))
-    reader = make(writer.session_id, client=_client(server.url))
-    await writer.add_items([{"n": 1}, {"n": 2}])
-    assert await writer.get_items() == [{"n": 1}, {"n": 2}]  # cached
-    await writer.add_items([{"n": 3}])  # returned, its end owed
-    await admin.config_set("maxmemory", 1)
-    try:
-        assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
-        # Its end is refused (an update in place may add much) and sent again as a drop.
-        assert await writer.pop_item() == {"n": 3}
-        assert await admin.get(writer.items_key) is None
+    async with _held_writer_and_reader(make, private_redis()) as (admin, writer, reader):
+        await writer.add_items([{"n": 1}, {"n": 2}])
+        assert await writer.get_items() == [{"n": 1}, {"n": 2}]  # cached
+        await writer.add_items([{"n": 3}])  # returned, its end owed
+        await admin.config_set("maxmemory", 1)
+        try:
+            assert await reader.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+            # Its end is refused (an update in place may add much) and sent again as a drop.
+            assert await writer.pop_item() == {"n": 3}
+            assert await admin.get(writer.items_key) is None
+            assert await reader.get_items() == [{"n": 1}, {"n": 2}]
+            assert await writer.get_items(limit=1) == [{"n": 2}]
+        finally:
+            await admin.config_set("maxmemory", 0)
+        writer.release.set()
         assert await reader.get_items() == [{"n": 1}, {"n": 2}]
-        assert await writer.get_items(limit=1) == [{"n": 2}]
-    finally:
-        await admin.config_set("maxmemory", 0)
-    writer.release.set()
-    assert await reader.get_items() == [{"n": 1}, {"n": 2}]
-    assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
-    for session in (reader, writer):
-        await session.close()
-        await session._client_given.aclose()
-    await admin.aclose()
+        assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
 
 
 class CountingConnection(redis.asyncio.connection.Connection):
