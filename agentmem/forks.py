@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["ForkOrigin", "ItemCursor", "validate_upto"]
+__all__ = ["ForkOrigin", "ItemCursor", "fork_origin_of", "validate_upto"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,10 @@ class ForkOrigin:
 
     parent_id: str
     fork_point: ItemCursor
+
+
+def fork_origin_of(parent_id: str | None, point: int | None) -> ForkOrigin | None:
+    """The fork origin a session's row records (``forked_from``, ``fork_point``), if any."""
+    if parent_id is None or point is None:
+        return None
+    return ForkOrigin(parent_id, ItemCursor(int(point)))

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmem._batch import new_batch_id
-from agentmem.forks import ForkOrigin
+from agentmem.forks import ForkOrigin, fork_origin_of
 from agentmem.records import ItemPage, SessionInfo
 from agentmem.session import EncodedItem, SessionItem
 from agentmem.sql import _windows
@@ -250,7 +250,7 @@ class CoreOperations(Operations):
         engine = await self.holder._ready_engine()
         async with engine.connect() as conn:
             rows = await _driver_sql(conn, sql, self.session_id)
-        return _windows.fork_origin_of(rows[0][0], rows[0][1]) if rows else None
+        return fork_origin_of(rows[0][0], rows[0][1]) if rows else None
 
     async def info(self) -> SessionInfo | None:
         raise NotImplementedError(_LIFECYCLE_NEEDS_ASYNCPG)

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 
+from agentmem.forks import fork_origin_of
 from agentmem.manager import Conversation, SessionInfo, utc
 from agentmem.session import EncodedItem, decode_item
 from agentmem.sql._statements import _WriteTransaction
-from agentmem.sql._windows import fork_origin_of
 from agentmem.sql.schema import tables_for_prefix
 
 

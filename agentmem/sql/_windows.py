@@ -19,7 +19,7 @@ from functools import cache
 
 from sqlalchemy.dialects import postgresql, sqlite
 
-from agentmem.forks import ForkOrigin, ItemCursor
+from agentmem.forks import ForkOrigin, fork_origin_of
 from agentmem.sql._statements import _names, _WriteTransaction, sqlite_text_time
 from agentmem.sql.schema import tables_for_prefix
 from agentmem.windows import (
@@ -50,13 +50,6 @@ def _reference_sql(extract: str) -> str:
         f"THEN {extract.format(field='approval_request_id')} "
         f"WHEN item_type = '{APPROVAL_REQUEST}' THEN {extract.format(field='id')} END"
     )
-
-
-def fork_origin_of(parent_id: str | None, point: int | None) -> ForkOrigin | None:
-    """The fork origin a session's row records (``forked_from``, ``fork_point``), if any."""
-    if parent_id is None or point is None:
-        return None
-    return ForkOrigin(parent_id, ItemCursor(int(point)))
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from agentmem._batch import new_batch_id
 from agentmem._deps import require_driver
 from agentmem._lock import SessionLock
 from agentmem.errors import CallTimeoutError
-from agentmem.forks import ForkOrigin
+from agentmem.forks import ForkOrigin, fork_origin_of
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -594,7 +594,7 @@ class _AsyncpgOperations(_EngineOperations):
         row = await with_driver(
             self.session, lambda c: c.fetchrow(sql, self.session_id), retry=True
         )
-        return None if row is None else _windows.fork_origin_of(row[0], row[1])
+        return None if row is None else fork_origin_of(row[0], row[1])
 
     async def replace(
         self, items: list[EncodedItem], newest: int | None, expected: list[SessionItem] | None
