@@ -90,8 +90,13 @@ class ForkOrigin:
     fork_point: ItemCursor
 
 
-def fork_origin_of(parent_id: str | None, point: int | None) -> ForkOrigin | None:
-    """The fork origin a session's row records (``forked_from``, ``fork_point``), if any."""
+def fork_origin_of(
+    parent_id: str | bytes | None, point: int | str | bytes | None
+) -> ForkOrigin | None:
+    """The fork origin a stored session records (``forked_from``, ``fork_point``: a SQL row's
+    columns, or a Redis hash's fields as bytes or text), if any."""
     if parent_id is None or point is None:
         return None
+    if isinstance(parent_id, bytes):
+        parent_id = parent_id.decode()
     return ForkOrigin(parent_id, ItemCursor(int(point)))

@@ -25,7 +25,7 @@ import orjson
 from agentmem._batch import new_batch_id
 from agentmem._lock import SessionLock
 from agentmem.errors import SessionLockLost
-from agentmem.forks import ForkOrigin, ItemCursor, validate_upto
+from agentmem.forks import ForkOrigin, ItemCursor, fork_origin_of, validate_upto
 from agentmem.manager import (
     DEFAULT_PAGE_SIZE,
     Conversation,
@@ -597,10 +597,7 @@ class RedisSession(SessionABC):
         ``None`` if it was not."""
         client = self._client()
         parent, point = await settled(client.hmget(self.session_key, ["forked_from", "fork_point"]))
-        if parent is None or point is None:
-            return None
-        parent_id = parent.decode() if isinstance(parent, bytes) else parent
-        return ForkOrigin(parent_id, ItemCursor(int(point)))
+        return fork_origin_of(parent, point)
 
     async def info(self) -> SessionInfo | None:
         """Owner, title, metadata, item count, times and expiry; ``None`` when not stored."""
@@ -1132,12 +1129,7 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             return None
         items = [decode_item(data) for data in raw]
         info = _info(session_id, fields[: len(_INFO_FIELDS)], len(items), pttl, time.time())
-        parent, point = fields[len(_INFO_FIELDS) :]
-        origin = None
-        if parent is not None and point is not None:
-            parent_id = parent.decode() if isinstance(parent, bytes) else parent
-            origin = ForkOrigin(parent_id, ItemCursor(int(point)))
-        return Conversation.of(info, items, origin)
+        return Conversation.of(info, items, fork_origin_of(*fields[len(_INFO_FIELDS) :]))
 
     async def write_conversation(self, conversation: Conversation) -> None:
         """Store ``conversation`` whole with its timestamps and lifecycle (see
