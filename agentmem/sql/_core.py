@@ -111,10 +111,8 @@ class CoreOperations(Operations):
             update(sessions).where(sessions.c.session_id == self.session_id).values(item_count=held)
         )
 
-    async def _insert(
-        self, conn: AsyncConnection, items: list[EncodedItem], batch_id: str | None = None
-    ) -> None:
-        """Insert ``items``, the first one marked with ``batch_id``."""
+    async def _insert(self, conn: AsyncConnection, items: list[EncodedItem]) -> None:
+        """Insert ``items`` (a replacement's: no batch id)."""
         if items:
             await conn.execute(
                 insert(self.tables.messages),
@@ -124,9 +122,8 @@ class CoreOperations(Operations):
                         "message_data": item.json,
                         "role": item.role,
                         "item_type": item.item_type,
-                        "batch_id": batch_id if index == 0 else None,
                     }
-                    for index, item in enumerate(items)
+                    for item in items
                 ],
             )
 
