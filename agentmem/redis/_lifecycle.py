@@ -299,14 +299,14 @@ return gone
 
 INFOS_SOURCE: Final = """
 -- KEYS: pairs of session hash, item list. Returns, per session, {the hash's created_at,
--- updated_at, user_id, title and metadata, the list's length, the hash's PTTL, whether any
+-- updated_at, user_id, title and metadata, the list's length, the hash's PEXPIRETIME, whether any
 -- of its keys exists}: one reply for a listing page (one Redis: the keys of many slots).
 local out = {}
 for i = 1, #KEYS, 2 do
   out[#out + 1] = {
     redis.call('HMGET', KEYS[i], 'created_at', 'updated_at', 'user_id', 'title', 'metadata'),
     redis.call('LLEN', KEYS[i + 1]),
-    redis.call('PTTL', KEYS[i]),
+    redis.call('PEXPIRETIME', KEYS[i]),
     redis.call('EXISTS', KEYS[i], KEYS[i + 1]),
   }
 end

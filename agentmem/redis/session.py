@@ -960,10 +960,11 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             return await self._infos(session_ids)
         keys = [key for i in session_ids for key in self._keys_of(i)]
         replies = await settled(_lua.INFOS(client, keys, []))
-        now = time.time()
         return [
-            _info(session_id, fields, length, pttl, now) if exists else None
-            for session_id, (fields, length, pttl, exists) in zip(session_ids, replies, strict=True)
+            _info(session_id, fields, length, expires) if exists else None
+            for session_id, (fields, length, expires, exists) in zip(
+                session_ids, replies, strict=True
+            )
         ]
 
     async def _clean(
@@ -1123,12 +1124,12 @@ class RedisSessionManager(SessionManagerABC[RedisSession]):
             pipe.hmget(session_key, [*_INFO_FIELDS, "forked_from", "fork_point"])
             pipe.lrange(messages_key, 0, -1)
             pipe.exists(session_key, messages_key)
-            pipe.pttl(session_key)
-            fields, raw, exists, pttl = await pipe.execute()
+            pipe.pexpiretime(session_key)
+            fields, raw, exists, expires = await pipe.execute()
         if not exists:
             return None
         items = [decode_item(data) for data in raw]
-        info = _info(session_id, fields[: len(_INFO_FIELDS)], len(items), pttl, time.time())
+        info = _info(session_id, fields[: len(_INFO_FIELDS)], len(items), expires)
         return Conversation.of(info, items, fork_origin_of(*fields[len(_INFO_FIELDS) :]))
 
     async def write_conversation(self, conversation: Conversation) -> None:
@@ -1193,19 +1194,20 @@ async def _read_infos(
                 pipe.hmget(session_key, list(_INFO_FIELDS))
                 pipe.llen(messages_key)
                 pipe.exists(session_key, messages_key)
-                pipe.pttl(session_key)
+                pipe.pexpiretime(session_key)
             replies = await settled(pipe.execute())
-        now = time.time()
         for index, (session_id, _, _) in enumerate(chunk):
-            fields, length, exists, pttl = replies[4 * index : 4 * index + 4]
-            infos.append(_info(session_id, fields, length, pttl, now) if exists else None)
+            fields, length, exists, expires = replies[4 * index : 4 * index + 4]
+            infos.append(_info(session_id, fields, length, expires) if exists else None)
     return infos
 
 
 _INFO_FIELDS = ("created_at", "updated_at", "user_id", "title", "metadata")
 
 
-def _info(session_id: str, fields: list[Any], length: int, pttl: int, now: float) -> SessionInfo:
+def _info(session_id: str, fields: list[Any], length: int, expires_ms: int) -> SessionInfo:
+    """``expires_ms``: the hash's PEXPIRETIME (the server's absolute expiry, so two reads of
+    one expiry agree; negative: none)."""
     created, updated, user_id, title, metadata = (
         value.decode() if isinstance(value, bytes) else value for value in fields
     )
@@ -1217,7 +1219,7 @@ def _info(session_id: str, fields: list[Any], length: int, pttl: int, now: float
         user_id=user_id,
         title=title,
         metadata={} if metadata is None else orjson.loads(metadata),
-        expires_at=None if pttl < 0 else datetime.fromtimestamp(now + pttl / 1000, UTC),
+        expires_at=None if expires_ms < 0 else datetime.fromtimestamp(expires_ms / 1000, UTC),
     )
 
 
