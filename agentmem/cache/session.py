@@ -192,8 +192,7 @@ return 1
 # KEYS: items, state. ARGV: new generation, lease ms. Returns 1. Runs when Redis is over its
 # maxmemory (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from
 # marking it.
-_BEGIN = Script(
-    """#!lua flags=allow-oom
+_BEGIN_BODY = """
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
 redis.call('HSET', KEYS[2], 'g', ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -209,7 +208,7 @@ elseif head ~= '' then
 end
 return 1
 """
-)
+_BEGIN = Script("#!lua flags=allow-oom" + _BEGIN_BODY)
 
 # KEYS: items, state. ARGV: began ("1": uncount this writer; "0": it never began; "h": keep
 # it counted, so readers bypass the cache until the lease ends: a failed SQL write that may
@@ -217,9 +216,7 @@ return 1
 # ("add", "pop", "clear" or "" = drop the cached items); for "add": the new items joined, their
 # offsets in that text. Refused as a whole when Redis is over its maxmemory (an update in place
 # may add much); _END_OOM is the same script for op "" (drop), which runs then. Returns 1.
-_END_SOURCE = (
-    _COMMON
-    + """
+_END_BODY = """
 local sole = false
 if ARGV[1] == '1' then
   local writers = redis.call('HINCRBY', KEYS[2], 'w', -1)
@@ -271,7 +268,7 @@ if redis.call('HEXISTS', KEYS[2], 'w') == 0 then
 end
 return 1
 """
-)
+_END_SOURCE = _COMMON + _END_BODY
 _END = Script("#!lua\n" + _END_SOURCE)
 _END_OOM = Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
