@@ -272,6 +272,29 @@ _END_SOURCE = _COMMON + _END_BODY
 _END = Script("#!lua\n" + _END_SOURCE)
 _END_OOM = Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
+# The owed ends of a session, then the begin of its next write, in one script: one command
+# rather than a pipeline of several. KEYS: items, state. ARGV: the number of ends; for each
+# end, the number of its arguments, then _END's arguments; then _BEGIN's. Refused as a whole
+# when Redis is over its maxmemory (as _END is; nothing runs): the caller then sends them as
+# before, each end dropping the copy and the begin running over maxmemory. Returns 1.
+_ENDS_THEN_BEGIN = Script(
+    "#!lua\n"
+    + _COMMON
+    + "local function finish(ARGV)"
+    + _END_BODY
+    + "end\nlocal function begin(ARGV)"
+    + _BEGIN_BODY
+    + """end
+local at = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[at])
+  finish({unpack(ARGV, at + 1, at + n)})
+  at = at + n + 1
+end
+return begin({unpack(ARGV, at)})
+"""
+)
+
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
     """``texts`` joined by "," and where each ends (counting from ``start``), packed."""
@@ -625,7 +648,7 @@ class CachedSession(SessionABC):
         """
         error = await self._owed(client)
         if error is None:
-            error, _ = await self._round_trip(client, ends, _BEGIN, [gen, WRITE_LEASE_MS])
+            error = await self._mark(client, gen, ends)
         else:
             self._owe(ends)  # still owed, after the invalidation
         if error is None:
@@ -640,6 +663,31 @@ class CachedSession(SessionABC):
             )
             raise error
         return False
+
+    async def _mark(self, client: RedisClient, gen: str, ends: list[_End]) -> BaseException | None:
+        """Run *begin* after the owed ``ends``, in one command: ``None`` when done, else why
+        Redis failed (the ends, which may or may not have run, are then owed as an
+        invalidation)."""
+        begin_args: list[Any] = [gen, WRITE_LEASE_MS]
+        if not ends:
+            error, _ = await self._redis(client, lambda: _BEGIN(client, self._keys, begin_args))
+            return error
+        args: list[Any] = [len(ends)]
+        for end in ends:
+            end_args = self._end_call(end)[1]
+            args += [len(end_args), *end_args]
+        args += begin_args
+        pending = self._server(client).pending
+        try:
+            error, _ = await self._redis(client, lambda: _ENDS_THEN_BEGIN(client, self._keys, args))
+        except BaseException:
+            pending.add(self.state_key)  # cancelled: the ends may or may not have run
+            raise
+        if isinstance(error, _redis.OutOfMemoryError):  # refused before it ran: one at a time
+            error, _ = await self._round_trip(client, ends, _BEGIN, begin_args)
+        elif error is not None:
+            pending.add(self.state_key)
+        return error
 
     def _end_call(self, end: _End, drop: bool = False) -> tuple[Script, list[Any]]:
         """The script and arguments of ``end`` (``drop``: drop the cached items instead)."""
