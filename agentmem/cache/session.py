@@ -149,9 +149,7 @@ end
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
 # items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
 # generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
-_READ = Script(
-    _COMMON
-    + """
+_READ_BODY = """
 local st = redis.call('HMGET', KEYS[2], 'w', 'c', 'e')
 if tonumber(st[1] or '0') > 0 then return {0} end
 local ttl = tonumber(ARGV[3])
@@ -174,7 +172,7 @@ if not gen then
 end
 return {2, gen}
 """
-)
+_READ = Script(_COMMON + _READ_BODY)
 
 # KEYS: items, state. ARGV: generation handed out, ttl ms, header, the string, its offsets.
 # Returns 1 (filled), or 0 (refused: a write began since the generation was handed out).
