@@ -270,28 +270,34 @@ _END_SOURCE = _COMMON + _END_BODY
 _END = Script("#!lua\n" + _END_SOURCE)
 _END_OOM = Script("#!lua flags=allow-oom\n" + _END_SOURCE)
 
-# The owed ends of a session, then the begin of its next write, in one script: one command
-# rather than a pipeline of several. KEYS: items, state. ARGV: the number of ends; for each
-# end, the number of its arguments, then _END's arguments; then _BEGIN's. Refused as a whole
-# when Redis is over its maxmemory (as _END is; nothing runs): the caller then sends them as
-# before, each end dropping the copy and the begin running over maxmemory. Returns 1.
-_ENDS_THEN_BEGIN = Script(
-    "#!lua\n"
-    + _COMMON
-    + "local function finish(ARGV)"
-    + _END_BODY
-    + "end\nlocal function begin(ARGV)"
-    + _BEGIN_BODY
-    + """end
+
+def _after_ends(body: str) -> Script:
+    """A script that runs a session's owed ends (:data:`_END`'s body), then ``body``: one
+    command rather than a pipeline of several. KEYS: items, state. ARGV: the number of ends;
+    for each end, the number of its arguments, then _END's arguments; then ``body``'s. Refused
+    as a whole when Redis is over its maxmemory (as _END is: nothing runs); the caller then
+    pipelines them, each end dropping the copy. Returns what ``body`` returns."""
+    return Script(
+        "#!lua\n"
+        + _COMMON
+        + "local function finish(ARGV)"
+        + _END_BODY
+        + "end\nlocal function run(ARGV)"
+        + body
+        + """end
 local at = 2
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[at])
   finish({unpack(ARGV, at + 1, at + n)})
   at = at + n + 1
 end
-return begin({unpack(ARGV, at)})
+return run({unpack(ARGV, at)})
 """
-)
+    )
+
+
+# _BEGIN and _READ after the ends a session owes.
+_AFTER_ENDS: Final = {_BEGIN: _after_ends(_BEGIN_BODY), _READ: _after_ends(_READ_BODY)}
 
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
@@ -571,9 +577,37 @@ class CachedSession(SessionABC):
         self, client: RedisClient, ends: list[_End], script: Script | None, args: list[Any]
     ) -> tuple[BaseException | None, Any]:
         """One cache call as :meth:`_redis` runs it: ``script`` (``None``: a ``GET`` of the
-        items), preceded in the same round trip by the owed ``ends`` (one pipeline, run in
-        order on one connection; on a Redis Cluster, which pipelines no scripts, each end
-        first in a round trip of its own). An end that fails is sent again by :meth:`_finish`."""
+        items), preceded in the same round trip by the owed ``ends``: one script that runs
+        them, then ``script``'s body (:func:`_after_ends`); for a ``GET``, or over maxmemory,
+        :meth:`_pipelined`. When that one script fails the ends, which may or may not have
+        run, are owed as an invalidation."""
+        combined = _AFTER_ENDS.get(script) if ends and script is not None else None
+        if combined is None:
+            return await self._pipelined(client, ends, script, args)
+        packed: list[Any] = [len(ends)]
+        for end in ends:
+            end_args = self._end_call(end)[1]
+            packed += [len(end_args), *end_args]
+        packed += args
+        pending = self._server(client).pending
+        try:
+            error, reply = await self._redis(client, lambda: combined(client, self._keys, packed))
+        except BaseException:
+            pending.add(self.state_key)  # cancelled: the ends may or may not have run
+            raise
+        if isinstance(error, _redis.OutOfMemoryError):  # refused before it ran
+            return await self._pipelined(client, ends, script, args)
+        if error is not None:
+            pending.add(self.state_key)
+        return error, reply
+
+    async def _pipelined(
+        self, client: RedisClient, ends: list[_End], script: Script | None, args: list[Any]
+    ) -> tuple[BaseException | None, Any]:
+        """:meth:`_round_trip` in a pipeline: the ``ends`` then ``script`` (``None``: a ``GET``),
+        run in order on one connection (on a Redis Cluster, which pipelines no scripts, each
+        end first in a round trip of its own). An end that fails is sent again by
+        :meth:`_finish`."""
 
         def alone() -> Awaitable[Any]:
             return self._get_whole(client) if script is None else script(client, self._keys, args)
@@ -646,7 +680,7 @@ class CachedSession(SessionABC):
         """
         error = await self._owed(client)
         if error is None:
-            error = await self._mark(client, gen, ends)
+            error, _ = await self._round_trip(client, ends, _BEGIN, [gen, WRITE_LEASE_MS])
         else:
             self._owe(ends)  # still owed, after the invalidation
         if error is None:
@@ -661,31 +695,6 @@ class CachedSession(SessionABC):
             )
             raise error
         return False
-
-    async def _mark(self, client: RedisClient, gen: str, ends: list[_End]) -> BaseException | None:
-        """Run *begin* after the owed ``ends``, in one command: ``None`` when done, else why
-        Redis failed (the ends, which may or may not have run, are then owed as an
-        invalidation)."""
-        begin_args: list[Any] = [gen, WRITE_LEASE_MS]
-        if not ends:
-            error, _ = await self._redis(client, lambda: _BEGIN(client, self._keys, begin_args))
-            return error
-        args: list[Any] = [len(ends)]
-        for end in ends:
-            end_args = self._end_call(end)[1]
-            args += [len(end_args), *end_args]
-        args += begin_args
-        pending = self._server(client).pending
-        try:
-            error, _ = await self._redis(client, lambda: _ENDS_THEN_BEGIN(client, self._keys, args))
-        except BaseException:
-            pending.add(self.state_key)  # cancelled: the ends may or may not have run
-            raise
-        if isinstance(error, _redis.OutOfMemoryError):  # refused before it ran: one at a time
-            error, _ = await self._round_trip(client, ends, _BEGIN, begin_args)
-        elif error is not None:
-            pending.add(self.state_key)
-        return error
 
     def _end_call(self, end: _End, drop: bool = False) -> tuple[Script, list[Any]]:
         """The script and arguments of ``end`` (``drop``: drop the cached items instead)."""
