@@ -29,10 +29,12 @@ Protocol:
   expires the keys or a later call finds the writer gone and drops the orphan.
 - One sequential Redis round trip per write: the write returns once SQL has committed, and its
   *end* is owed. The session's next cache call carries the ends it owes in its first round
-  trip (a pipeline on one connection: the ends, then its own *begin*, ``GET`` or read script,
-  run in that order; on a Redis Cluster, whose pipelines refuse scripts, the ends go first,
-  one round trip each); when no call comes first, a task of the session delivers them one
-  event-loop turn later, and ``close()`` waits for them. Why a late end is never stale: while
+  trip, run before its own work: with a *begin* or a read script, one script that runs the
+  ends then that script's body (one command, atomic); with a ``GET``, or when Redis is over
+  its maxmemory, a pipeline on one connection (the ends, then the call; on a Redis Cluster,
+  whose pipelines refuse scripts, the ends go first, one round trip each); when no call
+  comes first, a task of the session delivers them one event-loop turn later, and
+  ``close()`` waits for them. Why a late end is never stale: while
   a writer is counted no reader serves the copy and no generation is handed out, so a
   write's visibility never depends on its end, only the copy's return to readers does (the
   protocol already survives ends that come late or never: a process killed after its commit).
