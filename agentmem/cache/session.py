@@ -29,10 +29,12 @@ Protocol:
   expires the keys or a later call finds the writer gone and drops the orphan.
 - One sequential Redis round trip per write: the write returns once SQL has committed, and its
   *end* is owed. The session's next cache call carries the ends it owes in its first round
-  trip (a pipeline on one connection: the ends, then its own *begin*, ``GET`` or read script,
-  run in that order; on a Redis Cluster, whose pipelines refuse scripts, the ends go first,
-  one round trip each); when no call comes first, a task of the session delivers them one
-  event-loop turn later, and ``close()`` waits for them. Why a late end is never stale: while
+  trip, run before its own work: with a *begin* or a read script, one script that runs the
+  ends then that script's body (one command, atomic); with a ``GET``, or when Redis is over
+  its maxmemory, a pipeline on one connection (the ends, then the call; on a Redis Cluster,
+  whose pipelines refuse scripts, the ends go first, one round trip each); when no call
+  comes first, a task of the session delivers them one event-loop turn later, and
+  ``close()`` waits for them. Why a late end is never stale: while
   a writer is counted no reader serves the copy and no generation is handed out, so a
   write's visibility never depends on its end, only the copy's return to readers does (the
   protocol already survives ends that come late or never: a process killed after its commit).
@@ -149,9 +151,7 @@ end
 # KEYS: items, state. ARGV: limit (-1 = all), a fresh token, ttl ms. Returns {1, the newest
 # items' joined JSON} (hit; the expiry is left as the last fill or write set it), {2,
 # generation} (miss: fill with it) or {0} (a write in flight: read SQL, fill nothing).
-_READ = Script(
-    _COMMON
-    + """
+_READ_BODY = """
 local st = redis.call('HMGET', KEYS[2], 'w', 'c', 'e')
 if tonumber(st[1] or '0') > 0 then return {0} end
 local ttl = tonumber(ARGV[3])
@@ -174,7 +174,7 @@ if not gen then
 end
 return {2, gen}
 """
-)
+_READ = Script(_COMMON + _READ_BODY)
 
 # KEYS: items, state. ARGV: generation handed out, ttl ms, header, the string, its offsets.
 # Returns 1 (filled), or 0 (refused: a write began since the generation was handed out).
@@ -192,8 +192,7 @@ return 1
 # KEYS: items, state. ARGV: new generation, lease ms. Returns 1. Runs when Redis is over its
 # maxmemory (allow-oom; it adds a few bytes at most): a full cache never keeps a writer from
 # marking it.
-_BEGIN = Script(
-    """#!lua flags=allow-oom
+_BEGIN_BODY = """
 local writers = redis.call('HINCRBY', KEYS[2], 'w', 1)
 redis.call('HSET', KEYS[2], 'g', ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -209,7 +208,7 @@ elseif head ~= '' then
 end
 return 1
 """
-)
+_BEGIN = Script("#!lua flags=allow-oom" + _BEGIN_BODY)
 
 # KEYS: items, state. ARGV: began ("1": uncount this writer; "0": it never began; "h": keep
 # it counted, so readers bypass the cache until the lease ends: a failed SQL write that may
@@ -217,9 +216,7 @@ return 1
 # ("add", "pop", "clear" or "" = drop the cached items); for "add": the new items joined, their
 # offsets in that text. Refused as a whole when Redis is over its maxmemory (an update in place
 # may add much); _END_OOM is the same script for op "" (drop), which runs then. Returns 1.
-_END_SOURCE = (
-    _COMMON
-    + """
+_END_BODY = """
 local sole = false
 if ARGV[1] == '1' then
   local writers = redis.call('HINCRBY', KEYS[2], 'w', -1)
@@ -271,9 +268,38 @@ if redis.call('HEXISTS', KEYS[2], 'w') == 0 then
 end
 return 1
 """
-)
+_END_SOURCE = _COMMON + _END_BODY
 _END = Script("#!lua\n" + _END_SOURCE)
 _END_OOM = Script("#!lua flags=allow-oom\n" + _END_SOURCE)
+
+
+def _after_ends(body: str) -> Script:
+    """A script that runs a session's owed ends (:data:`_END`'s body), then ``body``: one
+    command rather than a pipeline of several. KEYS: items, state. ARGV: the number of ends;
+    for each end, the number of its arguments, then _END's arguments; then ``body``'s. Refused
+    as a whole when Redis is over its maxmemory (as _END is: nothing runs); the caller then
+    pipelines them, each end dropping the copy. Returns what ``body`` returns."""
+    return Script(
+        "#!lua\n"
+        + _COMMON
+        + "local function finish(ARGV)"
+        + _END_BODY
+        + "end\nlocal function run(ARGV)"
+        + body
+        + """end
+local at = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[at])
+  finish({unpack(ARGV, at + 1, at + n)})
+  at = at + n + 1
+end
+return run({unpack(ARGV, at)})
+"""
+    )
+
+
+# _BEGIN and _READ after the ends a session owes.
+_AFTER_ENDS: Final = {_BEGIN: _after_ends(_BEGIN_BODY), _READ: _after_ends(_READ_BODY)}
 
 
 def _joined(texts: list[str], start: int = 0) -> tuple[str, bytes]:
@@ -553,9 +579,37 @@ class CachedSession(SessionABC):
         self, client: RedisClient, ends: list[_End], script: Script | None, args: list[Any]
     ) -> tuple[BaseException | None, Any]:
         """One cache call as :meth:`_redis` runs it: ``script`` (``None``: a ``GET`` of the
-        items), preceded in the same round trip by the owed ``ends`` (one pipeline, run in
-        order on one connection; on a Redis Cluster, which pipelines no scripts, each end
-        first in a round trip of its own). An end that fails is sent again by :meth:`_finish`."""
+        items), preceded in the same round trip by the owed ``ends``: one script that runs
+        them, then ``script``'s body (:func:`_after_ends`); for a ``GET``, or over maxmemory,
+        :meth:`_pipelined`. When that one script fails the ends, which may or may not have
+        run, are owed as an invalidation."""
+        combined = _AFTER_ENDS.get(script) if ends and script is not None else None
+        if combined is None:
+            return await self._pipelined(client, ends, script, args)
+        packed: list[Any] = [len(ends)]
+        for end in ends:
+            end_args = self._end_call(end)[1]
+            packed += [len(end_args), *end_args]
+        packed += args
+        pending = self._server(client).pending
+        try:
+            error, reply = await self._redis(client, lambda: combined(client, self._keys, packed))
+        except BaseException:
+            pending.add(self.state_key)  # cancelled: the ends may or may not have run
+            raise
+        if isinstance(error, _redis.OutOfMemoryError):  # refused before it ran
+            return await self._pipelined(client, ends, script, args)
+        if error is not None:
+            pending.add(self.state_key)
+        return error, reply
+
+    async def _pipelined(
+        self, client: RedisClient, ends: list[_End], script: Script | None, args: list[Any]
+    ) -> tuple[BaseException | None, Any]:
+        """:meth:`_round_trip` in a pipeline: the ``ends`` then ``script`` (``None``: a ``GET``),
+        run in order on one connection (on a Redis Cluster, which pipelines no scripts, each
+        end first in a round trip of its own). An end that fails is sent again by
+        :meth:`_finish`."""
 
         def alone() -> Awaitable[Any]:
             return self._get_whole(client) if script is None else script(client, self._keys, args)
