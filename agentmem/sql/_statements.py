@@ -201,14 +201,16 @@ def sqlite_statements(table_prefix: str) -> SQLiteStatements:
         f"VALUES {_SQLITE_ROW}"
     )
     return SQLiteStatements(
-        # Nothing (no row returned) when the batch is already stored: a retried call. The
-        # WHERE also keeps SQLite from reading ON CONFLICT as a join constraint.
+        # ?1 session id, ?2 now, ?3 expiry, ?4 owner, ?5 title, ?6 metadata, ?7 item count,
+        # ?8 batch id (numbered: binding a tuple costs less than a dict of names). Nothing (no
+        # row returned) when the batch is already stored: a retried call. The WHERE also keeps
+        # SQLite from reading ON CONFLICT as a join constraint.
         upsert=(
             f"INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, user_id, "
-            f"title, metadata_json, item_count) SELECT :id, :now, :now, :expires, :user_id, "
-            f":title, :metadata, :n WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = :id "
-            f"AND batch_id = :batch) ON CONFLICT (session_id) DO UPDATE SET "
-            f"{_refresh('t', 't.expires_at <= :now')} RETURNING item_count"
+            f"title, metadata_json, item_count) SELECT ?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = ?1 AND batch_id = ?8) "
+            f"ON CONFLICT (session_id) DO UPDATE SET "
+            f"{_refresh('t', 't.expires_at <= ?2')} RETURNING item_count"
         ),
         insert=insert,
         insert_rows=tuple(
@@ -416,16 +418,16 @@ def sqlite_add(
     already stored (a retried call)."""
     moment = datetime.now(UTC)
     now = sqlite_text_time(moment)
-    values = {
-        "id": session_id,
-        "now": now,
-        "expires": sqlite_expiry(moment, lifecycle.ttl),
-        "user_id": lifecycle.user_id,
-        "title": lifecycle.title,
-        "metadata": lifecycle.metadata_json,
-        "n": len(items),
-        "batch": batch_id,
-    }
+    values = (
+        session_id,
+        now,
+        sqlite_expiry(moment, lifecycle.ttl),
+        lifecycle.user_id,
+        lifecycle.title,
+        lifecycle.metadata_json,
+        len(items),
+        batch_id,
+    )
     with _WriteTransaction(conn):
         stored = conn.execute(sql.upsert, values).fetchone()
         if stored is None:  # the batch is stored already
