@@ -18,13 +18,14 @@ child starts from an empty database there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Self, TypeVar
 
 from agentmem import _forks
@@ -120,6 +121,27 @@ def _settle(call: _ThreadCall[T], result: T | None, error: BaseException | None)
         call.set_exception(error)
 
 
+class _Thread:
+    """A thread that runs the calls queued to it, in order, until ``stop()``. A daemon: a
+    session left open does not keep the process from exiting (its calls are awaited, so none
+    is in flight once the event loop is done)."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        threading.Thread(target=self._serve, name="agentmem-sqlite", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """End the thread once the calls queued before are done."""
+        self._queue.put(None)
+
+
 class _Database:
     """One sqlite3 connection, opened and migrated on first use. A file's is used by the
     database's own thread (its calls queue there, in order); an in-memory one's inline."""
@@ -130,7 +152,8 @@ class _Database:
         self.lock = threading.Lock()
         self.refs = 0
         self._conn: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._thread: _Thread | None = None
+        self._thread_lock = threading.Lock()
         _forks.reset_in_child(self)
 
     def in_thread(self, fn: Callable[..., T], *args: Any) -> _ThreadCall[T]:
@@ -140,22 +163,28 @@ class _Database:
 
         def work() -> None:
             try:
-                result = fn(*args)
+                outcome: tuple[Any, BaseException | None] = (fn(*args), None)
             except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, call, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, call, result, None)
+                outcome = (None, exc)
+            # A closed loop has no caller left to tell; the thread serves the next call.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, call, *outcome)
 
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="agentmem-sqlite")
-        self._thread.submit(work)
+        thread = self._thread
+        if thread is None:
+            with self._thread_lock:  # event loops in several threads may share the database
+                if self._thread is None:
+                    self._thread = _Thread()
+                thread = self._thread
+        thread.submit(work)
         return call
 
     def stop_thread(self) -> None:
         """Let the thread end once its queued calls are done (a later call starts another)."""
-        if self._thread is not None:
-            self._thread.shutdown(wait=False)
-            self._thread = None
+        with self._thread_lock:
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread = None
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self.lock:
@@ -192,6 +221,7 @@ class _Database:
         if self._conn is not None:
             _forks.keep(self._conn)
             self._conn = None
+        self._thread_lock = threading.Lock()
         if self._thread is not None:  # its thread is the parent's
             _forks.keep(self._thread)
             self._thread = None
