@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -305,6 +306,36 @@ async def test_a_loop_of_in_memory_calls_can_be_cancelled_and_lets_others_run() 
             await task
         assert others_ran == 5
         assert all(item == {"n": 1} for item in await session.get_items())
+
+
+@pytest.mark.sqlite
+async def test_a_cancelled_call_on_a_file_is_over_when_the_cancel_is_raised(
+    tmp_path: Path,
+) -> None:
+    """The write waits in its thread for another connection's write lock when its task is
+    cancelled: the cancel is raised only once the write has committed, and the thread serves
+    the next call."""
+    path = tmp_path / "cancel.db"
+    async with SQLiteSession(unique_id(), path) as session:
+        await session.add_items([{"n": 0}])
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            task = asyncio.create_task(session.add_items([{"n": 1}]))
+            for _ in range(500):  # until the write is inside SQLite's busy wait
+                await asyncio.sleep(0.01)
+                if session._database.lock.locked():
+                    break
+            assert session._database.lock.locked()
+            task.cancel()
+            await asyncio.sleep(0.05)
+            assert not task.done(), "the cancel was raised while the write could still commit"
+        finally:
+            blocker.rollback()
+            blocker.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await session.get_items() == [{"n": 0}, {"n": 1}]
 
 
 @pytest.fixture

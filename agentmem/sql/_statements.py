@@ -164,12 +164,19 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
     )
 
 
+_SQLITE_ROW = "(?, ?, ?, ?, ?, ?)"
+# Rows per multi-row INSERT: a batch goes in as a sum of these sizes, so that a connection
+# prepares at most 7 statements. 64 rows are 384 parameters (SQLite's oldest limit is 999).
+_SQLITE_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+
+
 @dataclass(frozen=True)
 class SQLiteStatements:
     """The statements of the SQLite operations, with ``?`` (or ``:name``) parameters."""
 
     upsert: str
     insert: str
+    insert_rows: tuple[tuple[int, str], ...]
     select_all: str
     select_newest: str
     pop: str
@@ -189,19 +196,26 @@ class SQLiteStatements:
 def sqlite_statements(table_prefix: str) -> SQLiteStatements:
     s, m = _names(tables_for_prefix(table_prefix), sqlite.pysqlite.dialect())
     live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = ?1 AND expires_at <= ?2)"
+    insert = (
+        f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at, batch_id) "
+        f"VALUES {_SQLITE_ROW}"
+    )
     return SQLiteStatements(
-        # Nothing (no row returned) when the batch is already stored: a retried call. The
-        # WHERE also keeps SQLite from reading ON CONFLICT as a join constraint.
+        # ?1 session id, ?2 now, ?3 expiry, ?4 owner, ?5 title, ?6 metadata, ?7 item count,
+        # ?8 batch id (numbered: binding a tuple costs less than a dict of names). Nothing (no
+        # row returned) when the batch is already stored: a retried call. The WHERE also keeps
+        # SQLite from reading ON CONFLICT as a join constraint.
         upsert=(
             f"INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, user_id, "
-            f"title, metadata_json, item_count) SELECT :id, :now, :now, :expires, :user_id, "
-            f":title, :metadata, :n WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = :id "
-            f"AND batch_id = :batch) ON CONFLICT (session_id) DO UPDATE SET "
-            f"{_refresh('t', 't.expires_at <= :now')} RETURNING item_count"
+            f"title, metadata_json, item_count) SELECT ?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7 "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = ?1 AND batch_id = ?8) "
+            f"ON CONFLICT (session_id) DO UPDATE SET "
+            f"{_refresh('t', 't.expires_at <= ?2')} RETURNING item_count"
         ),
-        insert=(
-            f"INSERT INTO {m} (session_id, message_data, role, item_type, created_at, batch_id) "
-            f"VALUES (?, ?, ?, ?, ?, ?)"
+        insert=insert,
+        insert_rows=tuple(
+            (size, f"{insert}, {', '.join([_SQLITE_ROW] * (size - 1))}" if size > 1 else insert)
+            for size in _SQLITE_CHUNKS
         ),
         select_all=f"SELECT message_data FROM {m} WHERE session_id = ?1 AND {live} ORDER BY id",
         select_newest=(
@@ -404,16 +418,16 @@ def sqlite_add(
     already stored (a retried call)."""
     moment = datetime.now(UTC)
     now = sqlite_text_time(moment)
-    values = {
-        "id": session_id,
-        "now": now,
-        "expires": sqlite_expiry(moment, lifecycle.ttl),
-        "user_id": lifecycle.user_id,
-        "title": lifecycle.title,
-        "metadata": lifecycle.metadata_json,
-        "n": len(items),
-        "batch": batch_id,
-    }
+    values = (
+        session_id,
+        now,
+        sqlite_expiry(moment, lifecycle.ttl),
+        lifecycle.user_id,
+        lifecycle.title,
+        lifecycle.metadata_json,
+        len(items),
+        batch_id,
+    )
     with _WriteTransaction(conn):
         stored = conn.execute(sql.upsert, values).fetchone()
         if stored is None:  # the batch is stored already
@@ -421,11 +435,36 @@ def sqlite_add(
         count = stored[0]
         if count == len(items):  # new, expired or empty: no old history stays
             conn.execute(sql.clear_messages, (session_id,))
-        conn.execute(sql.insert, (session_id, *items[0], now, batch_id))
-        if len(items) > 1:
-            conn.executemany(sql.insert, [(session_id, *item, now, None) for item in items[1:]])
+        sqlite_insert(conn, sql, session_id, items, now, batch_id)
         if lifecycle.max_items is not None and count > lifecycle.max_items:
             sqlite_trim(conn, sql, session_id, count - lifecycle.max_items)
+
+
+def sqlite_insert(
+    conn: sqlite3.Connection,
+    sql: SQLiteStatements,
+    session_id: str,
+    items: Sequence[EncodedItem],
+    now: str,
+    batch_id: str | None = None,
+) -> None:
+    """Insert ``items`` in order (the first one marked with ``batch_id``), in multi-row
+    statements: a third less work than one statement per row."""
+    if len(items) == 1:
+        conn.execute(sql.insert, (session_id, *items[0], now, batch_id))
+        return
+    params: list[Any] = []
+    extend = params.extend
+    for data, role, item_type in items:
+        extend((session_id, data, role, item_type, now, None))
+    if batch_id is not None and params:
+        params[5] = batch_id
+    start, left = 0, len(items)
+    for size, statement in sql.insert_rows:
+        while left >= size:
+            end = start + 6 * size
+            conn.execute(statement, params[start:end])
+            start, left = end, left - size
 
 
 def sqlite_trim(
@@ -482,7 +521,7 @@ def sqlite_replace(
                 return False
             conn.executemany(sql.delete_id, [(row[0],) for row in rows])
         conn.execute(sql.replace_lock, (session_id, now))
-        conn.executemany(sql.insert, [(session_id, *item, now, None) for item in items])
+        sqlite_insert(conn, sql, session_id, items, now)
         conn.execute(sql.recount, (session_id,))
     return True
 

@@ -23,9 +23,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from functools import partial
 from os import PathLike
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Self, TypeVar
 
 from agentmem import _forks
@@ -105,8 +105,46 @@ class _Templates:
 _templates = _Templates()
 
 
+class _ThreadCall(asyncio.Future[T]):
+    """The outcome of one call in a database's thread. A thread cannot be stopped, so a cancel
+    is refused: the awaiting task hears of its cancel once the call is over (applied whole or
+    not at all), and never a call that commits after that."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+def _settle(call: _ThreadCall[T], result: T | None, error: BaseException | None) -> None:
+    if error is None:
+        call.set_result(result)  # type: ignore[arg-type]
+    else:
+        call.set_exception(error)
+
+
+class _Thread:
+    """A thread that runs the calls queued to it, in order, until ``stop()``. A daemon: a
+    session left open does not keep the process from exiting (its calls are awaited, so none
+    is in flight once the event loop is done)."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        threading.Thread(target=self._serve, name="agentmem-sqlite", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """End the thread once the calls queued before are done."""
+        self._queue.put(None)
+
+
 class _Database:
-    """One sqlite3 connection, used by one thread at a time, opened and migrated on first use."""
+    """One sqlite3 connection, opened and migrated on first use. A file's is used by the
+    database's own thread (its calls queue there, in order); an in-memory one's inline."""
 
     def __init__(self, target: str, table_prefix: str) -> None:
         self.target = target
@@ -114,7 +152,39 @@ class _Database:
         self.lock = threading.Lock()
         self.refs = 0
         self._conn: sqlite3.Connection | None = None
+        self._thread: _Thread | None = None
+        self._thread_lock = threading.Lock()
         _forks.reset_in_child(self)
+
+    def in_thread(self, fn: Callable[..., T], *args: Any) -> _ThreadCall[T]:
+        """``fn(*args)`` in this database's thread; its outcome, set in the event loop."""
+        loop = asyncio.get_running_loop()
+        call: _ThreadCall[T] = _ThreadCall(loop=loop)
+
+        def work() -> None:
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(*args), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            # A closed loop has no caller left to tell; the thread serves the next call.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, call, *outcome)
+
+        thread = self._thread
+        if thread is None:
+            with self._thread_lock:  # event loops in several threads may share the database
+                if self._thread is None:
+                    self._thread = _Thread()
+                thread = self._thread
+        thread.submit(work)
+        return call
+
+    def stop_thread(self) -> None:
+        """Let the thread end once its queued calls are done (a later call starts another)."""
+        with self._thread_lock:
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread = None
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self.lock:
@@ -151,6 +221,10 @@ class _Database:
         if self._conn is not None:
             _forks.keep(self._conn)
             self._conn = None
+        self._thread_lock = threading.Lock()
+        if self._thread is not None:  # its thread is the parent's
+            _forks.keep(self._thread)
+            self._thread = None
 
 
 class _Files:
@@ -196,32 +270,29 @@ _files = _Files()
 
 
 async def _run_on(database: _Database, fn: Callable[..., T], *args: Any) -> T:
-    """``database.run(fn, *args)``: inline on a private in-memory database, else in a worker
-    thread whose call is over (applied or not) before a cancel of the caller is raised."""
+    """``database.run(fn, *args)``: inline on a private in-memory database, else in the
+    database's thread, whose call is over (applied or not) before a cancel of the caller is
+    raised."""
     if database.target == MEMORY:
         # A private in-memory database never waits on I/O or on another connection's lock:
         # running inline costs less than the hop to a worker thread. Yielding first keeps
         # the call a point where other tasks run and a cancellation lands (before any work).
         await asyncio.sleep(0)
         return database.run(fn, *args)
-    future = asyncio.get_running_loop().run_in_executor(None, partial(database.run, fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        # A thread cannot be stopped: the cancel is raised once the call has finished (or
-        # failed), so a cancelled call never commits after its caller heard of the cancel.
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([future])
-        if not future.cancelled():
-            future.exception()  # retrieved: the caller hears of the cancel instead
-        raise
+    return await database.in_thread(database.run, fn, *args)
 
 
 async def _release(database: _Database) -> None:
-    """Drop one user of ``database``; the last one closes it (in a worker thread)."""
-    if _files.release(database):
-        await asyncio.get_running_loop().run_in_executor(None, database.close)
+    """Drop one user of ``database``; the last one closes it (a file in its thread)."""
+    if not _files.release(database):
+        return
+    if database.target == MEMORY:
+        database.close()
+        return
+    try:
+        await database.in_thread(database.close)
+    finally:
+        database.stop_thread()
 
 
 class _ThreadOperations(Operations):
