@@ -42,9 +42,13 @@ if TYPE_CHECKING:
 # Lua's unpack() has a stack limit (~8000 values): push long batches in chunks.
 RPUSH_CHUNK: Final = 1000
 
-# The ids of the newest batches a session holds, kept in its hash (field "batches"): a retried
-# add_items whose first attempt was applied (its reply lost) is applied once.
+# The ids of the newest batches a session holds, kept in its hash (field "batches": their
+# bytes, newest last): a retried add_items whose first attempt was applied (its reply lost) is
+# applied once. Raw bytes, not hex: the ring is copied into and out of Lua on every write, and
+# its length is most of that cost (measured: bench/RESULTS.md, issue 18, second pass).
 RECENT_BATCHES: Final = 32
+BATCH_ID_BYTES: Final = BATCH_ID_LENGTH // 2
+RING_BYTES: Final = RECENT_BATCHES * BATCH_ID_BYTES
 
 
 def fence(token: int) -> str:
@@ -109,50 +113,55 @@ ADD_SOURCE: Final = (
 -- KEYS[1] item list, KEYS[2] session hash[, KEYS[3] the lock key while the writer holds it]
 -- ARGV[1] now (Unix seconds), ARGV[2] ttl ms (0: none), ARGV[3] max items (0: none),
 -- ARGV[4] session prefix, ARGV[5] session id, ARGV[6..8] owner, title, metadata of a new
--- session ('' : none), ARGV[9] batch id, ARGV[10] lock token, ARGV[11] inline ('1': index
--- here; '0': return the index update), ARGV[12..] items.
+-- session ('' : none), ARGV[9] batch id ({BATCH_ID_BYTES} bytes), ARGV[10] lock token,
+-- ARGV[11] inline ('1': index here; '0': return the index update), ARGV[12..] items.
 -- Returns 1 when added, 0 when the batch id was already applied (wrapped by indexed()).
-local meta_type = redis.call('TYPE', KEYS[2]).ok
-if meta_type ~= 'none' and meta_type ~= 'hash' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. meta_type .. ', not a hash')
+-- A key of another type fails the first command on it (redis.pcall), before any write.
+local function refused(reply, key, wanted)
+  if not (type(reply) == 'table' and reply.err) then return nil end
+  if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then return reply end
+  local held = redis.call('TYPE', key).ok
+  return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. held .. ', not a ' .. wanted)
 end
-local list_type = redis.call('TYPE', KEYS[1]).ok
-if list_type ~= 'none' and list_type ~= 'list' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. list_type .. ', not a list')
-end
+local held = redis.pcall('HMGET', KEYS[2], 'batches', 'created_at', 'user_id')
+local err = refused(held, KEYS[2], 'hash')
+if err then return err end
 local ttl = tonumber(ARGV[2])
 local expires = 0
 if ttl > 0 then expires = math.floor(tonumber(ARGV[1]) * 1000) + ttl end
-local recent = redis.call('HGET', KEYS[2], 'batches') or ''
-local batch = ARGV[9] .. ','
-if string.find(recent, batch, 1, true) then
+local recent = held[1] or ''
+local owner = held[3]
+if string.find(recent, ARGV[9], 1, true) then
   -- applied before (its reply lost): on a cluster, the caller's index update may not have been
   if ARGV[11] == '1' then return 0 end
-  return indexed(0, ARGV[11], ARGV[4], ARGV[5], ARGV[1], expires,
-    redis.call('HGET', KEYS[2], 'user_id'))
+  return indexed(0, ARGV[11], ARGV[4], ARGV[5], ARGV[1], expires, owner)
 end
-for i = 12, #ARGV, {RPUSH_CHUNK} do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {RPUSH_CHUNK - 1}, #ARGV)))
+local length = redis.pcall('RPUSH', KEYS[1], unpack(ARGV, 12, math.min({11 + RPUSH_CHUNK}, #ARGV)))
+err = refused(length, KEYS[1], 'list')
+if err then return err end
+for i = {12 + RPUSH_CHUNK}, #ARGV, {RPUSH_CHUNK} do
+  length = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {RPUSH_CHUNK - 1}, #ARGV)))
 end
-recent = recent .. batch
-local keep = {RECENT_BATCHES * (BATCH_ID_LENGTH + 1)}
-if #recent > keep then recent = string.sub(recent, -keep) end
-redis.call('HSETNX', KEYS[2], 'created_at', ARGV[1])
-redis.call('HSET', KEYS[2], 'updated_at', ARGV[1], 'batches', recent)
-if ARGV[6] ~= '' then redis.call('HSETNX', KEYS[2], 'user_id', ARGV[6]) end
+recent = recent .. ARGV[9]
+if #recent > {RING_BYTES} then recent = string.sub(recent, -{RING_BYTES}) end
+local fields = {{'updated_at', ARGV[1], 'batches', recent}}
+if not held[2] then
+  fields[5], fields[6] = 'created_at', ARGV[1]
+end
+if not owner and ARGV[6] ~= '' then
+  owner = ARGV[6]
+  fields[#fields + 1], fields[#fields + 2] = 'user_id', owner
+end
+redis.call('HSET', KEYS[2], unpack(fields))
 if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[2], 'title', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[2], 'metadata', ARGV[8]) end
 local most = tonumber(ARGV[3])
-if most > 0 then
-  local over = redis.call('LLEN', KEYS[1]) - most
-  if over > 0 then
-    redis.call('LTRIM', KEYS[1], over, -1)
-    redis.call('HINCRBY', KEYS[2], 'trimmed', over)
-  end
+if most > 0 and length > most then
+  redis.call('LTRIM', KEYS[1], length - most, -1)
+  redis.call('HINCRBY', KEYS[2], 'trimmed', length - most)
 end
 expire({{KEYS[1], KEYS[2]}}, ttl)
-return indexed(1, ARGV[11], ARGV[4], ARGV[5], ARGV[1], expires,
-  redis.call('HGET', KEYS[2], 'user_id'))
+return indexed(1, ARGV[11], ARGV[4], ARGV[5], ARGV[1], expires, owner)
 """
 )
 
@@ -333,9 +342,18 @@ def index_keys(prefix: str, owner: str | None) -> tuple[str, str]:
     return f"{prefix}:owner:{{{tag}}}", f"{prefix}:owner-expiry:{{{tag}}}"
 
 
+# By client class: isinstance() against RedisCluster (whose metaclass is typing's protocol
+# metaclass) costs 0.5 µs, twice per write.
+_CLUSTER_CLASSES: dict[type, bool] = {}
+
+
 def is_cluster(client: RedisClient) -> bool:
     """Whether ``client`` talks to a Redis Cluster (the indexes live in other slots)."""
-    return isinstance(client, _redis.RedisCluster)  # (redis-py is installed: a client exists)
+    kind = type(client)
+    known = _CLUSTER_CLASSES.get(kind)
+    if known is None:  # (redis-py is installed: a client exists)
+        known = _CLUSTER_CLASSES[kind] = isinstance(client, _redis.RedisCluster)
+    return known
 
 
 def inline(client: RedisClient) -> str:

@@ -461,7 +461,7 @@ class RedisSession(SessionABC):
             return
         life = self.lifecycle
         keys, token = self._fenced_keys()
-        args: list[str | int] = [
+        args: list[str | int | bytes] = [
             _now(),
             self._ttl_ms,
             life.max_items or 0,
@@ -470,11 +470,12 @@ class RedisSession(SessionABC):
             life.user_id or "",
             life.title or "",
             life.metadata_json or "",
-            new_batch_id(),
+            bytes.fromhex(new_batch_id()),
             token,
             _lua.inline(client),
         ]
-        args.extend(item.json for item in encoded)
+        # UTF-8 bytes, as reads decode them: redis-py's encoding of a str argument costs more.
+        args.extend([item.json.encode() for item in encoded])
         try:
             reply = await self._fenced(_lua.ADD(client, keys, args))
         except (_redis.RedisConnectionError, _redis.RedisTimeoutError):
