@@ -126,3 +126,25 @@ async def test_generic_plans_read_only_the_sessions_rows(
     )
     read, plan = await _generic_plan_reads(dsn, prefix, sql, args)
     assert read <= 2 * SMALL, f"{statement} read {read} rows of {SMALL + BIG}:\n{plan}"
+
+
+@pytest.mark.parametrize("session_id", ["small", "big"])
+async def test_newest_reads_keep_a_generic_plan(
+    skewed: tuple[str, str], postgres_url: str, session_id: str
+) -> None:
+    """A read of the newest items is not planned anew at every call (see ``select_newest``)."""
+    _, prefix = skewed
+    engine = create_async_engine(postgres_url, pool_size=1, max_overflow=0)
+    try:
+        session = SQLAlchemySession(engine, session_id, table_prefix=prefix)
+        for _ in range(10):
+            assert len(await session.get_items(20)) == 20
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement = $1",
+                (postgres_statements(prefix).select_newest(20),),
+            )
+            assert result.all() == [(5, 5)]
+    finally:
+        await engine.dispose()
