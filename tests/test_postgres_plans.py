@@ -8,6 +8,7 @@ whole table when the session asked for is not the one holding the newest rows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -148,3 +149,49 @@ async def test_newest_reads_keep_a_generic_plan(
             assert result.all() == [(5, 5)]
     finally:
         await engine.dispose()
+
+
+async def test_adds_keep_a_generic_plan(skewed: tuple[str, str], postgres_url: str) -> None:
+    """An add to a new, small session next to a big one is not planned anew at every call."""
+    _, prefix = skewed
+    engine = create_async_engine(postgres_url, pool_size=1, max_overflow=0)
+    try:
+        session = SQLAlchemySession(engine, f"writer-{uuid.uuid4().hex[:6]}", table_prefix=prefix)
+        for n in range(10):
+            await session.add_items([{"role": "user", "content": f"m{n}"}])
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement = $1",
+                (postgres_statements(prefix).add,),
+            )
+            assert result.all() == [(5, 5)]
+        await session.clear_session()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_generic_plan_of_an_add_drops_an_expired_history(
+    skewed: tuple[str, str],
+) -> None:
+    dsn, prefix = skewed
+    add = postgres_statements(prefix).add
+    session_id = f"expiring-{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
+    try:
+
+        async def write(ttl: float | None) -> None:
+            batch = uuid.uuid4().hex
+            await conn.execute(
+                add, session_id, ["{}"], ["user"], ["message"], ttl, *[None] * 3, batch
+            )
+
+        await write(None)
+        await write(0.001)
+        await asyncio.sleep(0.01)
+        await write(None)  # the session had expired: a new history of this item alone
+        count = f"SELECT count(*) FROM {prefix}messages WHERE session_id = $1"
+        assert await conn.fetchval(count, session_id) == 1
+        await conn.execute(f"DELETE FROM {prefix}sessions WHERE session_id = $1", session_id)
+    finally:
+        await conn.close()
