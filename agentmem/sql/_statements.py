@@ -105,10 +105,7 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
     # A row left with exactly the new items' count was new, expired or empty: the messages of
     # its old history (visible to this statement) go. A batch id already stored (a retry whose
     # first attempt committed) writes nothing; one committed by an attempt still running when
-    # this one began violates the unique index instead (see ``batch_index``). Those old
-    # messages are found through s's session id, not $1: the estimate is then the same with or
-    # without $1's value, so the statement keeps its generic plan (with $1, a store where a few
-    # sessions hold the rows had every add planned anew: 300 against 110 µs).
+    # this one began violates the unique index instead (see ``batch_index``).
     add = (
         f"WITH s AS (INSERT INTO {s} AS t (session_id, created_at, updated_at, expires_at, "
         f"user_id, title, metadata_json, item_count) "
@@ -117,8 +114,7 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
         f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $1 AND batch_id = $9::text) "
         f"ON CONFLICT (session_id) DO UPDATE SET {_refresh('t', 't.expires_at <= now()')} "
         f"RETURNING session_id, item_count, item_count = cardinality($2::text[]) AS fresh), "
-        f"d AS (DELETE FROM {m} WHERE id = ANY(ARRAY(SELECT id FROM {m} WHERE session_id = "
-        f"ANY(ARRAY(SELECT session_id FROM s WHERE fresh)) ORDER BY session_id, id))) "
+        f"d AS (DELETE FROM {m} WHERE session_id = $1 AND (SELECT fresh FROM s)) "
         f"INSERT INTO {m} (session_id, message_data, role, item_type, batch_id) "
         f"SELECT s.session_id, i.message_data, i.role, i.item_type, "
         f"CASE WHEN i.n = 1 THEN $9::text END FROM s CROSS JOIN "
