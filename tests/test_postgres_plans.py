@@ -114,7 +114,7 @@ async def _generic_plan_reads(dsn: str, prefix: str, sql: str, args: str) -> tup
 @pytest.mark.parametrize(
     ("statement", "args"),
     [
-        ("select_newest", "'small'"),
+        ("select_newest", "'small', 20"),
         ("select_all", "'small'"),
         ("pop", "'small', NULL"),
         ("trim", "'small', 1"),
@@ -128,36 +128,9 @@ async def test_generic_plans_read_only_the_sessions_rows(
     skewed: tuple[str, str], statement: str, args: str
 ) -> None:
     dsn, prefix = skewed
-    statements = postgres_statements(prefix)
-    sql = (
-        statements.select_newest(20)
-        if statement == "select_newest"
-        else getattr(statements, statement)
-    )
+    sql = getattr(postgres_statements(prefix), statement)
     read, plan = await _generic_plan_reads(dsn, prefix, sql, args)
     assert read <= 2 * SMALL, f"{statement} read {read} rows of {SMALL + BIG}:\n{plan}"
-
-
-@pytest.mark.parametrize("session_id", ["small", "big"])
-async def test_newest_reads_keep_a_generic_plan(
-    skewed: tuple[str, str], postgres_url: str, session_id: str
-) -> None:
-    """A read of the newest items is not planned anew at every call (see ``select_newest``)."""
-    _, prefix = skewed
-    engine = create_async_engine(postgres_url, pool_size=1, max_overflow=0)
-    try:
-        session = SQLAlchemySession(engine, session_id, table_prefix=prefix)
-        for _ in range(10):
-            assert len(await session.get_items(20)) == 20
-        async with engine.connect() as conn:
-            result = await conn.exec_driver_sql(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                "WHERE statement = $1",
-                (postgres_statements(prefix).select_newest(20),),
-            )
-            assert result.all() == [(5, 5)]
-    finally:
-        await engine.dispose()
 
 
 async def test_a_generic_plan_of_an_add_drops_an_expired_history(

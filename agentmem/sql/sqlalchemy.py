@@ -514,7 +514,7 @@ class _AsyncpgOperations(_EngineOperations):
             return [row[0] for row in rows]
         rows = await with_driver(
             self.session,
-            lambda c: c.fetch(sql.select_newest(limit), self.session_id),
+            lambda c: c.fetch(sql.select_newest, self.session_id, limit),
             retry=True,
         )
         return [row[0] for row in reversed(rows)]
