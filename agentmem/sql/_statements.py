@@ -87,6 +87,12 @@ class PostgresStatements:
 def postgres_statements(table_prefix: str) -> PostgresStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
     live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now())"
+    # The rows of session $1 in id order. asyncpg prepares statements, and after five runs
+    # PostgreSQL may keep a generic plan, made without $1's value: on `session_id = $1` it would
+    # scan the primary key and filter by session (the whole table, for a small session next to
+    # a big one). `= ANY(ARRAY[$1])` is the same test, but the order by (session_id, id) can only
+    # be read from the session index then (tests/test_postgres_plans.py).
+    mine = f"FROM {m} WHERE session_id = ANY(ARRAY[$1::varchar])"
     # $1 session id; $2, $3, $4 arrays of JSON text, role, type; $5 ttl seconds (NULL: none);
     # $6, $7, $8 owner, title, metadata of a new session; $9 the batch id, stored on the first
     # item. The CTE's upsert locks the session row before any id is drawn from the sequence.
@@ -114,21 +120,20 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
         add_counted=f"{add} RETURNING (SELECT item_count FROM s)",
         # $1 session id, $2 how many of the oldest items go (retention, after an add).
         trim=(
-            f"WITH d AS (DELETE FROM {m} WHERE id IN (SELECT id FROM {m} WHERE session_id = $1 "
-            f"ORDER BY id LIMIT $2)) "
+            f"WITH d AS (DELETE FROM {m} WHERE id = ANY(ARRAY(SELECT id {mine} "
+            f"ORDER BY session_id, id LIMIT $2))) "
             f"UPDATE {s} SET item_count = item_count - $2 WHERE session_id = $1"
         ),
         batch_index=f"ix_{table_prefix}messages_session_id_batch_id",
-        select_all=f"SELECT message_data FROM {m} WHERE session_id = $1 AND {live} ORDER BY id",
+        select_all=f"SELECT message_data {mine} AND {live} ORDER BY session_id, id",
         select_newest=(
-            f"SELECT message_data FROM {m} WHERE session_id = $1 AND {live} "
-            f"ORDER BY id DESC LIMIT $2"
+            f"SELECT message_data {mine} AND {live} ORDER BY session_id DESC, id DESC LIMIT $2"
         ),
         # FOR UPDATE: a concurrent pop that lost the newest row moves on to the next one, so
         # every item is returned exactly once. $2: ttl seconds (NULL: none).
         pop=(
-            f"WITH d AS (DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
-            f"AND {live} ORDER BY id DESC LIMIT 1 FOR UPDATE) RETURNING message_data), "
+            f"WITH d AS (DELETE FROM {m} WHERE id = (SELECT id {mine} AND {live} "
+            f"ORDER BY session_id DESC, id DESC LIMIT 1 FOR UPDATE) RETURNING message_data), "
             f"t AS (UPDATE {s} SET updated_at = now(), item_count = item_count - 1, "
             f"expires_at = now() + make_interval(secs => $2::float8) WHERE session_id = $1 "
             f"AND EXISTS (SELECT 1 FROM d)) SELECT message_data FROM d"
@@ -138,9 +143,7 @@ def postgres_statements(table_prefix: str) -> PostgresStatements:
             f"UPDATE {s} SET expires_at = now() + make_interval(secs => $2::float8) "
             f"WHERE session_id = $1 AND expires_at > now()"
         ),
-        newest_rows=(
-            f"SELECT id, message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
-        ),
+        newest_rows=f"SELECT id, message_data {mine} ORDER BY session_id DESC, id DESC LIMIT $2",
         delete_all=f"DELETE FROM {m} WHERE session_id = $1",
         delete_ids=f"DELETE FROM {m} WHERE session_id = $1 AND id = ANY($2::bigint[])",
         # A replacement's first statement: takes the session row's lock; an expired session
