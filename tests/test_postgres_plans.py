@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentmem import SQLAlchemySession
+from agentmem.sql._lifecycle import postgres_page_statement
+from agentmem.sql._manage import postgres_manager_statements
 from agentmem.sql._statements import postgres_statements
 from agentmem.sql._windows import postgres_window_statements
 from tests.conftest import run_in_new_loop
@@ -137,6 +139,8 @@ async def test_generic_plans_read_only_the_sessions_rows(
 _OTHER_STATEMENTS: dict[str, Callable[[str], str]] = {
     "window": lambda prefix: postgres_window_statements(prefix).window,
     "fork": lambda prefix: postgres_window_statements(prefix).fork,
+    "page": postgres_page_statement,
+    "items": lambda prefix: postgres_manager_statements(prefix).items,
 }
 
 
@@ -147,6 +151,8 @@ _OTHER_STATEMENTS: dict[str, Callable[[str], str]] = {
         ("window", "'small', 20, true"),
         ("fork", "'small', 'small-fork', NULL"),
         ("fork", "'small', 'small-fork', 10"),
+        ("page", "'small', 9223372036854775807, 11"),
+        ("items", "'small'"),
     ],
 )
 async def test_generic_plans_outside_the_hot_path_read_only_the_sessions_rows(
