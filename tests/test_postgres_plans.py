@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentmem import SQLAlchemySession
+from agentmem.sql._lifecycle import postgres_page_statement
+from agentmem.sql._manage import postgres_manager_statements
 from agentmem.sql._statements import postgres_statements
+from agentmem.sql._windows import postgres_window_statements
 from tests.conftest import run_in_new_loop
 
 pytestmark = pytest.mark.postgres
@@ -129,6 +132,34 @@ async def test_generic_plans_read_only_the_sessions_rows(
 ) -> None:
     dsn, prefix = skewed
     sql = getattr(postgres_statements(prefix), statement)
+    read, plan = await _generic_plan_reads(dsn, prefix, sql, args)
+    assert read <= 2 * SMALL, f"{statement} read {read} rows of {SMALL + BIG}:\n{plan}"
+
+
+_OTHER_STATEMENTS: dict[str, Callable[[str], str]] = {
+    "window": lambda prefix: postgres_window_statements(prefix).window,
+    "fork": lambda prefix: postgres_window_statements(prefix).fork,
+    "page": postgres_page_statement,
+    "items": lambda prefix: postgres_manager_statements(prefix).items,
+}
+
+
+@pytest.mark.parametrize(
+    ("statement", "args"),
+    [
+        ("window", "'small', 5, false"),
+        ("window", "'small', 20, true"),
+        ("fork", "'small', 'small-fork', NULL"),
+        ("fork", "'small', 'small-fork', 10"),
+        ("page", "'small', 9223372036854775807, 11"),
+        ("items", "'small'"),
+    ],
+)
+async def test_generic_plans_outside_the_hot_path_read_only_the_sessions_rows(
+    skewed: tuple[str, str], statement: str, args: str
+) -> None:
+    dsn, prefix = skewed
+    sql = _OTHER_STATEMENTS[statement](prefix)
     read, plan = await _generic_plan_reads(dsn, prefix, sql, args)
     assert read <= 2 * SMALL, f"{statement} read {read} rows of {SMALL + BIG}:\n{plan}"
 

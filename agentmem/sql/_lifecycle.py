@@ -246,14 +246,25 @@ async def postgres_update_info(
     return info_from_row(row)
 
 
+@cache
+def postgres_page_statement(table_prefix: str) -> str:
+    """$1 session id, $2 the id the page ends before, $3 how many rows (newest first)."""
+    s, m = _quoted(table_prefix, "postgresql")
+    # = ANY(ARRAY[$1]) and the order by session_id: a generic plan reads the session index,
+    # not the primary key filtered by session (see agentmem.sql._statements).
+    return (
+        f"SELECT id, message_data FROM {m} WHERE session_id = ANY(ARRAY[$1::varchar]) "
+        f"AND id < $2 AND NOT EXISTS "
+        f"(SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now()) "
+        f"ORDER BY session_id DESC, id DESC LIMIT $3"
+    )
+
+
 async def postgres_page(
     conn: Any, table_prefix: str, session_id: str, limit: int, before: int | None
 ) -> ItemPage:
-    s, m = _quoted(table_prefix, "postgresql")
     rows = await conn.fetch(
-        f"SELECT id, message_data FROM {m} WHERE session_id = $1 AND id < $2 AND NOT EXISTS "
-        f"(SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now()) "
-        f"ORDER BY id DESC LIMIT $3",
+        postgres_page_statement(table_prefix),
         session_id,
         2**63 - 1 if before is None else before,
         limit + 1,

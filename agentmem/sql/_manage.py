@@ -95,7 +95,12 @@ def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
         existing=(
             f"SELECT session_id FROM {s} AS s WHERE session_id = ANY($1::text[]) AND {PG_LIVE}"
         ),
-        items=f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
+        # = ANY(ARRAY[$1]) and the order by session_id: a generic plan reads the session
+        # index, not the primary key filtered by session (see agentmem.sql._statements).
+        items=(
+            f"SELECT message_data FROM {m} WHERE session_id = ANY(ARRAY[$1::varchar]) "
+            f"ORDER BY session_id, id"
+        ),
         delete_session=f"DELETE FROM {s} WHERE session_id = $1",
         # The upsert takes the session row's lock first, as every writer of the session does.
         # $4 item count, $5 expiry (NULL: $6, the ttl in seconds; NULL: none), $7 owner,

@@ -79,15 +79,19 @@ def _postgres_marks(m: str, where: str) -> str:
         f"THEN '{APPROVAL_REQUEST}:' || x.ref END AS needs, "
         f"CASE WHEN x.item_type IN ({gives}) THEN x.item_type || ':' || x.ref END AS gives "
         f"FROM (SELECT id, item_type, role, {reference} AS ref FROM {m} "
-        f"WHERE {where} ORDER BY id DESC LIMIT 1) x"
+        f"WHERE {where} ORDER BY session_id DESC, id DESC LIMIT 1) x"
     )
 
 
 @cache
 def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
-    seed = _postgres_marks(m, "session_id = $1")
-    step = _postgres_marks(m, "session_id = $1 AND id < w.id")
+    # `= ANY(ARRAY[...])` with an order by session_id: a generic plan (asyncpg prepares) reads
+    # a session's rows from the session index, not the primary key filtered by session (see
+    # agentmem.sql._statements).
+    mine = "session_id = ANY(ARRAY[$1::varchar])"
+    seed = _postgres_marks(m, mine)
+    step = _postgres_marks(m, f"{mine} AND id < w.id")
     live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now())"
     push = "CASE WHEN p.needs IS NULL THEN k ELSE k || p.needs END"
     return PostgresWindowStatements(
@@ -105,19 +109,22 @@ def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
             f"FROM walk w CROSS JOIN LATERAL ({step}) p "
             f"WHERE NOT (w.taken >= $2::bigint AND cardinality(w.missing) = 0 "
             f"AND p.item_type IS DISTINCT FROM 'reasoning' AND (NOT $3::boolean OR w.at_user))) "
-            f"SELECT message_data FROM {m} WHERE session_id = $1 AND {live} "
-            f"AND id >= (SELECT min(id) FROM walk) ORDER BY id"
+            f"SELECT message_data FROM {m} WHERE {mine} AND {live} "
+            f"AND id >= (SELECT min(id) FROM walk) ORDER BY session_id, id"
         ),
         # The new row is written only when the new id holds no items; its items are copied
-        # in the source's order, ids drawn from the sequence in that order.
+        # in the source's order, ids drawn from the sequence in that order. The new id's check
+        # is a scalar subquery: an EXISTS would drop its order by, and its generic plan could
+        # scan the whole table for an id that holds nothing.
         fork=(
             f"WITH src AS (SELECT id, message_data, role, item_type FROM {m} "
-            f"WHERE session_id = $1::varchar ORDER BY id LIMIT $3::bigint), "
+            f"WHERE {mine} ORDER BY session_id, id LIMIT $3::bigint), "
             f"s AS (INSERT INTO {s} (session_id, created_at, updated_at, item_count, "
             f"forked_from, fork_point) "
             f"SELECT $2::varchar, now(), now(), (SELECT count(*) FROM src), $1::varchar, "
             f"(SELECT count(*) FROM src) "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE session_id = $2::varchar) "
+            f"WHERE (SELECT id FROM {m} WHERE session_id = ANY(ARRAY[$2::varchar]) "
+            f"ORDER BY session_id, id LIMIT 1) IS NULL "
             f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at, "
             f"created_at = excluded.created_at, expires_at = NULL, "
             f"item_count = excluded.item_count, forked_from = excluded.forked_from, "
