@@ -6,7 +6,7 @@ Core: it imports nothing else of agentmem.
 
 from __future__ import annotations
 
-import uuid
+import os
 
 __all__ = ["BATCH_ID_LENGTH", "new_batch_id"]
 
@@ -14,5 +14,6 @@ BATCH_ID_LENGTH = 32
 
 
 def new_batch_id() -> str:
-    """A new batch id: 32 lower-case hex digits (a random UUID)."""
-    return uuid.uuid4().hex
+    """A new batch id: 32 lower-case hex digits, 128 random bits from the OS (as a random UUID's
+    122, at a quarter of the cost)."""
+    return os.urandom(16).hex()

@@ -83,6 +83,7 @@ class EncodedItem(NamedTuple):
 
 _INDEXED_FIELD_MAX = 64
 _ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_LEAVES = frozenset({str, int, bool, type(None)})  # values that hold no float
 _new_encoded = tuple.__new__  # builds an EncodedItem without NamedTuple's argument handling
 
 
@@ -91,12 +92,19 @@ def _reject_value(value: Any) -> Any:
 
 
 def _find_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(_find_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_find_non_finite(v) for v in value)
+        values: Iterable[Any] = value.values()
+    elif isinstance(value, list | tuple):
+        values = value
+    else:
+        return isinstance(value, float) and not math.isfinite(value)
+    for v in values:
+        kind = type(v)
+        if kind is float:
+            if not math.isfinite(v):
+                return True
+        elif kind not in _LEAVES and _find_non_finite(v):
+            return True
     return False
 
 
@@ -105,18 +113,18 @@ def encode_item(item: object, index: int = 0) -> EncodedItem:
     if not isinstance(item, dict):
         raise TypeError(f"item {index} is a {type(item).__name__}, not a dict (a JSON object)")
     try:
-        data = orjson.dumps(item, default=_reject_value, option=_ENCODE_OPTIONS)
+        text = orjson.dumps(item, default=_reject_value, option=_ENCODE_OPTIONS).decode()
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise TypeError(f"item {index} is not valid JSON: {exc}") from None
     # orjson writes NaN and Infinity as null; JSON has no such numbers, so refuse them instead.
-    if b"null" in data and _find_non_finite(item):
+    if "null" in text and _find_non_finite(item):
         raise ValueError(f"item {index} holds NaN or Infinity, which JSON cannot represent")
     role = item.get("role")
     item_type = item.get("type")
     return _new_encoded(
         EncodedItem,
         (
-            data.decode(),
+            text,
             role if type(role) is str and len(role) <= _INDEXED_FIELD_MAX else None,
             item_type if type(item_type) is str and len(item_type) <= _INDEXED_FIELD_MAX else None,
         ),
@@ -138,7 +146,35 @@ def encode_items(items: Iterable[object]) -> list[EncodedItem]:
     """
     if not isinstance(items, list | tuple):
         raise TypeError(f"items must be a list of dicts, got {type(items).__name__}")
-    return [encode_item(item, index) for index, item in enumerate(items)]
+    encoded = _encode_valid(items)
+    if encoded is None:  # some item is invalid: find the first one and raise its error
+        encoded = [encode_item(item, index) for index, item in enumerate(items)]
+    return encoded
+
+
+def _encode_valid(items: list[object] | tuple[object, ...]) -> list[EncodedItem] | None:
+    """:func:`encode_item` over ``items`` inlined, the hot path: ``None`` if any is invalid."""
+    dumps = orjson.dumps
+    encoded: list[EncodedItem] = []
+    append = encoded.append
+    try:
+        for item in items:
+            if not isinstance(item, dict):
+                return None
+            text = dumps(item, default=_reject_value, option=_ENCODE_OPTIONS).decode()
+            # (a str search is about twice as fast as the same search in the bytes)
+            if "null" in text and _find_non_finite(item):
+                return None
+            role = item.get("role")
+            if type(role) is not str or len(role) > _INDEXED_FIELD_MAX:
+                role = None
+            item_type = item.get("type")
+            if type(item_type) is not str or len(item_type) > _INDEXED_FIELD_MAX:
+                item_type = None
+            append(_new_encoded(EncodedItem, (text, role, item_type)))
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+    return encoded
 
 
 def decode_item(data: str | bytes) -> SessionItem:
