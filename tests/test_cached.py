@@ -890,6 +890,107 @@ async def test_an_owed_end_over_maxmemory_drops_the_copy(
         assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
 
 
+async def test_keys_evicted_mid_write_can_serve_the_old_state_until_the_writes_end(
+    make: Any, postgres_engine: Any, redis_client: Redis
+) -> None:
+    """The limit README "Limits" states: a session's keys evicted or flushed between a write's
+    mark and its commit let a reader refill the pre-write state, which other processes may read
+    from the time the write returns until its end lands."""
+    writer = make(cls=HeldEnds)
+    reader = make(writer.session_id)
+    other = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]  # carries the end, fills
+    add = writer.store.add_encoded_items
+
+    async def evicted_then_read(encoded: Any) -> Any:
+        await redis_client.delete(writer.state_key, writer.items_key)  # the mark is gone
+        assert await reader.get_items() == [{"n": 1}]  # SQL before the commit: a fresh fill
+        return await add(encoded)
+
+    writer.store.add_encoded_items = evicted_then_read  # type: ignore[method-assign]
+    await writer.add_items([{"n": 2}])  # returned; its end owed
+    assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+    assert await other.get_items() == [{"n": 1}]  # the window
+    writer.release.set()
+    await ended(writer)  # the end lands: the refilled copy is dropped
+    assert await other.get_items() == [{"n": 1}, {"n": 2}]
+
+
+class _LostReply:
+    """The combined script of owed ends and a read runs on the server (or not), then its reply
+    is lost."""
+
+    def __init__(self, real: Any, ran: bool) -> None:
+        self.real, self.ran, self.calls, self.sha = real, ran, 0, real.sha
+
+    async def __call__(self, client: Any, keys: Any, args: Any) -> Any:
+        self.calls += 1
+        if self.ran:
+            await self.real(client, keys, args)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+
+@pytest.mark.parametrize("ran", [True, False], ids=["ran", "never-ran"])
+async def test_a_read_carrying_ends_whose_reply_is_lost_reads_sql_and_owes_an_invalidation(
+    make: Any, redis_client: Redis, monkeypatch: pytest.MonkeyPatch, ran: bool
+) -> None:
+    from agentmem.cache import session as cache_module
+
+    writer = make(cls=HeldEnds)
+    other = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]
+    await writer.add_items([{"n": 2}])  # its end owed
+    script = cache_module._AFTER_ENDS[cache_module._READ]
+    lost = _LostReply(script, ran)
+    monkeypatch.setitem(cache_module._AFTER_ENDS, cache_module._READ, lost)
+    assert await writer.get_items(limit=1) == [{"n": 2}]  # from SQL
+    assert lost.calls == 1
+    pending = writer._server(writer._client()).pending
+    assert writer.state_key in pending  # the ends may or may not have run
+    monkeypatch.setitem(cache_module._AFTER_ENDS, cache_module._READ, script)
+    assert await other.get_items() == [{"n": 1}, {"n": 2}]
+    assert await writer.get_items() == [{"n": 1}, {"n": 2}]  # the invalidation, then a read
+    assert writer.state_key not in pending
+    await writer.add_items([{"n": 3}])
+    assert await other.get_items() == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert await writer.get_items(limit=2) == [{"n": 2}, {"n": 3}]
+
+
+async def test_a_write_cancelled_inside_its_combined_mark_writes_nothing_and_stays_fresh(
+    make: Any, postgres_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentmem.cache import session as cache_module
+
+    writer = make(cls=HeldEnds)
+    other = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]
+    await writer.add_items([{"n": 2}])  # its end owed
+    script = cache_module._AFTER_ENDS[cache_module._BEGIN]
+    ran = asyncio.Event()
+
+    class ReplyNeverRead:
+        sha = script.sha
+
+        async def __call__(self, client: Any, keys: Any, args: Any) -> Any:
+            await script(client, keys, args)  # the ends and the mark ran on the server
+            ran.set()
+            await asyncio.Event().wait()  # the caller is cancelled before the reply is read
+
+    monkeypatch.setitem(cache_module._AFTER_ENDS, cache_module._BEGIN, ReplyNeverRead())
+    task = asyncio.create_task(writer.add_items([{"n": 3}]))
+    await ran.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setitem(cache_module._AFTER_ENDS, cache_module._BEGIN, script)
+    assert await bare(writer, postgres_engine).get_items() == [{"n": 1}, {"n": 2}]
+    assert await other.get_items() == [{"n": 1}, {"n": 2}]
+    assert await writer.get_items(limit=1) == [{"n": 2}]
+
+
 class CountingConnection(redis.asyncio.connection.Connection):
     """A real connection that counts what it sends: one send is one round trip."""
 
