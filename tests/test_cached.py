@@ -931,17 +931,24 @@ class _LostReply:
         raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
 
+async def _writer_owing_an_end(make: Any) -> tuple[HeldEnds, CachedSession]:
+    """A writer of ``[1, 2]`` whose first write's end was carried and whose second is owed, and
+    another session on the same history."""
+    writer = make(cls=HeldEnds)
+    other = make(writer.session_id)
+    await writer.add_items([{"n": 1}])
+    assert await writer.get_items() == [{"n": 1}]
+    await writer.add_items([{"n": 2}])  # its end owed
+    return writer, other
+
+
 @pytest.mark.parametrize("ran", [True, False], ids=["ran", "never-ran"])
 async def test_a_read_carrying_ends_whose_reply_is_lost_reads_sql_and_owes_an_invalidation(
     make: Any, redis_client: Redis, monkeypatch: pytest.MonkeyPatch, ran: bool
 ) -> None:
     from agentmem.cache import session as cache_module
 
-    writer = make(cls=HeldEnds)
-    other = make(writer.session_id)
-    await writer.add_items([{"n": 1}])
-    assert await writer.get_items() == [{"n": 1}]
-    await writer.add_items([{"n": 2}])  # its end owed
+    writer, other = await _writer_owing_an_end(make)
     script = cache_module._AFTER_ENDS[cache_module._READ]
     lost = _LostReply(script, ran)
     monkeypatch.setitem(cache_module._AFTER_ENDS, cache_module._READ, lost)
@@ -963,11 +970,7 @@ async def test_a_write_cancelled_inside_its_combined_mark_writes_nothing_and_sta
 ) -> None:
     from agentmem.cache import session as cache_module
 
-    writer = make(cls=HeldEnds)
-    other = make(writer.session_id)
-    await writer.add_items([{"n": 1}])
-    assert await writer.get_items() == [{"n": 1}]
-    await writer.add_items([{"n": 2}])  # its end owed
+    writer, other = await _writer_owing_an_end(make)
     script = cache_module._AFTER_ENDS[cache_module._BEGIN]
     ran = asyncio.Event()
 
