@@ -95,7 +95,7 @@ async def environment(tag: str, families: set[str]) -> AsyncIterator[Env]:
             if admin is not None:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
                 await admin.close()
-            if "redis" in families:
+            if families & {"redis", "postgres"}:  # the cached target (postgres) uses Redis too
                 client = redis.Redis.from_url(REDIS_URL)
                 async for key in client.scan_iter(match=f"*{tag}*", count=1_000):
                     await client.unlink(key)
