@@ -29,7 +29,7 @@ from agentmem.sql._manage import (
     now_text,
     sqlite_time,
 )
-from agentmem.sql._statements import _WriteTransaction
+from agentmem.sql._statements import _WriteTransaction, pg_rows_of
 from agentmem.sql.schema import tables_for_prefix
 
 _ORDER = "ORDER BY s.updated_at DESC, s.session_id"
@@ -250,10 +250,8 @@ async def postgres_update_info(
 def postgres_page_statement(table_prefix: str) -> str:
     """$1 session id, $2 the id the page ends before, $3 how many rows (newest first)."""
     s, m = _quoted(table_prefix, "postgresql")
-    # = ANY(ARRAY[$1]) and the order by session_id: a generic plan reads the session index,
-    # not the primary key filtered by session (see agentmem.sql._statements).
-    return (
-        f"SELECT id, message_data FROM {m} WHERE session_id = ANY(ARRAY[$1::varchar]) "
+    return (  # the order by (session_id, id): see pg_rows_of
+        f"SELECT id, message_data FROM {m} WHERE {pg_rows_of()} "
         f"AND id < $2 AND NOT EXISTS "
         f"(SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now()) "
         f"ORDER BY session_id DESC, id DESC LIMIT $3"

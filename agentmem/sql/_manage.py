@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from agentmem.forks import fork_origin_of
 from agentmem.manager import Conversation, SessionInfo, utc
 from agentmem.session import EncodedItem, decode_item
-from agentmem.sql._statements import _WriteTransaction
+from agentmem.sql._statements import _WriteTransaction, pg_rows_of
 from agentmem.sql.schema import tables_for_prefix
 
 
@@ -95,12 +95,8 @@ def postgres_manager_statements(table_prefix: str) -> ManagerStatements:
         existing=(
             f"SELECT session_id FROM {s} AS s WHERE session_id = ANY($1::text[]) AND {PG_LIVE}"
         ),
-        # = ANY(ARRAY[$1]) and the order by session_id: a generic plan reads the session
-        # index, not the primary key filtered by session (see agentmem.sql._statements).
-        items=(
-            f"SELECT message_data FROM {m} WHERE session_id = ANY(ARRAY[$1::varchar]) "
-            f"ORDER BY session_id, id"
-        ),
+        # The order by (session_id, id): see pg_rows_of.
+        items=f"SELECT message_data FROM {m} WHERE {pg_rows_of()} ORDER BY session_id, id",
         delete_session=f"DELETE FROM {s} WHERE session_id = $1",
         # The upsert takes the session row's lock first, as every writer of the session does.
         # $4 item count, $5 expiry (NULL: $6, the ttl in seconds; NULL: none), $7 owner,

@@ -62,6 +62,19 @@ def _refresh(table: str, expired: str) -> str:
     )
 
 
+def pg_rows_of(session: str = "$1") -> str:
+    """The test that a row belongs to the session in parameter ``session``, for statements that
+    read a session's rows ordered by ``(session_id, id)``.
+
+    asyncpg prepares statements, and after five runs PostgreSQL may keep a generic plan, made
+    without the parameter's value: on ``session_id = $1`` it would scan the primary key and
+    filter by session (the whole table, for a small session next to a big one).
+    ``= ANY(ARRAY[$1])`` is the same test, but an order by ``(session_id, id)`` can then only be
+    read from the session index (tests/test_postgres_plans.py).
+    """
+    return f"session_id = ANY(ARRAY[{session}::varchar])"
+
+
 @dataclass(frozen=True)
 class PostgresStatements:
     """One statement per operation, with ``$n`` parameters for asyncpg."""
@@ -87,12 +100,7 @@ class PostgresStatements:
 def postgres_statements(table_prefix: str) -> PostgresStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
     live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now())"
-    # The rows of session $1 in id order. asyncpg prepares statements, and after five runs
-    # PostgreSQL may keep a generic plan, made without $1's value: on `session_id = $1` it would
-    # scan the primary key and filter by session (the whole table, for a small session next to
-    # a big one). `= ANY(ARRAY[$1])` is the same test, but the order by (session_id, id) can only
-    # be read from the session index then (tests/test_postgres_plans.py).
-    mine = f"FROM {m} WHERE session_id = ANY(ARRAY[$1::varchar])"
+    mine = f"FROM {m} WHERE {pg_rows_of()}"
     # $1 session id; $2, $3, $4 arrays of JSON text, role, type; $5 ttl seconds (NULL: none);
     # $6, $7, $8 owner, title, metadata of a new session; $9 the batch id, stored on the first
     # item. The CTE's upsert locks the session row before any id is drawn from the sequence.

@@ -20,7 +20,7 @@ from functools import cache
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentmem.forks import ForkOrigin, fork_origin_of
-from agentmem.sql._statements import _names, _WriteTransaction, sqlite_text_time
+from agentmem.sql._statements import _names, _WriteTransaction, pg_rows_of, sqlite_text_time
 from agentmem.sql.schema import tables_for_prefix
 from agentmem.windows import (
     APPROVAL_REQUEST,
@@ -86,10 +86,7 @@ def _postgres_marks(m: str, where: str) -> str:
 @cache
 def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
     s, m = _names(tables_for_prefix(table_prefix), postgresql.asyncpg.dialect())  # type: ignore[no-untyped-call]
-    # `= ANY(ARRAY[...])` with an order by session_id: a generic plan (asyncpg prepares) reads
-    # a session's rows from the session index, not the primary key filtered by session (see
-    # agentmem.sql._statements).
-    mine = "session_id = ANY(ARRAY[$1::varchar])"
+    mine = pg_rows_of()  # with an order by (session_id, id): see pg_rows_of
     seed = _postgres_marks(m, mine)
     step = _postgres_marks(m, f"{mine} AND id < w.id")
     live = f"NOT EXISTS (SELECT 1 FROM {s} WHERE session_id = $1 AND expires_at <= now())"
@@ -123,7 +120,7 @@ def postgres_window_statements(table_prefix: str) -> PostgresWindowStatements:
             f"forked_from, fork_point) "
             f"SELECT $2::varchar, now(), now(), (SELECT count(*) FROM src), $1::varchar, "
             f"(SELECT count(*) FROM src) "
-            f"WHERE (SELECT id FROM {m} WHERE session_id = ANY(ARRAY[$2::varchar]) "
+            f"WHERE (SELECT id FROM {m} WHERE {pg_rows_of('$2')} "
             f"ORDER BY session_id, id LIMIT 1) IS NULL "
             f"ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at, "
             f"created_at = excluded.created_at, expires_at = NULL, "
