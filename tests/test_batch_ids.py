@@ -22,8 +22,9 @@ def one_batch_id(monkeypatch: pytest.MonkeyPatch) -> None:
     from agentmem.redis import session as redis_module
     from agentmem.sql import _core as core_module
 
-    for module in (sqlite_module, sqlalchemy_module, core_module, redis_module):
+    for module in (sqlite_module, sqlalchemy_module, core_module):
         monkeypatch.setattr(module, "new_batch_id", lambda: BATCH)
+    monkeypatch.setattr(redis_module, "new_raw_batch_id", lambda: bytes.fromhex(BATCH))
 
 
 async def test_a_batch_id_already_stored_is_not_stored_again(

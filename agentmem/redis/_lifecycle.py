@@ -31,7 +31,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final
 
-from agentmem._batch import BATCH_ID_LENGTH
+from agentmem._batch import BATCH_ID_BYTES
 from agentmem.redis import client as _redis
 from agentmem.redis._lock import LOCK_LOST
 from agentmem.redis.client import LUA_EXPIRE, Script, encode_tag, settled
@@ -47,7 +47,6 @@ RPUSH_CHUNK: Final = 1000
 # applied once. Raw bytes, not hex: the ring is copied into and out of Lua on every write, and
 # its length is most of that cost (measured: bench/RESULTS.md, issue 18, second pass).
 RECENT_BATCHES: Final = 32
-BATCH_ID_BYTES: Final = BATCH_ID_LENGTH // 2
 RING_BYTES: Final = RECENT_BATCHES * BATCH_ID_BYTES
 
 

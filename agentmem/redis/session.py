@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import orjson
 
-from agentmem._batch import new_batch_id
+from agentmem._batch import new_raw_batch_id
 from agentmem._lock import SessionLock
 from agentmem.errors import SessionLockLost
 from agentmem.forks import ForkOrigin, ItemCursor, fork_origin_of, validate_upto
@@ -470,7 +470,7 @@ class RedisSession(SessionABC):
             life.user_id or "",
             life.title or "",
             life.metadata_json or "",
-            bytes.fromhex(new_batch_id()),
+            new_raw_batch_id(),
             token,
             _lua.inline(client),
         ]
