@@ -591,17 +591,25 @@ class CachedSession(SessionABC):
             end_args = self._end_call(end)[1]
             packed += [len(end_args), *end_args]
         packed += args
-        pending = self._server(client).pending
-        try:
-            error, reply = await self._redis(client, lambda: combined(client, self._keys, packed))
-        except BaseException:
-            pending.add(self.state_key)  # cancelled: the ends may or may not have run
-            raise
+        error, reply = await self._carrying_ends(
+            client, lambda: combined(client, self._keys, packed)
+        )
         if isinstance(error, _redis.OutOfMemoryError):  # refused before it ran
             return await self._pipelined(client, ends, script, args)
         if error is not None:
-            pending.add(self.state_key)
+            self._server(client).pending.add(self.state_key)
         return error, reply
+
+    async def _carrying_ends(
+        self, client: RedisClient, call: Callable[[], Awaitable[Any]]
+    ) -> tuple[BaseException | None, Any]:
+        """:meth:`_redis` of a ``call`` that carries owed ends: when it is cancelled, the ends
+        may or may not have run, and the process owes the session an invalidation."""
+        try:
+            return await self._redis(client, call)
+        except BaseException:
+            self._server(client).pending.add(self.state_key)
+            raise
 
     async def _pipelined(
         self, client: RedisClient, ends: list[_End], script: Script | None, args: list[Any]
@@ -634,14 +642,9 @@ class CachedSession(SessionABC):
             replies: list[Any] = await pipe.execute(raise_on_error=False)
             return replies
 
-        pending = self._server(client).pending
-        try:
-            error, replies = await self._redis(client, pipelined)
-        except BaseException:
-            pending.add(self.state_key)  # cancelled: the ends may or may not have run
-            raise
+        error, replies = await self._carrying_ends(client, pipelined)
         if replies is None:  # the ends may or may not have run: owed, as after a failed end
-            pending.add(self.state_key)
+            self._server(client).pending.add(self.state_key)
             return error, None
         for end, reply in zip(ends, replies, strict=False):
             if isinstance(reply, Exception):  # e.g. not loaded yet, over maxmemory: resent
