@@ -139,10 +139,9 @@ async def _generic_plan_reads(dsn: str, prefix: str, sql: str, args: str) -> tup
 async def test_generic_plans_read_only_the_sessions_rows(
     skewed: tuple[str, str], statement: str, args: str
 ) -> None:
-    dsn, prefix = skewed
-    sql = getattr(postgres_statements(prefix), statement)
-    read, plan = await _generic_plan_reads(dsn, prefix, sql, args)
-    assert read <= 2 * SMALL, f"{statement} read {read} rows of {SMALL + BIG}:\n{plan}"
+    await _reads_only_the_sessions_rows(
+        skewed, statement, lambda prefix: getattr(postgres_statements(prefix), statement), args
+    )
 
 
 _OTHER_STATEMENTS: dict[str, Callable[[str], str]] = {
@@ -167,9 +166,14 @@ _OTHER_STATEMENTS: dict[str, Callable[[str], str]] = {
 async def test_generic_plans_outside_the_hot_path_read_only_the_sessions_rows(
     skewed: tuple[str, str], statement: str, args: str
 ) -> None:
+    await _reads_only_the_sessions_rows(skewed, statement, _OTHER_STATEMENTS[statement], args)
+
+
+async def _reads_only_the_sessions_rows(
+    skewed: tuple[str, str], statement: str, sql_of: Callable[[str], str], args: str
+) -> None:
     dsn, prefix = skewed
-    sql = _OTHER_STATEMENTS[statement](prefix)
-    read, plan = await _generic_plan_reads(dsn, prefix, sql, args)
+    read, plan = await _generic_plan_reads(dsn, prefix, sql_of(prefix), args)
     assert read <= 2 * SMALL, f"{statement} read {read} rows of {SMALL + BIG}:\n{plan}"
 
 
