@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,7 @@ class Env:
 class Target(ABC):
     """One implementation on one database."""
 
-    kind: str  # "agentmem", "sdk" or "floor"
+    kind: str  # "agentmem", "sdk", "floor" or "bound"
     backend: str  # "sqlite-memory", "sqlite-file", "sqlalchemy-sqlite", "postgres", "redis", ...
     family: str  # the server the target needs, for --targets: "sqlite", "postgres", "redis"
 
@@ -491,6 +492,275 @@ class RedisFloor(_FloorStore):
         await self._client.aclose()
 
 
+# --- bounds: agentmem's own statements and scripts, straight through the driver ------------------
+
+
+class _BoundStore(_FloorStore):
+    """A floor that does agentmem's work instead of the bare minimum: items validated and encoded
+    by agentmem (role and type columns), written by agentmem's statements or scripts on
+    agentmem's schema (session row, item count, expiry, batch id, indexes), as thinly as the
+    driver allows (one hop or one round trip per operation, like the floors). agentmem over
+    this bound is what the library's own layers cost; this bound over the floor is what its
+    schema costs."""
+
+    kind = "bound"
+
+
+class SQLiteBound(_BoundStore):
+    """agentmem's SQLite operations (``agentmem.sql._statements``) on a sqlite3 connection with
+    agentmem's settings: inline in memory, one hop to one thread per operation on a file."""
+
+    family = "sqlite"
+
+    def __init__(self, on_file: bool) -> None:
+        self.backend = "sqlite-file" if on_file else "sqlite-memory"
+        self._on_file = on_file
+
+    async def start(self, env: Env) -> None:
+        from agentmem._batch import new_batch_id
+        from agentmem.items import encode_items
+        from agentmem.sql import _sqlite_schema
+        from agentmem.sql import _statements as ops
+
+        self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
+        self._sql = ops.sqlite_statements("")
+        self._thread = ThreadPoolExecutor(max_workers=1)
+        path = str(env.workdir / "bound.db") if self._on_file else ":memory:"
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if self._on_file:
+                ops.sqlite_settings(conn.cursor())
+            conn.execute("PRAGMA foreign_keys=ON")
+            _sqlite_schema.sqlite_upgrade(conn)
+            return conn
+
+        self._conn = await self._run(connect)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if not self._on_file:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        rows = await self._run(self._ops.sqlite_get, self._conn, self._sql, session_id, limit)
+        return [orjson.loads(row) for row in rows]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        encoded = self._encode(items)
+        await self._run(
+            self._ops.sqlite_add, self._conn, self._sql, session_id, encoded, self._batch_id()
+        )
+
+    async def pop(self, session_id: str) -> Any | None:
+        row = await self._run(self._ops.sqlite_pop, self._conn, self._sql, session_id)
+        return None if row is None else orjson.loads(row)
+
+    async def clear(self, session_id: str) -> None:
+        await self._run(self._ops.sqlite_clear, self._conn, self._sql, session_id)
+
+    async def stop(self) -> None:
+        await self._run(self._conn.close)
+        self._thread.shutdown()
+
+
+class AiosqliteBound(_BoundStore):
+    """agentmem's SQLite operations in an aiosqlite connection's thread, one hop per operation
+    (as agentmem runs them on a caller's aiosqlite engine, without the engine's pool)."""
+
+    backend, family = "sqlalchemy-sqlite", "sqlite"
+
+    async def start(self, env: Env) -> None:
+        import aiosqlite
+
+        from agentmem._batch import new_batch_id
+        from agentmem.items import encode_items
+        from agentmem.sql import _sqlite_schema
+        from agentmem.sql import _statements as ops
+
+        self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
+        self._sql = ops.sqlite_statements("")
+        self._db = await aiosqlite.connect(
+            str(env.workdir / "bound-aiosqlite.db"), isolation_level=None
+        )
+        await self._run(lambda conn: ops.sqlite_settings(conn.cursor()))
+        await self._run(_sqlite_schema.sqlite_upgrade)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        db = self._db
+        # aiosqlite's queue of callables for its thread, as agentmem/sql/_retry.py uses it
+        result: _T = await db._execute(lambda: fn(db._conn, *args))
+        return result
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        rows = await self._run(self._ops.sqlite_get, self._sql, session_id, limit)
+        return [orjson.loads(row) for row in rows]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        encoded = self._encode(items)
+        await self._run(self._ops.sqlite_add, self._sql, session_id, encoded, self._batch_id())
+
+    async def pop(self, session_id: str) -> Any | None:
+        row = await self._run(self._ops.sqlite_pop, self._sql, session_id)
+        return None if row is None else orjson.loads(row)
+
+    async def clear(self, session_id: str) -> None:
+        await self._run(self._ops.sqlite_clear, self._sql, session_id)
+
+    async def stop(self) -> None:
+        await self._db.close()
+
+
+class PostgresBound(_BoundStore):
+    """agentmem's PostgreSQL statements (one per operation) on its migrated tables, through the
+    floor's asyncpg pool (no reset on release: one round trip per call)."""
+
+    backend, family = "postgres", "postgres"
+    TABLE_PREFIX = "bound_"
+
+    async def start(self, env: Env) -> None:
+        import asyncpg
+
+        from agentmem._batch import new_batch_id
+        from agentmem.items import encode_items
+        from agentmem.migrate import upgrade
+        from agentmem.sql._statements import postgres_statements
+
+        engine = _engine(env, True, "")
+        try:
+            await upgrade(engine, table_prefix=self.TABLE_PREFIX)
+        finally:
+            await engine.dispose()
+        self._sql = postgres_statements(self.TABLE_PREFIX)
+        self._encode, self._batch_id = encode_items, new_batch_id
+        self._pool = await asyncpg.create_pool(
+            env.postgres_url,
+            min_size=POSTGRES_POOL_SIZE,
+            max_size=POSTGRES_POOL_SIZE,
+            reset=_no_reset,
+        )
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        if limit is None:
+            rows = await self._pool.fetch(self._sql.select_all, session_id)
+            return [orjson.loads(row[0]) for row in rows]
+        rows = await self._pool.fetch(self._sql.select_newest, session_id, limit)
+        return [orjson.loads(row[0]) for row in reversed(rows)]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        data, roles, types = zip(*self._encode(items), strict=True)
+        await self._pool.execute(
+            self._sql.add, session_id, data, roles, types, None, None, None, None, self._batch_id()
+        )
+
+    async def pop(self, session_id: str) -> Any | None:
+        data = await self._pool.fetchval(self._sql.pop, session_id, None)
+        return None if data is None else orjson.loads(data)
+
+    async def clear(self, session_id: str) -> None:
+        await self._pool.execute(self._sql.clear, session_id)
+
+    async def stop(self) -> None:
+        await self._pool.close()
+
+
+class RedisBound(_BoundStore):
+    """agentmem's Redis add and pop scripts (one EVALSHA each) with the arguments agentmem
+    sends, and its read (one LRANGE), on the floor's client."""
+
+    backend, family = "redis", "redis"
+
+    async def start(self, env: Env) -> None:
+        from agentmem._batch import new_raw_batch_id
+        from agentmem.items import encode_items
+        from agentmem.redis import _lifecycle as lua
+        from agentmem.redis.client import tagged_key
+
+        self._client = _redis_client(env)
+        self._encode, self._batch_id, self._key = encode_items, new_raw_batch_id, tagged_key
+        self._session_prefix = f"{env.tag}:bound-session"
+        self._messages_prefix = f"{env.tag}:bound-messages"
+        self._add = await self._client.script_load(lua.ADD_SOURCE)
+        self._pop = await self._client.script_load(lua.POP_SOURCE)
+        self._drop = await self._client.script_load(lua.DROP_SOURCE)
+        self._inline = lua.inline(self._client)
+
+    def _keys(self, session_id: str) -> list[str]:
+        return [
+            self._key(self._messages_prefix, session_id),
+            self._key(self._session_prefix, session_id),
+        ]
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        if limit == 0:
+            return []
+        start = 0 if limit is None else -limit
+        raw = await self._client.lrange(self._key(self._messages_prefix, session_id), start, -1)
+        return [orjson.loads(data) for data in raw]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        args: list[Any] = [f"{time.time():.6f}", 0, 0, self._session_prefix, session_id]
+        args += ["", "", "", self._batch_id(), "", self._inline]
+        args += [item.json.encode() for item in self._encode(items)]
+        await self._client.evalsha(self._add, 2, *self._keys(session_id), *args)
+
+    async def pop(self, session_id: str) -> Any | None:
+        args = [f"{time.time():.6f}", 0, self._session_prefix, session_id, "", self._inline]
+        data = await self._client.evalsha(self._pop, 2, *self._keys(session_id), *args)
+        return None if data is None else orjson.loads(data)
+
+    async def clear(self, session_id: str) -> None:
+        args = [self._session_prefix, session_id, "", self._inline]
+        await self._client.evalsha(self._drop, 2, *self._keys(session_id), *args)
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+
+class CachedBound(PostgresBound):
+    """The thinnest cache in front of agentmem's PostgreSQL statements: a write is one Redis
+    command (the items pushed onto the session's list), then the SQL statement, one after the
+    other; a read is one ``LRANGE``. Not a safe cache (a failed SQL write leaves Redis ahead):
+    the lower bound of any cache whose write must reach Redis before its SQL commit (bench/
+    RESULTS.md, "The cached mode's writes: one Redis round trip, and why not fewer")."""
+
+    backend = "cached"
+    TABLE_PREFIX = "bound_cached_"
+
+    async def start(self, env: Env) -> None:
+        await super().start(env)
+        self._client = _redis_client(env)
+        self._prefix = f"{env.tag}:bound-cached:"
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        if limit == 0:
+            return []
+        start = 0 if limit is None else -limit
+        raw = await self._client.lrange(self._prefix + session_id, start, -1)
+        return [orjson.loads(data) for data in raw]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        encoded = self._encode(items)
+        await self._client.rpush(self._prefix + session_id, *(i.json.encode() for i in encoded))
+        data, roles, types = zip(*encoded, strict=True)
+        await self._pool.execute(
+            self._sql.add, session_id, data, roles, types, None, None, None, None, self._batch_id()
+        )
+
+    async def pop(self, session_id: str) -> Any | None:
+        data = await self._pool.fetchval(self._sql.pop, session_id, None)
+        await self._client.rpop(self._prefix + session_id)
+        return None if data is None else orjson.loads(data)
+
+    async def clear(self, session_id: str) -> None:
+        await self._pool.execute(self._sql.clear, session_id)
+        await self._client.delete(self._prefix + session_id)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._client.aclose()
+
+
 # --- shared plumbing ---------------------------------------------------------------------------
 
 
@@ -538,16 +808,23 @@ def all_targets() -> list[Target]:
         PostgresFloor(),
         RedisFloor(),
         RedisFloor(hiredis=False),
+        SQLiteBound(on_file=False),
+        SQLiteBound(on_file=True),
+        AiosqliteBound(),
+        PostgresBound(),
+        RedisBound(),
+        CachedBound(),
     ]
 
 
-# For each agentmem backend: the SDK session and the floor it is compared with. The SQLAlchemy
-# provider on SQLite is held to the sqlite3 floor on a file: the same database underneath.
-COMPARISONS: dict[str, tuple[str, str]] = {
-    "sqlite-memory": ("sdk/sqlite-memory", "floor/sqlite-memory"),
-    "sqlite-file": ("sdk/sqlite-file", "floor/sqlite-file"),
-    "sqlalchemy-sqlite": ("sdk/sqlalchemy-sqlite", "floor/sqlite-file"),
-    "postgres": ("sdk/postgres", "floor/postgres"),
-    "redis": ("sdk/redis", "floor/redis"),
-    "cached": ("sdk/postgres", "floor/postgres"),
+# For each agentmem backend: the SDK session, the floor and the bound it is compared with. The
+# SQLAlchemy provider on SQLite is held to the sqlite3 floor on a file (the same database
+# underneath) and to agentmem's statements in aiosqlite's thread (the caller's driver).
+COMPARISONS: dict[str, tuple[str, str, str]] = {
+    "sqlite-memory": ("sdk/sqlite-memory", "floor/sqlite-memory", "bound/sqlite-memory"),
+    "sqlite-file": ("sdk/sqlite-file", "floor/sqlite-file", "bound/sqlite-file"),
+    "sqlalchemy-sqlite": ("sdk/sqlalchemy-sqlite", "floor/sqlite-file", "bound/sqlalchemy-sqlite"),
+    "postgres": ("sdk/postgres", "floor/postgres", "bound/postgres"),
+    "redis": ("sdk/redis", "floor/redis", "bound/redis"),
+    "cached": ("sdk/postgres", "floor/postgres", "bound/cached"),
 }
