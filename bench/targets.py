@@ -507,8 +507,10 @@ class _BoundStore(_FloorStore):
 
 
 class SQLiteBound(_BoundStore):
-    """agentmem's SQLite operations (``agentmem.sql._statements``) on a sqlite3 connection with
-    agentmem's settings: inline in memory, one hop to one thread per operation on a file."""
+    """agentmem's SQLite operations (``agentmem.sql._statements``) on sqlite3 connections with
+    agentmem's settings: in memory, a private database per session (as agentmem's in-memory
+    sessions have), copied from a migrated one, operations inline after a yield to the event
+    loop; on a file, one connection and one hop to one thread per operation."""
 
     family = "sqlite"
 
@@ -536,43 +538,81 @@ class SQLiteBound(_BoundStore):
             return conn
 
         self._conn = await self._run(connect)
+        self._private: dict[str, sqlite3.Connection] = {}
+
+    async def make(self, session_id: str) -> BenchSession:
+        if not self._on_file:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.backup(conn)
+            self._private[session_id] = conn
+        return await super().make(session_id)
+
+    async def release(self, session: BenchSession) -> None:
+        conn = self._private.pop(session._id, None)  # type: ignore[attr-defined]
+        if conn is not None:
+            conn.close()
+
+    def _db(self, session_id: str) -> sqlite3.Connection:
+        return self._private[session_id] if not self._on_file else self._conn
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if not self._on_file:
+            # Each call lets other tasks run first, as agentmem's in-memory calls do: every
+            # call is a point where a cancel lands, at most one call per turn of the event
+            # loop (tests/reliability/test_faults.py::test_a_cancelled_caller_is_cancelled).
+            await asyncio.sleep(0)
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
-        rows = await self._run(self._ops.sqlite_get, self._conn, self._sql, session_id, limit)
+        conn = self._db(session_id)
+        rows = await self._run(self._ops.sqlite_get, conn, self._sql, session_id, limit)
         return [orjson.loads(row) for row in rows]
 
     async def add(self, session_id: str, items: list[Any]) -> None:
-        encoded = self._encode(items)
-        await self._run(
-            self._ops.sqlite_add, self._conn, self._sql, session_id, encoded, self._batch_id()
-        )
+        encoded, conn, batch_id = self._encode(items), self._db(session_id), self._batch_id()
+        await self._run(self._ops.sqlite_add, conn, self._sql, session_id, encoded, batch_id)
 
     async def pop(self, session_id: str) -> Any | None:
-        row = await self._run(self._ops.sqlite_pop, self._conn, self._sql, session_id)
+        row = await self._run(self._ops.sqlite_pop, self._db(session_id), self._sql, session_id)
         return None if row is None else orjson.loads(row)
 
     async def clear(self, session_id: str) -> None:
-        await self._run(self._ops.sqlite_clear, self._conn, self._sql, session_id)
+        await self._run(self._ops.sqlite_clear, self._db(session_id), self._sql, session_id)
 
     async def stop(self) -> None:
         await self._run(self._conn.close)
         self._thread.shutdown()
 
 
+async def _pooled(engine: Any, use: Callable[[Any], Any]) -> Any:
+    """``use(driver_connection)`` on a connection of ``engine``'s pool: checked out and in
+    through SQLAlchemy's async API (two greenlet switches), as a session on a caller's engine
+    must; nothing else (no call timeout, no retry). An aiosqlite connection whose transaction
+    is over skips the pool's rollback on check-in (one more thread hop), as agentmem does."""
+    from sqlalchemy.util import greenlet_spawn
+
+    pooled = await engine.raw_connection()
+    driver = pooled.driver_connection
+    try:
+        return await use(driver)
+    finally:
+        conn = getattr(driver, "_conn", None)
+        if isinstance(conn, sqlite3.Connection) and not conn.in_transaction:
+            await greenlet_spawn(pooled._checkin, True)
+        else:
+            await greenlet_spawn(pooled.close)
+
+
 class AiosqliteBound(_BoundStore):
-    """agentmem's SQLite operations in an aiosqlite connection's thread, one hop per operation
-    (as agentmem runs them on a caller's aiosqlite engine, without the engine's pool)."""
+    """agentmem's SQLite operations on a connection of an aiosqlite engine's pool, one hop into
+    aiosqlite's thread per operation (its queue of callables, as agentmem/sql/_retry.py uses
+    it)."""
 
     backend, family = "sqlalchemy-sqlite", "sqlite"
 
     async def start(self, env: Env) -> None:
-        import aiosqlite
-
         from agentmem._batch import new_batch_id
         from agentmem.items import encode_items
         from agentmem.sql import _sqlite_schema
@@ -580,16 +620,15 @@ class AiosqliteBound(_BoundStore):
 
         self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
         self._sql = ops.sqlite_statements("")
-        self._db = await aiosqlite.connect(
-            str(env.workdir / "bound-aiosqlite.db"), isolation_level=None
-        )
+        self._engine = _engine(env, False, "bound-aiosqlite.db")
         await self._run(lambda conn: ops.sqlite_settings(conn.cursor()))
         await self._run(_sqlite_schema.sqlite_upgrade)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        db = self._db
-        # aiosqlite's queue of callables for its thread, as agentmem/sql/_retry.py uses it
-        result: _T = await db._execute(lambda: fn(db._conn, *args))
+        def use(driver: Any) -> Any:
+            return driver._execute(lambda: fn(driver._conn, *args))
+
+        result: _T = await _pooled(self._engine, use)
         return result
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
@@ -608,60 +647,52 @@ class AiosqliteBound(_BoundStore):
         await self._run(self._ops.sqlite_clear, self._sql, session_id)
 
     async def stop(self) -> None:
-        await self._db.close()
+        await self._engine.dispose()
 
 
 class PostgresBound(_BoundStore):
-    """agentmem's PostgreSQL statements (one per operation) on its migrated tables, through the
-    floor's asyncpg pool (no reset on release: one round trip per call)."""
+    """agentmem's PostgreSQL statements (one per operation) on its migrated tables, each on a
+    connection of an asyncpg engine's pool (the engine a caller hands agentmem)."""
 
     backend, family = "postgres", "postgres"
     TABLE_PREFIX = "bound_"
 
     async def start(self, env: Env) -> None:
-        import asyncpg
-
         from agentmem._batch import new_batch_id
         from agentmem.items import encode_items
         from agentmem.migrate import upgrade
         from agentmem.sql._statements import postgres_statements
 
-        engine = _engine(env, True, "")
-        try:
-            await upgrade(engine, table_prefix=self.TABLE_PREFIX)
-        finally:
-            await engine.dispose()
+        self._engine = _engine(env, True, "")
+        await upgrade(self._engine, table_prefix=self.TABLE_PREFIX)
         self._sql = postgres_statements(self.TABLE_PREFIX)
         self._encode, self._batch_id = encode_items, new_batch_id
-        self._pool = await asyncpg.create_pool(
-            env.postgres_url,
-            min_size=POSTGRES_POOL_SIZE,
-            max_size=POSTGRES_POOL_SIZE,
-            reset=_no_reset,
-        )
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        sql = self._sql
         if limit is None:
-            rows = await self._pool.fetch(self._sql.select_all, session_id)
+            rows = await _pooled(self._engine, lambda c: c.fetch(sql.select_all, session_id))
             return [orjson.loads(row[0]) for row in rows]
-        rows = await self._pool.fetch(self._sql.select_newest, session_id, limit)
+        rows = await _pooled(self._engine, lambda c: c.fetch(sql.select_newest, session_id, limit))
         return [orjson.loads(row[0]) for row in reversed(rows)]
 
+    async def _add(self, session_id: str, encoded: list[Any]) -> None:
+        data, roles, types = zip(*encoded, strict=True)
+        args = (session_id, data, roles, types, None, None, None, None, self._batch_id())
+        await _pooled(self._engine, lambda c: c.execute(self._sql.add, *args))
+
     async def add(self, session_id: str, items: list[Any]) -> None:
-        data, roles, types = zip(*self._encode(items), strict=True)
-        await self._pool.execute(
-            self._sql.add, session_id, data, roles, types, None, None, None, None, self._batch_id()
-        )
+        await self._add(session_id, self._encode(items))
 
     async def pop(self, session_id: str) -> Any | None:
-        data = await self._pool.fetchval(self._sql.pop, session_id, None)
+        data = await _pooled(self._engine, lambda c: c.fetchval(self._sql.pop, session_id, None))
         return None if data is None else orjson.loads(data)
 
     async def clear(self, session_id: str) -> None:
-        await self._pool.execute(self._sql.clear, session_id)
+        await _pooled(self._engine, lambda c: c.execute(self._sql.clear, session_id))
 
     async def stop(self) -> None:
-        await self._pool.close()
+        await self._engine.dispose()
 
 
 class RedisBound(_BoundStore):
@@ -718,11 +749,12 @@ class RedisBound(_BoundStore):
 
 
 class CachedBound(PostgresBound):
-    """The thinnest cache in front of agentmem's PostgreSQL statements: a write is one Redis
-    command (the items pushed onto the session's list), then the SQL statement, one after the
-    other; a read is one ``LRANGE``. Not a safe cache (a failed SQL write leaves Redis ahead):
-    the lower bound of any cache whose write must reach Redis before its SQL commit (bench/
-    RESULTS.md, "The cached mode's writes: one Redis round trip, and why not fewer")."""
+    """The thinnest cache in front of agentmem's PostgreSQL statements on the engine's pool: a
+    write is one Redis command (the items pushed onto the session's list), then the SQL
+    statement, one after the other; a read is one ``LRANGE``. Not a safe cache (a failed SQL
+    write leaves Redis ahead): the lower bound of any cache whose write must reach Redis
+    before its SQL commit (bench/RESULTS.md, "The cached mode's writes: one Redis round trip,
+    and why not fewer")."""
 
     backend = "cached"
     TABLE_PREFIX = "bound_cached_"
@@ -742,18 +774,15 @@ class CachedBound(PostgresBound):
     async def add(self, session_id: str, items: list[Any]) -> None:
         encoded = self._encode(items)
         await self._client.rpush(self._prefix + session_id, *(i.json.encode() for i in encoded))
-        data, roles, types = zip(*encoded, strict=True)
-        await self._pool.execute(
-            self._sql.add, session_id, data, roles, types, None, None, None, None, self._batch_id()
-        )
+        await self._add(session_id, encoded)
 
     async def pop(self, session_id: str) -> Any | None:
-        data = await self._pool.fetchval(self._sql.pop, session_id, None)
+        data = await super().pop(session_id)
         await self._client.rpop(self._prefix + session_id)
-        return None if data is None else orjson.loads(data)
+        return data
 
     async def clear(self, session_id: str) -> None:
-        await self._pool.execute(self._sql.clear, session_id)
+        await super().clear(session_id)
         await self._client.delete(self._prefix + session_id)
 
     async def stop(self) -> None:
