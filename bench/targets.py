@@ -620,8 +620,10 @@ class AiosqliteBound(_BoundStore):
 
         self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
         self._sql = ops.sqlite_statements("")
+        from agentmem.sql.sqlalchemy import use_sqlite_settings
+
         self._engine = _engine(env, False, "bound-aiosqlite.db")
-        await self._run(lambda conn: ops.sqlite_settings(conn.cursor()))
+        use_sqlite_settings(self._engine)  # on every pooled connection, as agentmem does
         await self._run(_sqlite_schema.sqlite_upgrade)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
