@@ -509,8 +509,8 @@ class _BoundStore(_FloorStore):
 class SQLiteBound(_BoundStore):
     """agentmem's SQLite operations (``agentmem.sql._statements``) on sqlite3 connections with
     agentmem's settings: in memory, a private database per session (as agentmem's in-memory
-    sessions have), copied from a migrated one, operations inline after a yield to the event
-    loop; on a file, one connection and one hop to one thread per operation."""
+    sessions have), copied from a migrated one on first use, operations inline after a yield to
+    the event loop; on a file, one connection and one hop to one thread per operation."""
 
     family = "sqlite"
 
@@ -540,21 +540,21 @@ class SQLiteBound(_BoundStore):
         self._conn = await self._run(connect)
         self._private: dict[str, sqlite3.Connection] = {}
 
-    async def make(self, session_id: str) -> BenchSession:
-        if not self._on_file:
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.backup(conn)
-            self._private[session_id] = conn
-        return await super().make(session_id)
-
     async def release(self, session: BenchSession) -> None:
         conn = self._private.pop(session._id, None)  # type: ignore[attr-defined]
         if conn is not None:
             conn.close()
 
     def _db(self, session_id: str) -> sqlite3.Connection:
-        return self._private[session_id] if not self._on_file else self._conn
+        if self._on_file:
+            return self._conn
+        conn = self._private.get(session_id)
+        if conn is None:  # on first use, as agentmem opens a session's private database
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.backup(conn)
+            self._private[session_id] = conn
+        return conn
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if not self._on_file:
