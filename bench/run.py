@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import math
 import os
 import platform
@@ -150,16 +149,11 @@ async def run_workload(
 
     for target, run in runs.items():
         await guarded(target, run.setup())
-    # What the setups hold (histories, items to write) leaves the collector's view: a full
-    # collection then walks only what the rounds allocate, and pauses no target for the rest.
-    gc.collect()
-    gc.freeze()
     for index in range(sizes.rounds):
         for target in random.sample(targets, len(targets)):
             start = perf_counter_ns()
             await guarded(target, runs[target].run_round(index, recorders[target]))
             recorders[target].wall_ns += perf_counter_ns() - start
-    gc.unfreeze()
     for target, run in runs.items():
         await guarded(target, run.verify())
         await guarded(target, run.teardown())
