@@ -1,7 +1,8 @@
 """What a call on a caller's SQLAlchemy engine pays for the engine's pool: the same driver call
 on a connection held outside any pool, and on one checked out of an ``AsyncEngine``'s pool and
-back in (SQLAlchemy's async API: a greenlet for the checkout, another for the check-in), as
-agentmem's sessions on a caller's engine and the benchmark's bounds do.
+back in (SQLAlchemy's async API: a greenlet for the checkout, another for the check-in, the
+pool's reset skipped where agentmem skips it), as the benchmark's bounds do
+(``bench.targets._pooled``) and agentmem's sessions on a caller's engine.
 
     python -m bench.engine_pool [--calls 3000] [--rounds 5]
 
@@ -23,19 +24,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.targets import _pooled
+
 POSTGRES_URL = os.environ.get(
     "AGENTMEM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-
-
-async def through_pool(engine: Any, use: Callable[[Any], Awaitable[Any]]) -> Any:
-    from sqlalchemy.util import greenlet_spawn
-
-    pooled = await engine.raw_connection()
-    try:
-        return await use(pooled.driver_connection)
-    finally:
-        await greenlet_spawn(pooled._checkin, True)
 
 
 async def measure(
@@ -63,7 +56,7 @@ async def postgres(calls: int, rounds: int) -> dict[str, tuple[float, float]]:
     try:
         shapes = {
             "asyncpg, a held connection": lambda: held.fetchval("SELECT 1"),
-            "asyncpg, through the engine's pool": lambda: through_pool(
+            "asyncpg, through the engine's pool": lambda: _pooled(
                 engine, lambda c: c.fetchval("SELECT 1")
             ),
         }
@@ -86,9 +79,7 @@ async def sqlite(calls: int, rounds: int) -> dict[str, tuple[float, float]]:
         path = Path(workdir) / "pool.db"
         engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
         use_sqlite_settings(engine)
-        await through_pool(
-            engine, lambda d: d._execute(lambda: _sqlite_schema.sqlite_upgrade(d._conn))
-        )
+        await _pooled(engine, lambda d: d._execute(lambda: _sqlite_schema.sqlite_upgrade(d._conn)))
         held = await aiosqlite.connect(path, isolation_level=None)
 
         def read(driver: Any) -> Awaitable[Any]:
@@ -97,7 +88,7 @@ async def sqlite(calls: int, rounds: int) -> dict[str, tuple[float, float]]:
         try:
             shapes = {
                 "aiosqlite, a held connection": lambda: read(held),
-                "aiosqlite, through the engine's pool": lambda: through_pool(engine, read),
+                "aiosqlite, through the engine's pool": lambda: _pooled(engine, read),
             }
             return await measure(shapes, calls, rounds)
         finally:

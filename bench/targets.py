@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -257,6 +258,38 @@ class SdkRedis(Target):
 # --- raw-driver floors -------------------------------------------------------------------------
 
 
+class _Hop:
+    """One thread that runs the calls queued to it, in order, each call's outcome set in the
+    event loop through ``call_soon_threadsafe``: the hop agentmem's ``SQLiteSession`` makes to
+    its database's thread (agentmem/sql/sqlite.py), without its cancel handling."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        threading.Thread(target=self._serve, name="bench-sqlite", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job()
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(future.set_exception, exc)
+            else:
+                loop.call_soon_threadsafe(future.set_result, result)
+
+        self._queue.put(job)
+        return await future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+
 class _FloorSession:
     """A session id bound to a floor store: the store does the work."""
 
@@ -310,8 +343,8 @@ _SQLITE_SCHEMA = (
 
 class SQLiteFloor(_FloorStore):
     """sqlite3, one transaction per operation. On a file the connection is owned by one thread,
-    one hop per operation (what aiosqlite does, without its hop per statement); in memory the
-    operations run inline, as agentmem's in-memory SQLiteSession does."""
+    one hop per operation (``_Hop``, as agentmem's SQLiteSession; aiosqlite hops once per
+    statement); in memory the operations run inline."""
 
     family = "sqlite"
 
@@ -320,7 +353,7 @@ class SQLiteFloor(_FloorStore):
         self._on_file = on_file
 
     async def start(self, env: Env) -> None:
-        self._thread = ThreadPoolExecutor(max_workers=1)
+        self._thread = _Hop()
         path = str(env.workdir / "floor.db") if self._on_file else ":memory:"
         self._conn = await self._run(
             lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -337,7 +370,7 @@ class SQLiteFloor(_FloorStore):
     async def _run(self, fn: Callable[[], _T]) -> _T:
         if not self._on_file:  # never waits on I/O or a lock: inline is cheaper than a hop
             return fn()
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        return await self._thread.run(fn)
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
         if limit is None:
@@ -389,7 +422,7 @@ class SQLiteFloor(_FloorStore):
 
     async def stop(self) -> None:
         await self._run(self._conn.close)
-        self._thread.shutdown()
+        self._thread.stop()
 
 
 class PostgresFloor(_FloorStore):
@@ -499,9 +532,10 @@ class _BoundStore(_FloorStore):
     """A floor that does agentmem's work instead of the bare minimum: items validated and encoded
     by agentmem (role and type columns), written by agentmem's statements or scripts on
     agentmem's schema (session row, item count, expiry, batch id, indexes), as thinly as the
-    driver allows (one hop or one round trip per operation, like the floors). agentmem over
-    this bound is what the library's own layers cost; this bound over the floor is what its
-    schema costs."""
+    driver allows (one hop or one round trip per operation, like the floors). The bound runs
+    agentmem's own inner layer: what that layer costs is in the bound, not in agentmem/bound.
+    agentmem over this bound is what the session layer around it costs; this bound over the
+    floor is what the inner layer (statements, schema, validation) and a caller's pool cost."""
 
     kind = "bound"
 
@@ -526,7 +560,7 @@ class SQLiteBound(_BoundStore):
 
         self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
         self._sql = ops.sqlite_statements("")
-        self._thread = ThreadPoolExecutor(max_workers=1)
+        self._thread = _Hop()
         path = str(env.workdir / "bound.db") if self._on_file else ":memory:"
 
         def connect() -> sqlite3.Connection:
@@ -563,7 +597,7 @@ class SQLiteBound(_BoundStore):
             # loop (tests/reliability/test_faults.py::test_a_cancelled_caller_is_cancelled).
             await asyncio.sleep(0)
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await self._thread.run(fn, *args)
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
         conn = self._db(session_id)
@@ -583,7 +617,7 @@ class SQLiteBound(_BoundStore):
 
     async def stop(self) -> None:
         await self._run(self._conn.close)
-        self._thread.shutdown()
+        self._thread.stop()
 
 
 async def _pooled(engine: Any, use: Callable[[Any], Any]) -> Any:
@@ -751,9 +785,10 @@ class RedisBound(_BoundStore):
 
 
 class CachedBound(PostgresBound):
-    """The thinnest cache in front of agentmem's PostgreSQL statements on the engine's pool: a
-    write is one Redis command (the items pushed onto the session's list), then the SQL
-    statement, one after the other; a read is one ``LRANGE``. Not a safe cache (a failed SQL
+    """The thinnest cache in front of agentmem's PostgreSQL statements on the engine's pool: an
+    add is one Redis command (the items pushed onto the session's list), then the SQL
+    statement; a pop or a clear, the SQL statement, then one Redis command; a read is one
+    ``LRANGE``. Not a safe cache (a failed SQL
     write leaves Redis ahead): the lower bound of any cache whose write must reach Redis
     before its SQL commit (bench/RESULTS.md, "The cached mode's writes: one Redis round trip,
     and why not fewer")."""
