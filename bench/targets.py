@@ -488,6 +488,15 @@ async def _no_reset(connection: Any) -> None:
     pass
 
 
+async def _newest_of_list(client: Any, key: str, limit: int | None) -> list[Any]:
+    """The newest ``limit`` items (all with ``None``) of a Redis list of JSON texts: one
+    ``LRANGE``."""
+    if limit == 0:
+        return []
+    start = 0 if limit is None else -limit
+    return [orjson.loads(data) for data in await client.lrange(key, start, -1)]
+
+
 class RedisFloor(_FloorStore):
     """redis.asyncio, one list per session, one command (one round trip) per operation, with
     redis-py's default reply parser (hiredis's, which the ``redis`` extra installs, as for
@@ -505,11 +514,7 @@ class RedisFloor(_FloorStore):
         self._prefix = f"{env.tag}:floor-{self.backend}:"
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
-        if limit == 0:
-            return []
-        start = 0 if limit is None else -limit
-        raw = await self._client.lrange(self._prefix + session_id, start, -1)
-        return [orjson.loads(data) for data in raw]
+        return await _newest_of_list(self._client, self._prefix + session_id, limit)
 
     async def add(self, session_id: str, items: list[Any]) -> None:
         await self._client.rpush(self._prefix + session_id, *map(orjson.dumps, items))
@@ -759,11 +764,8 @@ class RedisBound(_BoundStore):
         ]
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
-        if limit == 0:
-            return []
-        start = 0 if limit is None else -limit
-        raw = await self._client.lrange(self._key(self._messages_prefix, session_id), start, -1)
-        return [orjson.loads(data) for data in raw]
+        key = self._key(self._messages_prefix, session_id)
+        return await _newest_of_list(self._client, key, limit)
 
     async def add(self, session_id: str, items: list[Any]) -> None:
         args: list[Any] = [f"{time.time():.6f}", 0, 0, self._session_prefix, session_id]
@@ -802,11 +804,7 @@ class CachedBound(PostgresBound):
         self._prefix = f"{env.tag}:bound-cached:"
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
-        if limit == 0:
-            return []
-        start = 0 if limit is None else -limit
-        raw = await self._client.lrange(self._prefix + session_id, start, -1)
-        return [orjson.loads(data) for data in raw]
+        return await _newest_of_list(self._client, self._prefix + session_id, limit)
 
     async def add(self, session_id: str, items: list[Any]) -> None:
         encoded = self._encode(items)
