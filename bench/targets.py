@@ -545,7 +545,39 @@ class _BoundStore(_FloorStore):
     kind = "bound"
 
 
-class SQLiteBound(_BoundStore):
+class _SQLiteOperationsBound(_BoundStore):
+    """The four operations as agentmem's SQLite functions (``agentmem.sql._statements``), each
+    run by ``_on`` on the session's connection, however the subclass reaches it."""
+
+    def _load(self) -> None:
+        from agentmem._batch import new_batch_id
+        from agentmem.items import encode_items
+        from agentmem.sql import _statements as ops
+
+        self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
+        self._sql = ops.sqlite_statements("")
+
+    @abstractmethod
+    async def _on(self, session_id: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(connection, statements, session_id, *args)`` on the session's connection."""
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        rows = await self._on(session_id, self._ops.sqlite_get, limit)
+        return [orjson.loads(row) for row in rows]
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        encoded = self._encode(items)
+        await self._on(session_id, self._ops.sqlite_add, encoded, self._batch_id())
+
+    async def pop(self, session_id: str) -> Any | None:
+        row = await self._on(session_id, self._ops.sqlite_pop)
+        return None if row is None else orjson.loads(row)
+
+    async def clear(self, session_id: str) -> None:
+        await self._on(session_id, self._ops.sqlite_clear)
+
+
+class SQLiteBound(_SQLiteOperationsBound):
     """agentmem's SQLite operations (``agentmem.sql._statements``) on sqlite3 connections with
     agentmem's settings: in memory, a private database per session (as agentmem's in-memory
     sessions have), copied from a migrated one on first use, operations inline after a yield to
@@ -558,13 +590,10 @@ class SQLiteBound(_BoundStore):
         self._on_file = on_file
 
     async def start(self, env: Env) -> None:
-        from agentmem._batch import new_batch_id
-        from agentmem.items import encode_items
         from agentmem.sql import _sqlite_schema
-        from agentmem.sql import _statements as ops
 
-        self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
-        self._sql = ops.sqlite_statements("")
+        self._load()
+        ops = self._ops
         self._thread = _Hop()
         path = str(env.workdir / "bound.db") if self._on_file else ":memory:"
 
@@ -604,21 +633,8 @@ class SQLiteBound(_BoundStore):
             return fn(*args)
         return await self._thread.run(fn, *args)
 
-    async def get(self, session_id: str, limit: int | None) -> list[Any]:
-        conn = self._db(session_id)
-        rows = await self._run(self._ops.sqlite_get, conn, self._sql, session_id, limit)
-        return [orjson.loads(row) for row in rows]
-
-    async def add(self, session_id: str, items: list[Any]) -> None:
-        encoded, conn, batch_id = self._encode(items), self._db(session_id), self._batch_id()
-        await self._run(self._ops.sqlite_add, conn, self._sql, session_id, encoded, batch_id)
-
-    async def pop(self, session_id: str) -> Any | None:
-        row = await self._run(self._ops.sqlite_pop, self._db(session_id), self._sql, session_id)
-        return None if row is None else orjson.loads(row)
-
-    async def clear(self, session_id: str) -> None:
-        await self._run(self._ops.sqlite_clear, self._db(session_id), self._sql, session_id)
+    async def _on(self, session_id: str, fn: Callable[..., _T], *args: Any) -> _T:
+        return await self._run(fn, self._db(session_id), self._sql, session_id, *args)
 
     async def stop(self) -> None:
         await self._run(self._conn.close)
@@ -644,7 +660,7 @@ async def _pooled(engine: Any, use: Callable[[Any], Any]) -> Any:
             await greenlet_spawn(pooled.close)
 
 
-class AiosqliteBound(_BoundStore):
+class AiosqliteBound(_SQLiteOperationsBound):
     """agentmem's SQLite operations on a connection of an aiosqlite engine's pool, one hop into
     aiosqlite's thread per operation (its queue of callables, as agentmem/sql/_retry.py uses
     it)."""
@@ -652,15 +668,10 @@ class AiosqliteBound(_BoundStore):
     backend, family = "sqlalchemy-sqlite", "sqlite"
 
     async def start(self, env: Env) -> None:
-        from agentmem._batch import new_batch_id
-        from agentmem.items import encode_items
         from agentmem.sql import _sqlite_schema
-        from agentmem.sql import _statements as ops
-
-        self._ops, self._encode, self._batch_id = ops, encode_items, new_batch_id
-        self._sql = ops.sqlite_statements("")
         from agentmem.sql.sqlalchemy import use_sqlite_settings
 
+        self._load()
         self._engine = _engine(env, False, "bound-aiosqlite.db")
         use_sqlite_settings(self._engine)  # on every pooled connection, as agentmem does
         await self._run(_sqlite_schema.sqlite_upgrade)
@@ -672,20 +683,8 @@ class AiosqliteBound(_BoundStore):
         result: _T = await _pooled(self._engine, use)
         return result
 
-    async def get(self, session_id: str, limit: int | None) -> list[Any]:
-        rows = await self._run(self._ops.sqlite_get, self._sql, session_id, limit)
-        return [orjson.loads(row) for row in rows]
-
-    async def add(self, session_id: str, items: list[Any]) -> None:
-        encoded = self._encode(items)
-        await self._run(self._ops.sqlite_add, self._sql, session_id, encoded, self._batch_id())
-
-    async def pop(self, session_id: str) -> Any | None:
-        row = await self._run(self._ops.sqlite_pop, self._sql, session_id)
-        return None if row is None else orjson.loads(row)
-
-    async def clear(self, session_id: str) -> None:
-        await self._run(self._ops.sqlite_clear, self._sql, session_id)
+    async def _on(self, session_id: str, fn: Callable[..., _T], *args: Any) -> _T:
+        return await self._run(fn, self._sql, session_id, *args)
 
     async def stop(self) -> None:
         await self._engine.dispose()
