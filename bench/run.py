@@ -215,7 +215,8 @@ class Ratio:
 
     @property
     def bound_vs_floor(self) -> float | None:
-        """What agentmem's schema and statements cost over the floor's one bare row."""
+        """What agentmem's inner work (statements, schema, validation) and a caller's pool
+        cost over the floor's one bare row."""
         if self.bound_us is None or self.floor_us is None:
             return None
         return self.bound_us / self.floor_us
@@ -251,21 +252,21 @@ class Ratio:
         return self.floor_us is not None
 
     @property
+    def off_floor(self) -> bool:
+        """Whether agentmem/floor is over its target."""
+        return self.vs_floor is not None and self.vs_floor > FLOOR_RATIO_TARGET
+
+    @property
     def at_bound(self) -> bool:
         """Off the floor's target but within it of the bound: the rest is what agentmem's inner
         work (statements, schema, validation) and a caller's pool cost."""
-        return (
-            self.vs_floor is not None
-            and self.vs_floor > FLOOR_RATIO_TARGET
-            and self.vs_bound is not None
-            and self.vs_bound <= FLOOR_RATIO_TARGET
-        )
+        return self.off_floor and self.vs_bound is not None and self.vs_bound <= FLOOR_RATIO_TARGET
 
     @property
     def misses(self) -> list[str]:
         """The targets this pair is off (p50): the floor's unless it is at its bound."""
         found = []
-        if self.vs_floor is not None and self.vs_floor > FLOOR_RATIO_TARGET and not self.at_bound:
+        if self.off_floor and not self.at_bound:
             found.append("floor")
         if self.sdk_judged and self.vs_sdk is not None and self.vs_sdk > SDK_RATIO_TARGET:
             found.append("SDK")
@@ -346,8 +347,7 @@ def print_ratios(rows: list[Ratio]) -> None:
         floor_verdict = _verdict(r.vs_floor, FLOOR_RATIO_TARGET)
         if r.at_bound:
             floor_verdict = f"{r.vs_floor:>7.2f} {'AT':<4}"
-        off_floor = r.vs_floor is not None and r.vs_floor > FLOOR_RATIO_TARGET
-        bound_verdict = _verdict(r.vs_bound, FLOOR_RATIO_TARGET, off_floor)
+        bound_verdict = _verdict(r.vs_bound, FLOOR_RATIO_TARGET, r.off_floor)
         print(
             f"  {r.workload:<4}{r.op:<17}{r.backend:<19}{_us(r.agentmem_us)}"
             f"{_us(r.sdk_us)}{_verdict(r.vs_sdk, SDK_RATIO_TARGET, r.sdk_judged)} "
