@@ -708,6 +708,15 @@ class PostgresBound(_BoundStore):
         self._sql = postgres_statements(self.TABLE_PREFIX)
         self._encode, self._batch_id = encode_items, new_batch_id
 
+    async def _rows(self, session_id: str, limit: int | None) -> list[str]:
+        """The newest ``limit`` items' JSON texts (all with ``None``), oldest first."""
+        sql = self._sql
+        if limit is None:
+            rows = await _pooled(self._engine, lambda c: c.fetch(sql.select_all, session_id))
+            return [row[0] for row in rows]
+        rows = await _pooled(self._engine, lambda c: c.fetch(sql.select_newest, session_id, limit))
+        return [row[0] for row in reversed(rows)]
+
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
         sql = self._sql
         if limit is None:
@@ -786,21 +795,145 @@ class RedisBound(_BoundStore):
 
 
 class CachedBound(PostgresBound):
-    """The thinnest cache in front of agentmem's PostgreSQL statements on the engine's pool: an
-    add is one Redis command (the items pushed onto the session's list), then the SQL
-    statement; a pop or a clear, the SQL statement, then one Redis command; a read is one
-    ``LRANGE``. Not a safe cache (a failed SQL
-    write leaves Redis ahead): the lower bound of any cache whose write must reach Redis
-    before its SQL commit (bench/RESULTS.md, "The cached mode's writes: one Redis round trip,
-    and why not fewer")."""
+    """agentmem's cache protocol in front of agentmem's PostgreSQL statements on the engine's
+    pool: the Lua scripts of ``agentmem.cache.session`` with the arguments ``CachedSession``
+    sends, in the same round trips, without its fault handling (no timeouts, no outage
+    tracking, no invalidation owed after a failure).
+
+    A write is one script (the write's mark, after the ends the session still owes), then the
+    SQL statement; its end is owed, carried by the session's next call, or delivered by a task
+    one event-loop turn later when no call comes first. A full read is one ``GET`` (pipelined
+    after owed ends); a read with a limit is one script. A miss reads SQL and fills the copy.
+    This is the cache that never serves a stale read, as thinly as redis-py allows."""
 
     backend = "cached"
     TABLE_PREFIX = "bound_cached_"
 
     async def start(self, env: Env) -> None:
+        from agentmem.cache import session as cache
+        from agentmem.redis.client import tagged_key
+
+        await super().start(env)
+        self._cache, self._key = cache, tagged_key
+        self._client = _redis_client(env)
+        self._prefix = f"{env.tag}:bound-cached"
+        self._ttl_ms = 3_600_000  # CachedSession's default ttl
+        self._max = cache.DEFAULT_MAX_CACHED_ITEMS
+        # Per session: the arguments of the ends it owes (_END's), oldest first.
+        self._owed: dict[str, list[list[Any]]] = {}
+        scripts = [cache._BEGIN, cache._READ, cache._FILL, cache._END, cache._END_OOM]
+        for script in [*scripts, *cache._AFTER_ENDS.values()]:
+            await self._client.script_load(script.source)
+
+    def _keys(self, session_id: str) -> list[str]:
+        base = self._key(self._prefix, session_id)
+        return [f"{base}:items", f"{base}:state"]
+
+    async def _script(self, session_id: str, script: Any, args: list[Any]) -> Any:
+        """``script``, after the ends the session owes in the same script when it owes any."""
+        keys = self._keys(session_id)
+        ends = self._owed.pop(session_id, None)
+        if not ends:
+            return await self._client.evalsha(script.sha, 2, *keys, *args)
+        packed: list[Any] = [len(ends)]
+        for end in ends:
+            packed += [len(end), *end]
+        combined = self._cache._AFTER_ENDS[script]
+        return await self._client.evalsha(combined.sha, 2, *keys, *packed, *args)
+
+    async def _whole(self, session_id: str) -> Any:
+        """The cached string: one ``GET``, pipelined after the ends the session owes."""
+        keys = self._keys(session_id)
+        ends = self._owed.pop(session_id, None)
+        if not ends:
+            return await self._client.get(keys[0])
+        pipe = self._client.pipeline(transaction=False)
+        for end in ends:
+            pipe.evalsha(self._cache._END.sha, 2, *keys, *end)
+        pipe.get(keys[0])
+        return (await pipe.execute())[-1]
+
+    async def get(self, session_id: str, limit: int | None) -> list[Any]:
+        cache = self._cache
+        if limit is None:
+            whole = await self._whole(session_id)
+            if whole is not None and whole[:1] == b"c":
+                items: list[Any] = cache._array(whole, skip=1)
+                return items
+        args = [-1 if limit is None else limit, cache._token(), self._ttl_ms]
+        reply = await self._script(session_id, cache._READ, args)
+        if reply[0] == 1:
+            hit: list[Any] = cache._array(reply[1])
+            return hit
+        if reply[0] == 0:  # a write in flight: SQL, no fill
+            return [orjson.loads(row) for row in await self._rows(session_id, limit)]
+        rows = await self._rows(session_id, None if limit is None else max(limit, self._max + 1))
+        header = "c" if len(rows) <= self._max else "p"
+        joined, ends = cache._joined(rows[-self._max :], start=1)
+        fill = [reply[1], self._ttl_ms, header, header + joined, ends]
+        await self._client.evalsha(cache._FILL.sha, 2, *self._keys(session_id), *fill)
+        if limit is not None:
+            rows = rows[-limit:]
+        return [orjson.loads(row) for row in rows]
+
+    async def _write(
+        self, session_id: str, sql: Callable[[], Any], op: str, payload: list[Any]
+    ) -> Any:
+        cache = self._cache
+        gen = cache._token()
+        await self._script(session_id, cache._BEGIN, [gen, cache.WRITE_LEASE_MS])
+        result = await sql()
+        end = ["1", gen, cache._token(), self._ttl_ms, self._max, op, *payload]
+        self._owed.setdefault(session_id, []).append(end)
+        asyncio.get_running_loop().call_soon(self._deliver_later, session_id)
+        return result
+
+    def _deliver_later(self, session_id: str) -> None:
+        if session_id in self._owed:  # no call of the session came first
+            asyncio.get_running_loop().create_task(self._deliver(session_id))
+
+    async def _deliver(self, session_id: str) -> None:
+        keys = self._keys(session_id)
+        for end in self._owed.pop(session_id, []):
+            await self._client.evalsha(self._cache._END.sha, 2, *keys, *end)
+
+    async def add(self, session_id: str, items: list[Any]) -> None:
+        encoded = self._encode(items)
+        payload = list(self._cache._joined([item.json for item in encoded]))
+        await self._write(session_id, lambda: self._add(session_id, encoded), "add", payload)
+
+    async def pop(self, session_id: str) -> Any | None:
+        pop = super().pop
+        return await self._write(session_id, lambda: pop(session_id), "pop", [])
+
+    async def clear(self, session_id: str) -> None:
+        clear = super().clear
+        await self._write(session_id, lambda: clear(session_id), "clear", [])
+
+    async def release(self, session: BenchSession) -> None:
+        await self._deliver(session._id)  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._client.aclose()
+
+
+class CachedRpushBound(PostgresBound):
+    """The thinnest cache in front of agentmem's PostgreSQL statements on the engine's pool: an
+    add is one Redis command (the items pushed onto the session's list), then the SQL
+    statement; a pop or a clear, the SQL statement, then one Redis command; a read is one
+    ``LRANGE``. Not a safe cache (a failed SQL write leaves Redis ahead, a reader may see a
+    write before its commit): the lower bound of any cache whose write must reach Redis before
+    its SQL commit (bench/RESULTS.md, "The cached mode's writes: one Redis round trip, and why
+    not fewer"). Reported beside ``bound/cached``, not judged."""
+
+    backend = "cached-rpush"
+    TABLE_PREFIX = "bound_rpush_"
+
+    async def start(self, env: Env) -> None:
         await super().start(env)
         self._client = _redis_client(env)
-        self._prefix = f"{env.tag}:bound-cached:"
+        self._prefix = f"{env.tag}:bound-rpush:"
 
     async def get(self, session_id: str, limit: int | None) -> list[Any]:
         return await _newest_of_list(self._client, self._prefix + session_id, limit)
@@ -877,6 +1010,7 @@ def all_targets() -> list[Target]:
         PostgresBound(),
         RedisBound(),
         CachedBound(),
+        CachedRpushBound(),
     ]
 
 
