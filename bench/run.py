@@ -21,6 +21,7 @@ import platform
 import random
 import secrets
 import sqlite3
+import statistics
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -54,24 +55,47 @@ class OpStats:
     p50_us: float
     p99_us: float
     ops_per_s: float
+    # Per round (None: none in that round): the p50 (µs), and the wall time per operation (µs)
+    # as ops_per_s counts it.
+    round_p50_us: tuple[float | None, ...] = ()
+    round_wall_us: tuple[float | None, ...] = ()
 
 
 def _percentile(ordered: list[int], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1_000
 
 
+def _wall_ns(latencies: dict[str, list[int]], op: str, wall_ns: int) -> float:
+    """The share of ``wall_ns`` that ``op`` takes: its share of the measured latency (for one
+    operation, all of it)."""
+    total_ns = sum(sum(lat) for lat in latencies.values()) or 1
+    return wall_ns * sum(latencies[op]) / total_ns
+
+
 def summarize(rec: Recorder) -> dict[str, OpStats]:
-    """Percentiles per operation; ops/s divides the wall time between operations by their
-    share of the measured latency (for one operation it is simply ops / wall time)."""
-    total_ns = sum(sum(lat) for lat in rec.latencies.values()) or 1
+    """Percentiles per operation, over all rounds and per round; ops/s divides the wall time
+    between operations by their share of the measured latency (for one operation it is simply
+    ops / wall time)."""
     stats = {}
+    rounds = rec.rounds()
     for op, lat in rec.latencies.items():
         if not lat:
             continue
         ordered = sorted(lat)
-        wall_s = rec.wall_ns * sum(lat) / total_ns / 1e9
+        wall_s = _wall_ns(rec.latencies, op, rec.wall_ns) / 1e9
+        p50s: list[float | None] = []
+        walls: list[float | None] = []
+        for ops, wall in rounds:
+            part = ops.get(op)
+            p50s.append(_percentile(sorted(part), 0.5) if part else None)
+            walls.append(_wall_ns(ops, op, wall) / len(part) / 1_000 if part else None)
         stats[op] = OpStats(
-            len(lat), _percentile(ordered, 0.5), _percentile(ordered, 0.99), len(lat) / wall_s
+            len(lat),
+            _percentile(ordered, 0.5),
+            _percentile(ordered, 0.99),
+            len(lat) / wall_s,
+            tuple(p50s),
+            tuple(walls),
         )
     return stats
 
@@ -153,7 +177,7 @@ async def run_workload(
         for target in random.sample(targets, len(targets)):
             start = perf_counter_ns()
             await guarded(target, runs[target].run_round(index, recorders[target]))
-            recorders[target].wall_ns += perf_counter_ns() - start
+            recorders[target].end_round(perf_counter_ns() - start)
     for target, run in runs.items():
         await guarded(target, run.verify())
         await guarded(target, run.teardown())
@@ -200,6 +224,10 @@ class Ratio:
     floor_p99_us: float | None
     bound_us: float | None = None
     bound_p99_us: float | None = None
+    # The compared values per round (None: none in that round), for the paired ratios.
+    agentmem_rounds: tuple[float | None, ...] = ()
+    floor_rounds: tuple[float | None, ...] = ()
+    bound_rounds: tuple[float | None, ...] = ()
 
     @property
     def vs_sdk(self) -> float | None:
@@ -212,6 +240,26 @@ class Ratio:
     @property
     def vs_bound(self) -> float | None:
         return None if self.bound_us is None else self.agentmem_us / self.bound_us
+
+    @property
+    def paired_vs_floor(self) -> float | None:
+        """The median over rounds of agentmem/floor within each round (unjudged): the two
+        measured minutes apart at most, so a host that slows down for a while slows both."""
+        return _paired(self.agentmem_rounds, self.floor_rounds)
+
+    @property
+    def paired_vs_bound(self) -> float | None:
+        """The median over rounds of agentmem/bound within each round (unjudged)."""
+        return _paired(self.agentmem_rounds, self.bound_rounds)
+
+    @property
+    def paired_off(self) -> bool:
+        """Whether the paired ratios miss the floor's target as the judged ones would: off the
+        floor and off the bound (unjudged; the SDK target aside)."""
+        floor, bound = self.paired_vs_floor, self.paired_vs_bound
+        if floor is None or floor <= FLOOR_RATIO_TARGET:
+            return False
+        return bound is None or bound > FLOOR_RATIO_TARGET
 
     @property
     def bound_vs_floor(self) -> float | None:
@@ -273,6 +321,18 @@ class Ratio:
         return found
 
 
+def _paired(ours: tuple[float | None, ...], theirs: tuple[float | None, ...]) -> float | None:
+    """The median of ours/theirs over the rounds where both have a value."""
+    pairs = [a / b for a, b in zip(ours, theirs, strict=False) if a is not None and b]
+    return statistics.median(pairs) if pairs else None
+
+
+def _rounds(stats: OpStats | None, throughput: bool) -> tuple[float | None, ...]:
+    if stats is None:
+        return ()
+    return stats.round_wall_us if throughput else stats.round_p50_us
+
+
 def _compared(stats: OpStats | None, throughput: bool) -> float | None:
     if stats is None:
         return None
@@ -306,6 +366,9 @@ def ratios(workloads: list[Workload], results: dict[str, WorkloadResult]) -> lis
                         _p99(bare),
                         _compared(same_work, by_wall),
                         _p99(same_work),
+                        _rounds(ours, by_wall),
+                        _rounds(bare, by_wall),
+                        _rounds(same_work, by_wall),
                     )
                 )
     return rows
@@ -334,13 +397,14 @@ def print_ratios(rows: list[Ratio]) -> None:
         "ratios of p99 latency, unjudged. The bound does agentmem's inner work (its validation, "
         "statements or scripts, schema) straight through the driver: a pair off the floor but "
         f"within {FLOOR_RATIO_TARGET}x of its bound is AT its bound (bound/floor: what that "
-        "inner work and a caller's pool cost)"
+        "inner work and a caller's pool cost). The paired columns, unjudged: the median over "
+        "rounds of the same ratios taken within each round"
     )
     print(
         f"  {'wl':<4}{'operation':<17}{'backend':<19}{'agentmem':>10}{'SDK':>10}"
         f"{'am/SDK':>8}      {'floor':>10}{'am/floor':>9}      {'bound':>10}{'am/bound':>9}"
         f"      {'bound/floor':>11}{'floor/SDK':>10}{'p99 am/SDK':>11}{'am/floor':>9}"
-        f"{'am/bound':>9}"
+        f"{'am/bound':>9}{'paired am/floor':>16}{'am/bound':>9}"
     )
     for r in rows:
         best = "-" if r.floor_vs_sdk is None else f"{r.floor_vs_sdk:.2f}"
@@ -354,6 +418,7 @@ def print_ratios(rows: list[Ratio]) -> None:
             f"{_us(r.floor_us)} {floor_verdict} {_us(r.bound_us)} {bound_verdict} "
             f"{_ratio(r.bound_vs_floor):>11}{best:>10}"
             f"{_ratio(r.vs_sdk_p99):>11}{_ratio(r.vs_floor_p99):>9}{_ratio(r.vs_bound_p99):>9}"
+            f"{_ratio(r.paired_vs_floor):>16}{_ratio(r.paired_vs_bound):>9}"
         )
     judged = [r for r in rows if r.judged]
     bounded = [r for r in judged if r.at_bound]
@@ -371,6 +436,16 @@ def print_ratios(rows: list[Ratio]) -> None:
     print(f"\nOff target (p50): {len(off)} of {len(judged)} judged pairs")
     for r in off:
         print(f"  {r.workload:<4}{r.op:<17}{r.backend:<19}{' and '.join(r.misses)}")
+    paired_off = [r for r in judged if r.paired_off]
+    print(
+        f"\nOff the floor's target and the bound's on the paired ratios (the median over rounds "
+        f"of each round's ratio; unjudged): {len(paired_off)} of {len(judged)} judged pairs"
+    )
+    for r in paired_off:
+        print(
+            f"  {r.workload:<4}{r.op:<17}{r.backend:<19}am/floor {r.paired_vs_floor:.2f}, "
+            f"am/bound {_ratio(r.paired_vs_bound).strip()}"
+        )
 
 
 def print_parsers(results: dict[str, WorkloadResult]) -> None:
@@ -556,6 +631,9 @@ async def bench(args: argparse.Namespace) -> int:
                     "at_bound": r.at_bound,
                     "sdk_judged": r.sdk_judged,
                     "misses": r.misses,
+                    "paired_vs_floor": r.paired_vs_floor,
+                    "paired_vs_bound": r.paired_vs_bound,
+                    "paired_off": r.paired_off,
                 }
                 for r in rows
             ],

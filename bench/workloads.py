@@ -99,14 +99,37 @@ QUICK = Sizes(3, 40, 6, 300, 20, 100, 4, 10, 20, 4, 30, 100, 2_000, 20)
 
 
 class Recorder:
-    """Per-operation latencies (ns) of one target in one workload, plus the wall time."""
+    """Per-operation latencies (ns) of one target in one workload, plus the wall time; and
+    where each round ended (how many latencies each operation had by then, the round's wall
+    time), for the per-round statistics."""
 
     def __init__(self) -> None:
         self.latencies: dict[str, list[int]] = {}
         self.wall_ns = 0
+        self.round_ends: list[tuple[dict[str, int], int]] = []
 
     def op(self, name: str) -> list[int]:
         return self.latencies.setdefault(name, [])
+
+    def end_round(self, wall_ns: int) -> None:
+        """Close a round that took ``wall_ns``."""
+        self.wall_ns += wall_ns
+        counts = {op: len(lat) for op, lat in self.latencies.items()}
+        self.round_ends.append((counts, wall_ns))
+
+    def rounds(self) -> list[tuple[dict[str, list[int]], int]]:
+        """Each round's latencies per operation, and its wall time."""
+        found = []
+        before: dict[str, int] = {}
+        for counts, wall_ns in self.round_ends:
+            found.append(
+                (
+                    {op: self.latencies[op][before.get(op, 0) : n] for op, n in counts.items()},
+                    wall_ns,
+                )
+            )
+            before = counts
+        return found
 
 
 class WorkloadRun(ABC):

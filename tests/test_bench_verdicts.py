@@ -52,3 +52,53 @@ def test_a_pair_without_a_floor_is_not_judged() -> None:
     assert not ratio.judged
     assert not ratio.at_bound
     assert ratio.misses == []
+
+
+def paired(
+    agentmem: tuple[float | None, ...],
+    floor: tuple[float | None, ...],
+    bound: tuple[float | None, ...] = (),
+) -> Ratio:
+    return Ratio(
+        "W1", "add 1", "postgres", 1.0, None, 1.0, 1.0, None, 1.0, 1.0, 1.0,
+        agentmem, floor, bound,
+    )  # fmt: skip
+
+
+def test_the_paired_ratio_is_the_median_of_each_rounds_ratio() -> None:
+    # Round 3 ran slowly for agentmem only: one round of three moves the median by nothing.
+    ratio = paired((110.0, 100.0, 400.0), (100.0, 100.0, 100.0))
+    assert ratio.paired_vs_floor == 1.1
+    assert not ratio.paired_off
+
+
+def test_the_paired_ratio_skips_rounds_that_one_side_lacks() -> None:
+    ratio = paired((130.0, None, 150.0), (100.0, 100.0, None), (100.0, 100.0, 100.0))
+    assert ratio.paired_vs_floor == 1.3  # only round 1 has both
+    assert ratio.paired_vs_bound == 1.4  # the median of 1.3 and 1.5
+    assert ratio.paired_off
+
+
+def test_paired_ratios_off_the_floor_but_at_the_bound_are_not_off() -> None:
+    ratio = paired((150.0, 150.0), (100.0, 100.0), (140.0, 130.0))
+    assert ratio.paired_off is False
+
+
+def test_a_recorder_splits_its_latencies_by_round() -> None:
+    from bench.run import summarize
+    from bench.workloads import Recorder
+
+    rec = Recorder()
+    rec.op("add").extend([1_000, 3_000])
+    rec.end_round(10_000)
+    rec.op("get").append(5_000)
+    rec.end_round(20_000)
+    assert rec.rounds() == [
+        ({"add": [1_000, 3_000]}, 10_000),
+        ({"add": [], "get": [5_000]}, 20_000),
+    ]
+    stats = summarize(rec)
+    assert stats["add"].round_p50_us == (1.0, None)
+    assert stats["add"].round_wall_us == (5.0, None)  # 10 µs over two adds
+    assert stats["get"].round_p50_us == (None, 5.0)
+    assert stats["get"].round_wall_us == (None, 20.0)
