@@ -243,8 +243,8 @@ class Ratio:
 
     @property
     def paired_vs_floor(self) -> float | None:
-        """The median over rounds of agentmem/floor within each round (unjudged): the two
-        measured minutes apart at most, so a host that slows down for a while slows both."""
+        """The median over rounds of agentmem/floor within each round (unjudged): a round of
+        every target takes seconds, so a host that slows down for a while slows both sides."""
         return _paired(self.agentmem_rounds, self.floor_rounds)
 
     @property

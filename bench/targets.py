@@ -802,9 +802,10 @@ class CachedBound(PostgresBound):
 
     A write is one script (the write's mark, after the ends the session still owes), then the
     SQL statement; its end is owed, carried by the session's next call, or delivered by a task
-    one event-loop turn later when no call comes first. A full read is one ``GET`` (pipelined
-    after owed ends); a read with a limit is one script. A miss reads SQL and fills the copy.
-    This is the cache that never serves a stale read, as thinly as redis-py allows."""
+    (created with the write, as ``CachedSession`` creates it) when no call comes first. A full
+    read is one ``GET`` (pipelined after owed ends); a read with a limit is one script. A miss
+    reads SQL and fills the copy. This is the cache that never serves a stale read, as thinly
+    as redis-py allows."""
 
     backend = "cached"
     TABLE_PREFIX = "bound_cached_"
@@ -819,15 +820,21 @@ class CachedBound(PostgresBound):
         self._prefix = f"{env.tag}:bound-cached"
         self._ttl_ms = 3_600_000  # CachedSession's default ttl
         self._max = cache.DEFAULT_MAX_CACHED_ITEMS
-        # Per session: the arguments of the ends it owes (_END's), oldest first.
+        # Per session: the arguments of the ends it owes (_END's), oldest first; the task that
+        # delivers them when no call comes first; its keys.
         self._owed: dict[str, list[list[Any]]] = {}
+        self._enders: dict[str, asyncio.Task[None]] = {}
+        self._session_keys: dict[str, list[str]] = {}
         scripts = [cache._BEGIN, cache._READ, cache._FILL, cache._END, cache._END_OOM]
         for script in [*scripts, *cache._AFTER_ENDS.values()]:
             await self._client.script_load(script.source)
 
     def _keys(self, session_id: str) -> list[str]:
-        base = self._key(self._prefix, session_id)
-        return [f"{base}:items", f"{base}:state"]
+        keys = self._session_keys.get(session_id)
+        if keys is None:
+            base = self._key(self._prefix, session_id)
+            keys = self._session_keys[session_id] = [f"{base}:items", f"{base}:state"]
+        return keys
 
     async def _script(self, session_id: str, script: Any, args: list[Any]) -> Any:
         """``script``, after the ends the session owes in the same script when it owes any."""
@@ -885,12 +892,12 @@ class CachedBound(PostgresBound):
         result = await sql()
         end = ["1", gen, cache._token(), self._ttl_ms, self._max, op, *payload]
         self._owed.setdefault(session_id, []).append(end)
-        asyncio.get_running_loop().call_soon(self._deliver_later, session_id)
+        ender = self._enders.get(session_id)
+        if ender is None or ender.done():
+            self._enders[session_id] = asyncio.get_running_loop().create_task(
+                self._deliver(session_id)
+            )
         return result
-
-    def _deliver_later(self, session_id: str) -> None:
-        if session_id in self._owed:  # no call of the session came first
-            asyncio.get_running_loop().create_task(self._deliver(session_id))
 
     async def _deliver(self, session_id: str) -> None:
         keys = self._keys(session_id)
@@ -911,7 +918,12 @@ class CachedBound(PostgresBound):
         await self._write(session_id, lambda: clear(session_id), "clear", [])
 
     async def release(self, session: BenchSession) -> None:
-        await self._deliver(session._id)  # type: ignore[attr-defined]
+        session_id: str = session._id  # type: ignore[attr-defined]
+        ender = self._enders.pop(session_id, None)
+        if ender is not None:
+            await ender
+        await self._deliver(session_id)
+        self._session_keys.pop(session_id, None)
 
     async def stop(self) -> None:
         await super().stop()

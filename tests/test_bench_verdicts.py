@@ -66,7 +66,8 @@ def paired(
 
 
 def test_the_paired_ratio_is_the_median_of_each_rounds_ratio() -> None:
-    # Round 3 ran slowly for agentmem only: one round of three moves the median by nothing.
+    # Round 3 ran slowly for agentmem only: it moves the median to the next round's ratio, not
+    # by its own 4x, as it would move a mean.
     ratio = paired((110.0, 100.0, 400.0), (100.0, 100.0, 100.0))
     assert ratio.paired_vs_floor == 1.1
     assert not ratio.paired_off
@@ -102,3 +103,27 @@ def test_a_recorder_splits_its_latencies_by_round() -> None:
     assert stats["add"].round_wall_us == (5.0, None)  # 10 µs over two adds
     assert stats["get"].round_p50_us == (None, 5.0)
     assert stats["get"].round_wall_us == (None, 20.0)
+
+
+def test_ratios_pair_each_round_of_agentmem_with_its_floor_and_bound() -> None:
+    from types import SimpleNamespace
+
+    from bench.run import OpStats, WorkloadResult, ratios
+
+    def stats(p50s: tuple[float, ...], walls: tuple[float, ...]) -> dict[str, OpStats]:
+        return {"turn": OpStats(2, 1.0, 1.0, 1.0, p50s, walls)}
+
+    result = WorkloadResult(
+        {
+            "agentmem/redis": stats((900.0, 900.0), (150.0, 150.0)),
+            "floor/redis": stats((300.0, 300.0), (100.0, 100.0)),
+            "bound/redis": stats((600.0, 600.0), (120.0, 120.0)),
+        },
+        {},
+    )
+    by_latency = SimpleNamespace(key="W5", compare_throughput=False)
+    by_wall = SimpleNamespace(key="W6", compare_throughput=True)
+    [latency] = ratios([by_latency], {"W5": result})  # type: ignore[list-item]
+    assert (latency.paired_vs_floor, latency.paired_vs_bound) == (3.0, 1.5)
+    [wall] = ratios([by_wall], {"W6": result})  # type: ignore[list-item]
+    assert (wall.paired_vs_floor, wall.paired_vs_bound) == (1.5, 1.25)
